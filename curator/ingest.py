@@ -1,0 +1,337 @@
+"""The ingest transaction: validate, append raw vectors, update statistics, score.
+
+Guarantees: vectors are stored exactly as given (float32, never normalised); bad input
+raises a one-line :class:`BadInput` and leaves the table at its previous version (the
+append is one Lance commit that only happens after every batch passed validation);
+re-running with ``on_duplicate='skip'`` is a no-op. Memory is bounded by the batch size
+(plus the input's ids, which the duplicate check needs).
+
+Steps: (1) read the ids alone and resolve duplicates; (2) stream the batches: validate,
+compute norms and in-batch pair dots, accumulate the batch's statistics, append in one
+commit; (3) statistics = previous + batch (a new stats version, recorded in the history
+first); the new rows are scored against them and their score columns written by Lance
+data evolution; the statistics record then names the table version it describes. A
+crash between (2) and (3) leaves valid rows with no scores (``stats_version`` null):
+the statistics are rebuilt from the rows on next open and ``refresh`` scores them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from . import progress as progress_mod
+from . import stats as stats_mod
+from .errors import BadInput, DuplicateIds, SchemaMismatch
+from .rescore import read_index, score_rows
+from .schema import DATASET_SCHEMA_VERSION, column_names, dataset_schema
+from .sources import ColumnOptions, Source, open_sources
+from .stats import TableStats, row_norms
+from .store import STORAGE_VERSION, Database, TableMeta, check_table_name, ids_present, vectors
+
+ON_DUPLICATE = ("error", "skip", "replace")
+
+
+@dataclass
+class IngestResult:
+    """What an ingest did: rows added, and the table and statistics versions it wrote."""
+
+    rows: int
+    table_version: int
+    stats_version: int
+    skipped: int = 0
+    replaced: int = 0
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def ingest(sources: list[str], *, db=None, table: str = "embeddings", modality: str | None = None,
+           model: str | None = None, id_column: str = "id", vector_column: str = "embedding",
+           sample_column: str = "sample_id", modality_column: str = "modality",
+           on_duplicate: str = "error", generate_ids: bool = False, ids: str | None = None,
+           metadata: str | None = None, quiet: bool = True) -> IngestResult:
+    """Add raw embeddings from parquet, npy/npz or clip-retrieval sources to ``table``."""
+    options = ColumnOptions(modality, id_column, vector_column, sample_column, modality_column,
+                            generate_ids, ids, metadata)
+    return ingest_sources(open_sources(list(sources), options), db=db, table=table, model=model,
+                          on_duplicate=on_duplicate, quiet=quiet)
+
+
+def ingest_sources(sources: list[Source], *, db=None, table: str = "embeddings",
+                   model: str | None = None, on_duplicate: str = "error",
+                   quiet: bool = True) -> IngestResult:
+    import lance
+
+    started = time.time()
+    check_table_name(table)
+    if on_duplicate not in ON_DUPLICATE:
+        raise BadInput(f"--on-duplicate must be one of {', '.join(ON_DUPLICATE)}")
+    database = Database(db)
+    exists = database.has_table(table)
+    dataset = database.dataset(table) if exists else None
+    meta = TableMeta.from_schema(dataset.schema) if exists else None
+    if meta is not None and model and meta.model != model:
+        raise SchemaMismatch(f"table {table!r} holds vectors of model {meta.model!r}, not {model!r}")
+
+    input_ids, total_rows = _read_ids(sources)
+    skip_ids, replace_ids = _resolve_duplicates(dataset, input_ids, on_duplicate)
+    if total_rows - len(skip_ids) <= 0 and total_rows:
+        version = dataset.version
+        previous = stats_mod.current(database, table, dataset)
+        return IngestResult(0, version, previous.version, skipped=len(skip_ids),
+                            seconds=time.time() - started)
+
+    previous = stats_mod.current(database, table, dataset) if exists else None
+    writer = _BatchWriter(sources, meta, model, skip_ids, quiet, total_rows)
+    first = writer.peek_schema(dataset)
+    replaced_stats = _replaced_statistics(dataset, replace_ids, writer.dim) if replace_ids else None
+
+    reader = pa.RecordBatchReader.from_batches(first, writer.batches(first))
+    uri = database.table_uri(table)
+    try:
+        if replace_ids:
+            dataset = _merge_insert(dataset, reader)
+        else:
+            dataset = lance.write_dataset(reader, uri, mode="append" if exists else "create",
+                                          data_storage_version=STORAGE_VERSION,
+                                          max_rows_per_file=1 << 20)
+    finally:
+        writer.close()
+    if writer.rows == 0:
+        return IngestResult(0, dataset.version, previous.version if previous else 0,
+                            skipped=len(skip_ids), seconds=time.time() - started)
+
+    new_stats = previous.copy() if previous is not None else TableStats(writer.dim)
+    if replaced_stats is not None:
+        for m, s in replaced_stats.modalities.items():
+            new_stats.modalities[m] = new_stats.get(m).subtract(s)
+    for m, s in writer.stats.modalities.items():
+        new_stats.modalities[m] = new_stats.get(m).merge(s)
+    dataset = score_new_rows(database, table, dataset, new_stats)
+    return IngestResult(writer.rows, dataset.version, new_stats.version, skipped=len(skip_ids),
+                        replaced=len(replace_ids), seconds=time.time() - started)
+
+
+def score_new_rows(database: Database, table: str, dataset, stats: TableStats):
+    """Give ``stats`` a new version, score the never-scored rows with it, save it."""
+    store = stats_mod.StatsStore(database, table)
+    stats.version = store.latest_version() + 1
+    store.append_history(stats)
+    index = read_index(dataset)
+    target = index.stats_version < 0
+    dataset, _ = score_rows(dataset, stats, target, index, message=f"curator score v{stats.version}")
+    dataset = _assign_clusters(database, table, dataset)
+    stats.table_version = dataset.version
+    store.save(stats)
+    return dataset
+
+
+def _assign_clusters(database, table, dataset):
+    """New rows join the stored concept clusters, when clustering has been run."""
+    try:
+        from . import clusters
+    except ImportError:
+        return dataset
+    assign = getattr(clusters, "assign_new_rows", None)
+    return assign(database, table, dataset) if assign else dataset
+
+
+# -- duplicates --------------------------------------------------------------------
+
+def _read_ids(sources: list[Source]) -> tuple[pa.Array, int]:
+    parts = []
+    for source in sources:
+        for batch in source.batches(columns="ids"):
+            ids = batch.column("id")
+            if ids.null_count:
+                raise BadInput(f"{source.path}: {ids.null_count} rows have no id")
+            parts.append(ids)
+    ids = pa.concat_arrays(parts) if parts else pa.array([], pa.string())
+    return ids, len(ids)
+
+
+def _resolve_duplicates(dataset, ids: pa.Array, on_duplicate: str) -> tuple[set, set]:
+    if len(ids) and pc.count_distinct(ids).as_py() != len(ids):
+        counts = pc.value_counts(ids)
+        dup = [v["values"] for v in counts.to_pylist() if v["counts"] > 1][:3]
+        raise DuplicateIds(f"duplicate ids within the input: {', '.join(map(repr, dup))}")
+    if dataset is None or len(ids) == 0:
+        return set(), set()
+    present = ids_present(dataset, ids)
+    if len(present) == 0:
+        return set(), set()
+    found = set(present.to_pylist())
+    if on_duplicate == "error":
+        sample = ", ".join(repr(x) for x in sorted(found)[:3])
+        raise DuplicateIds(f"{len(found)} ids already in the table (e.g. {sample}); "
+                           "use --on-duplicate skip or replace")
+    return (found, set()) if on_duplicate == "skip" else (set(), found)
+
+
+def _replaced_statistics(dataset, ids: set, dim: int) -> TableStats:
+    stats = TableStats(dim)
+    value_set = pa.array(sorted(ids), pa.string())
+    for batch in dataset.to_batches(columns=["id", "modality", "embedding", "conformity"],
+                                    batch_size=16_384):
+        hit = pc.is_in(batch.column("id"), value_set=value_set)
+        if not pc.any(hit).as_py():
+            continue
+        part = batch.filter(hit)
+        X = vectors(part)
+        mods = np.asarray(part.column("modality").to_pylist(), dtype=object)
+        conf = part.column("conformity").to_numpy(zero_copy_only=False).astype(np.float64)
+        for m in np.unique(mods):
+            rows = mods == m
+            s = stats.get(str(m))
+            s.add(X[rows])
+            s.add_conformity(conf[rows])
+    return stats
+
+
+def _merge_insert(dataset, reader):
+    builder = dataset.merge_insert("id").when_matched_update_all().when_not_matched_insert_all()
+    builder.execute(reader)
+    return dataset.__class__(dataset.uri)
+
+
+# -- the streaming writer ------------------------------------------------------------
+
+class _BatchWriter:
+    """Validates source batches and shapes them to the table schema, accumulating stats."""
+
+    def __init__(self, sources, meta, model, skip_ids, quiet, total_rows):
+        self.sources, self.meta, self.model = sources, meta, model
+        self.skip = pa.array(sorted(skip_ids), pa.string()) if skip_ids else None
+        self.dim = meta.dim if meta else None
+        self.stats = None
+        self.rows = 0
+        self._iter = self._validated()
+        self._first = None
+        self._bar = progress_mod.bar("ingest", total_rows, quiet=quiet)
+
+    def close(self):
+        self._bar.close()
+
+    def peek_schema(self, dataset) -> pa.Schema:
+        """The schema of the append: the table's, or the declared columns + source metadata."""
+        try:
+            self._first = next(self._iter)
+        except StopIteration:
+            raise BadInput("the input holds no rows") from None
+        batch = self._first
+        if dataset is not None:
+            return dataset.schema
+        model = self.model or "unknown"
+        metadata_fields = [f for f in batch.schema if f.name not in column_names()]
+        table_meta = TableMeta(model, self.dim, DATASET_SCHEMA_VERSION).to_metadata()
+        return dataset_schema(self.dim, metadata_fields, table_meta)
+
+    def batches(self, schema: pa.Schema) -> Iterator[pa.RecordBatch]:
+        self.stats = TableStats(self.dim)
+        pending = [self._first] if self._first is not None else []
+        for batch in _chain(pending, self._iter):
+            shaped = self._shape(batch, schema)
+            self._accumulate(shaped)
+            self.rows += shaped.num_rows
+            self._bar.advance(batch.num_rows)
+            yield shaped
+
+    def _validated(self) -> Iterator[pa.RecordBatch]:
+        for source in self.sources:
+            for batch in source.batches():
+                if self.skip is not None:
+                    keep = pc.invert(pc.is_in(batch.column("id"), value_set=self.skip))
+                    batch = batch.filter(keep)
+                if batch.num_rows == 0:
+                    continue
+                self._validate(batch, source.path)
+                yield batch
+
+    def _validate(self, batch: pa.RecordBatch, path: str) -> None:
+        dim = batch.column("embedding").type.list_size
+        if self.dim is None:
+            self.dim = dim
+        if dim != self.dim:
+            raise SchemaMismatch(f"{path}: vectors of dimension {dim}, the table holds {self.dim}")
+        if batch.column("modality").null_count:
+            raise BadInput(f"{path}: rows without a modality")
+        if "model" in batch.schema.names:
+            models = pc.unique(batch.column("model").cast(pa.string())).to_pylist()
+            expected = self.model or (self.meta.model if self.meta else None)
+            if len(models) > 1 or (expected and models and models[0] != expected):
+                raise SchemaMismatch(f"{path}: vectors of model(s) {', '.join(map(str, models))}; "
+                                     f"the table takes {expected or models[0]!r} only")
+            self.model = self.model or models[0]
+        X = vectors(batch)
+        if not np.isfinite(X).all():
+            bad = int((~np.isfinite(X).all(axis=1)).sum())
+            raise BadInput(f"{path}: {bad} vectors hold NaN or Inf values")
+        norms = row_norms(X)
+        if not (norms > 0).all() or not np.isfinite(norms).all():
+            raise BadInput(f"{path}: {int((~(norms > 0)).sum())} zero vectors (no direction) or norms out of float range")
+        if (pc.utf8_length(batch.column("id")).to_numpy(zero_copy_only=False) == 0).any():
+            raise BadInput(f"{path}: empty ids")
+
+    def _shape(self, batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
+        X = vectors(batch)
+        norms = row_norms(X)
+        n = batch.num_rows
+        given = {"norm": pa.array(norms, pa.float32()), "pair_dot": _pair_dots(batch, X)}
+        arrays = []
+        for f in schema:
+            if f.name in given:
+                arrays.append(given[f.name].cast(f.type))
+            elif f.name in batch.schema.names:
+                try:
+                    arrays.append(batch.column(f.name).cast(f.type))
+                except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                    raise BadInput(f"column {f.name!r} has type {batch.schema.field(f.name).type}, "
+                                   f"the table holds {f.type}") from None
+            else:
+                arrays.append(pa.nulls(n, f.type))
+        extra = [c for c in batch.schema.names if c not in schema.names and c != "model"]
+        if extra:
+            raise BadInput(f"columns not in table: {', '.join(extra)} (ingest them into a new table)")
+        return pa.RecordBatch.from_arrays(arrays, schema=schema)
+
+    def _accumulate(self, batch: pa.RecordBatch) -> None:
+        X = vectors(batch)
+        norms = batch.column("norm").to_numpy()
+        mods = np.asarray(batch.column("modality").to_pylist(), dtype=object)
+        for m in np.unique(mods):
+            rows = mods == m
+            self.stats.get(str(m)).add(X[rows] if not rows.all() else X,
+                                       norms[rows] if not rows.all() else norms)
+
+
+def _pair_dots(batch: pa.RecordBatch, X: np.ndarray) -> pa.Array:
+    """⟨x_img, x_txt⟩ for text rows whose sample's image is in the same batch."""
+    n = batch.num_rows
+    out = np.full(n, np.nan)
+    sample = batch.column("sample_id")
+    if sample.null_count == n:
+        return pa.array(out, pa.float64(), mask=np.ones(n, bool))
+    mods = batch.column("modality").to_numpy(zero_copy_only=False)
+    samples = sample.to_numpy(zero_copy_only=False)
+    image_at = {}
+    for i in np.flatnonzero(mods == "image"):
+        if samples[i] is not None:
+            image_at.setdefault(samples[i], i)
+    texts = [i for i in np.flatnonzero(mods == "text") if samples[i] in image_at]
+    if texts:
+        t = np.asarray(texts)
+        img = np.asarray([image_at[samples[i]] for i in t])
+        out[t] = np.einsum("ij,ij->i", X[t], X[img], dtype=np.float64)
+    return pa.array(out, pa.float64(), mask=np.isnan(out))
+
+
+def _chain(first, rest):
+    yield from first
+    yield from rest

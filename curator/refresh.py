@@ -1,0 +1,62 @@
+"""``refresh``: rescore exactly the rows whose staleness bound exceeds a tolerance.
+
+One streaming pass over the vectors of those rows; only the score columns are written
+(Lance data evolution, one commit). Afterwards ``max_staleness`` is 0 for tolerance 0.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from . import stats as stats_mod
+from .rescore import read_index, score_rows
+from .store import Database
+
+
+@dataclass
+class RefreshResult:
+    rows: int
+    table_version_read: int
+    table_version: int
+    stats_version: int
+    max_staleness_before: float | None
+    tolerance: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def refresh(*, db=None, table: str = "embeddings", tolerance: float = 0.0,
+            quiet: bool = True) -> RefreshResult:
+    """Rescore rows whose conformity error bound exceeds ``tolerance`` (≥ 0)."""
+    from .errors import BadInput
+
+    if not tolerance >= 0:
+        raise BadInput("--tolerance must be a number ≥ 0")
+    database = Database(db)
+    dataset = database.dataset(table)
+    read_version = dataset.version
+    stats = stats_mod.current(database, table, dataset)
+    history = stats_mod.StatsStore(database, table).history()
+    index = read_index(dataset)
+    bound_of = {}
+    for code, m in enumerate(index.names):
+        current_m = stats.modalities.get(m)
+        for v in np.unique(index.stats_version[index.modality == code]).tolist():
+            if v < 0 or current_m is None:
+                bound_of[(code, v)] = float("inf")
+            else:
+                bound_of[(code, v)] = stats_mod.staleness_bound(history.get((v, m)), current_m)
+    worst = max(bound_of.values(), default=0.0)
+    target = np.zeros(len(index.rowid), bool)
+    for (code, v), bound in bound_of.items():
+        if bound > tolerance:
+            target |= (index.modality == code) & (index.stats_version == v)
+    dataset, rows = score_rows(dataset, stats, target, index,
+                               message=f"curator refresh v{stats.version}")
+    stats.table_version = dataset.version
+    stats_mod.StatsStore(database, table).save(stats)
+    return RefreshResult(rows, read_version, dataset.version, stats.version,
+                         None if not np.isfinite(worst) else worst, tolerance)

@@ -1,0 +1,266 @@
+"""Scoring rows of a table against its statistics, written by Lance data evolution.
+
+One engine serves both ``ingest`` (the rows just appended) and ``refresh`` (the rows
+whose staleness bound exceeds a tolerance):
+
+1. a scalar scan (no vectors) of sample ids, modalities, stored conformity and pair dots;
+2. one streaming pass over the vectors of the target rows (plus, by random access, the
+   few partners of those rows that are not targets) computing conformity, the
+   estimator, the log-likelihood and each row's dot with every modality mean;
+3. the uncertainty sketch updated by the targets' new conformity, uncertainty as its CDF;
+4. pair scores from scalars (``pair_dot`` = ⟨x_img, x_txt⟩ is stored on text rows);
+5. one commit that writes only the score columns of the target rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from .scores import IMAGE, TEXT, pair_scores, row_scores
+from .stats import TableStats, conformity_bins
+from .store import SCAN_BATCH_ROWS, commit, vectors
+
+OUT_COLUMNS = {
+    "conformity": pa.float32(),
+    "conformity_est": pa.float32(),
+    "uncertainty": pa.float32(),
+    "loglik": pa.float32(),
+    "alignment": pa.float32(),
+    "alignment_centered": pa.float32(),
+    "conformity_mismatch": pa.float32(),
+    "pair_dot": pa.float64(),
+    "stats_version": pa.int64(),
+}
+_TAKE_FRACTION = 0.25  # above this share of the table, scan fragments instead of taking rows
+
+
+@dataclass
+class RowIndex:
+    """Scalar columns of every row, aligned by position (sorted by row id)."""
+
+    rowid: np.ndarray  # uint64
+    sample: np.ndarray  # int64 code, -1 = no sample id
+    modality: np.ndarray  # int32 code into names
+    names: list[str]
+    stats_version: np.ndarray  # int64, -1 = never scored
+    conformity: np.ndarray  # float64, NaN = null
+    pair_dot: np.ndarray  # float64, NaN = null
+
+    def code(self, modality: str) -> int:
+        return self.names.index(modality) if modality in self.names else -2
+
+    def positions(self, rowids: np.ndarray) -> np.ndarray:
+        return np.searchsorted(self.rowid, rowids)
+
+
+def read_index(dataset) -> RowIndex:
+    columns = ["sample_id", "modality", "stats_version", "conformity", "pair_dot"]
+    table = dataset.to_table(columns=columns, with_row_id=True)
+    order = np.argsort(table.column("_rowid").to_numpy(), kind="stable")
+    table = table.take(pa.array(order))
+    sample = table.column("sample_id").combine_chunks().dictionary_encode()
+    modality = table.column("modality").combine_chunks().dictionary_encode()
+
+    def floats(name):
+        return table.column(name).to_numpy(zero_copy_only=False).astype(np.float64)
+
+    return RowIndex(
+        rowid=table.column("_rowid").to_numpy(),
+        sample=pc.fill_null(sample.indices, -1).to_numpy().astype(np.int64),
+        modality=modality.indices.to_numpy(zero_copy_only=False).astype(np.int32),
+        names=[str(x) for x in modality.dictionary.to_pylist()],
+        stats_version=pc.fill_null(table.column("stats_version"), -1).to_numpy(),
+        conformity=floats("conformity"),
+        pair_dot=floats("pair_dot"),
+    )
+
+
+def iter_rows(dataset, rowids: np.ndarray, columns: list[str]):
+    """Yield (rowids, batch) for the given sorted row ids: a scan when many, takes when few."""
+    if len(rowids) == 0:
+        return
+    total = dataset.count_rows()
+    if len(rowids) > _TAKE_FRACTION * total:
+        fragments = set((rowids >> np.uint64(32)).tolist())
+        selected = [f for f in dataset.get_fragments() if f.fragment_id in fragments]
+        for batch in dataset.to_batches(columns=columns, with_row_id=True, fragments=selected,
+                                        batch_size=SCAN_BATCH_ROWS):
+            ids = batch.column("_rowid").to_numpy()
+            keep = np.isin(ids, rowids, assume_unique=True)
+            if keep.all():
+                yield ids, batch
+            elif keep.any():
+                yield ids[keep], batch.filter(pa.array(keep))
+        return
+    for start in range(0, len(rowids), SCAN_BATCH_ROWS):
+        chunk = rowids[start:start + SCAN_BATCH_ROWS]
+        table = dataset._take_rows(chunk.tolist(), columns=columns)
+        yield chunk, table
+
+
+def score_rows(dataset, stats: TableStats, target: np.ndarray | None = None,
+               index: RowIndex | None = None, message: str = "curator score"):
+    """Rescore the rows selected by ``target`` (bool mask over ``index``) and commit.
+
+    ``stats`` must describe the table's rows (it is the version recorded on the rows);
+    its uncertainty sketches are updated in place. Returns (new dataset, rows scored).
+    """
+    index = index or read_index(dataset)
+    if target is None:
+        target = np.ones(len(index.rowid), bool)
+    if not target.any():
+        return dataset, 0
+    n = len(index.rowid)
+    image, text = index.code(IMAGE), index.code(TEXT)
+    paired = (index.modality == image) | (index.modality == text)
+
+    # Rows of the samples touched by a target, which the pair scores need.
+    touched = np.unique(index.sample[target & paired & (index.sample >= 0)])
+    universe = paired & np.isin(index.sample, touched) & (index.sample >= 0)
+    needed = target | universe
+
+    # Per-row scalars from one pass over the needed vectors.
+    scalars = {k: np.full(n, np.nan) for k in ("conformity", "conformity_est", "loglik", "norm")}
+    for m in stats.modalities:
+        scalars[f"dot_{m}"] = np.full(n, np.nan)
+    live = stats.nonempty()
+    whitening = {m: s.whitening() if s.n > 1 else None for m, s in live.items()}
+    columns = ["modality", "embedding"]
+    for rowids, batch in iter_rows(dataset, index.rowid[needed], columns):
+        pos = index.positions(rowids)
+        X = vectors(batch)
+        norms = np.sqrt(np.einsum("ij,ij->i", X, X, dtype=np.float64))
+        scalars["norm"][pos] = norms
+        mods = np.asarray(batch.column("modality").to_pylist(), dtype=object)
+        for m in np.unique(mods):
+            rows = mods == m
+            if m not in live:
+                continue
+            result = row_scores(X[rows], norms[rows], m, live, whitening[m])
+            for key, values in result.items():
+                scalars[key][pos[rows]] = values
+
+    # Pair dots that the ingest could not compute (partner arrived in another batch).
+    pair_dot = index.pair_dot.copy()
+    image_of_sample = _first_image(index, universe, image)
+    missing = universe & (index.modality == text) & np.isnan(pair_dot)
+    if missing.any():
+        _fill_pair_dots(dataset, index, missing, image_of_sample, pair_dot)
+
+    # Uncertainty: the sketch takes the targets' new conformity in place of their old.
+    uncertainty = np.full(n, np.nan)
+    for m, s in live.items():
+        rows_m = index.modality == index.code(m)
+        old = index.conformity[target & rows_m]
+        new = scalars["conformity"][target & rows_m]
+        np.subtract.at(s.hist, conformity_bins(old[np.isfinite(old)]), 1)
+        np.add.at(s.hist, conformity_bins(new[np.isfinite(new)]), 1)
+        np.maximum(s.hist, 0, out=s.hist)
+        sel = rows_m & needed & np.isfinite(scalars["conformity"])
+        uncertainty[sel] = s.cdf(scalars["conformity"][sel])
+
+    pairs = _pair_columns(index, stats, scalars, uncertainty, pair_dot, image_of_sample,
+                          universe, image, text)
+    out = {
+        "conformity": scalars["conformity"],
+        "conformity_est": scalars["conformity_est"],
+        "uncertainty": uncertainty,
+        "loglik": scalars["loglik"],
+        **pairs,
+        "pair_dot": pair_dot,
+    }
+    new_dataset = write_scores(dataset, index.rowid, target, out, stats.version, message)
+    return new_dataset, int(target.sum())
+
+
+def _first_image(index: RowIndex, universe: np.ndarray, image: int) -> dict[int, int]:
+    """sample code → position of its (first) image row, within the universe."""
+    positions = np.flatnonzero(universe & (index.modality == image))
+    samples = index.sample[positions]
+    order = np.argsort(samples, kind="stable")
+    samples, positions = samples[order], positions[order]
+    first = np.concatenate([[True], samples[1:] != samples[:-1]]) if len(samples) else np.zeros(0, bool)
+    return dict(zip(samples[first].tolist(), positions[first].tolist()))
+
+
+def _fill_pair_dots(dataset, index, missing, image_of_sample, pair_dot) -> None:
+    text_pos = [p for p in np.flatnonzero(missing) if int(index.sample[p]) in image_of_sample]
+    if not text_pos:
+        return
+    text_pos = np.asarray(text_pos)
+    img_pos = np.asarray([image_of_sample[int(index.sample[p])] for p in text_pos])
+    for start in range(0, len(text_pos), SCAN_BATCH_ROWS):
+        t = text_pos[start:start + SCAN_BATCH_ROWS]
+        i = img_pos[start:start + SCAN_BATCH_ROWS]
+        Xt = _take_vectors(dataset, index.rowid[t])
+        Xi = _take_vectors(dataset, index.rowid[i])
+        pair_dot[t] = np.einsum("ij,ij->i", Xt, Xi, dtype=np.float64)
+
+
+def _take_vectors(dataset, rowids: np.ndarray) -> np.ndarray:
+    order = np.argsort(rowids, kind="stable")
+    unique, inverse = np.unique(rowids[order], return_inverse=True)
+    table = dataset._take_rows(unique.tolist(), columns=["embedding"])
+    X = vectors(table)[inverse]
+    out = np.empty_like(X)
+    out[order] = X
+    return out
+
+
+def _pair_columns(index, stats, scalars, uncertainty, pair_dot, image_of_sample, universe,
+                  image, text) -> dict[str, np.ndarray]:
+    n = len(index.rowid)
+    out = {k: np.full(n, np.nan) for k in ("alignment", "alignment_centered", "conformity_mismatch")}
+    if IMAGE not in stats.modalities or TEXT not in stats.modalities:
+        return out
+    text_pos = np.flatnonzero(universe & (index.modality == text) & np.isfinite(pair_dot))
+    keep = [p for p in text_pos if int(index.sample[p]) in image_of_sample]
+    if not keep:
+        return out
+    t = np.asarray(keep)
+    i = np.asarray([image_of_sample[int(index.sample[p])] for p in t])
+    m_i, m_t = stats.modalities[IMAGE].mean, stats.modalities[TEXT].mean
+    scores = pair_scores(pair_dot[t], scalars["norm"][i], scalars["norm"][t],
+                         scalars[f"dot_{IMAGE}"][i], scalars[f"dot_{TEXT}"][i],
+                         scalars[f"dot_{IMAGE}"][t], scalars[f"dot_{TEXT}"][t],
+                         m_i, m_t, uncertainty[i], uncertainty[t])
+    for key, values in scores.items():
+        out[key][t] = values
+        best = np.full(n, -np.inf)
+        np.maximum.at(best, i, np.where(np.isnan(values), -np.inf, values))
+        has = np.isfinite(best)
+        out[key][has] = best[has]
+    return out
+
+
+def write_scores(dataset, rowids, target, columns: dict[str, np.ndarray], stats_version: int,
+                 message: str):
+    """Write the score columns of the target rows, one fragment at a time, in one commit."""
+    import lance
+
+    positions = np.flatnonzero(target)
+    fragment_of = (rowids[positions] >> np.uint64(32)).astype(np.int64)
+    updated, fields = [], set()
+    schema = pa.schema([("_rowid", pa.uint64())] + list(OUT_COLUMNS.items()))
+    for fragment in dataset.get_fragments():
+        sel = positions[fragment_of == fragment.fragment_id]
+        if len(sel) == 0:
+            continue
+        arrays = [pa.array(rowids[sel], pa.uint64())]
+        for name, dtype in OUT_COLUMNS.items():
+            if name == "stats_version":
+                arrays.append(pa.array(np.full(len(sel), stats_version, np.int64)))
+                continue
+            values = columns[name][sel]
+            arrays.append(pa.array(values.astype(dtype.to_pandas_dtype()), dtype,
+                                   mask=~np.isfinite(values)))
+        metadata, modified = fragment.update_columns(pa.table(arrays, schema=schema),
+                                                     left_on="_rowid")
+        updated.append(metadata)
+        fields.update(modified)
+    operation = lance.LanceOperation.Update(updated_fragments=updated, fields_modified=sorted(fields))
+    return commit(dataset, operation, message)
