@@ -74,8 +74,7 @@ IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 TABLE_EXTENSIONS = (".csv", ".parquet", ".pq")
 CHECKPOINT_EXTENSIONS = (".pt", ".pth", ".bin", ".ckpt", ".safetensors", ".npz")
 SPOOL_ROWS = 8192  # rows per spooled parquet file
-_BASE_COLUMNS = ("id", "sample_id", "modality")
-_FALLBACK_RESERVED = frozenset({"id", "sample_id", "modality", "embedding", "norm", "model"})
+_RESERVED = frozenset({"id", "sample_id", "modality", "embedding", "norm", "model"})
 
 
 # --------------------------------------------------------------------------------------
@@ -303,11 +302,10 @@ class _Rows:
 
 
 def _reserved_names() -> frozenset[str]:
-    try:
-        from .schema import column_names
-        return frozenset(column_names()) | _FALLBACK_RESERVED
-    except Exception:  # schema files not available: the minimum
-        return _FALLBACK_RESERVED
+    """Dataset column names: source metadata must not shadow them."""
+    from .schema import column_names
+
+    return frozenset(column_names()) | _RESERVED
 
 
 def _metadata_value(value):
@@ -612,7 +610,7 @@ class _ImageDataset:
         index = self.indices[i]
         try:
             return index, self.preprocess(_open_image(self.locators[index])), None
-        except Exception as exc:  # an unreadable image is data, not a crash
+        except Exception as exc:  # noqa: BLE001 (an unreadable image is data, not a crash)
             return index, None, _failure_reason(exc)
 
 
@@ -713,10 +711,10 @@ class _Spool:
         self.buffer_idx.append(np.asarray(indices, dtype=np.int64))
         self.buffer_emb.append(embeddings)
         self.buffered += len(indices)
-        if self.buffered >= SPOOL_ROWS:
-            self.flush()
-        if self.commit_every and self.spooled >= self.commit_every:
+        if self.commit_every and self.spooled + self.buffered >= self.commit_every:
             self.commit()
+        elif self.buffered >= SPOOL_ROWS:
+            self.flush()
 
     def flush(self) -> None:
         if not self.buffered:
@@ -754,8 +752,15 @@ class _Spool:
 
 def _progress(quiet: bool, total: int):
     from rich.console import Console
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn,
-                               TextColumn, TimeElapsedColumn, TimeRemainingColumn)
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        ProgressColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
     from rich.text import Text
 
     class ItemsPerSecond(ProgressColumn):

@@ -27,7 +27,7 @@ import pyarrow.compute as pc
 
 from . import progress as progress_mod
 from . import stats as stats_mod
-from .errors import BadInput, DuplicateIds, SchemaMismatch
+from .errors import BadInput, CuratorError, DuplicateIds, SchemaMismatch
 from .rescore import read_index, score_rows
 from .schema import DATASET_SCHEMA_VERSION, column_names, dataset_schema
 from .sources import ColumnOptions, Source, open_sources
@@ -102,6 +102,10 @@ def ingest_sources(sources: list[Source], *, db=None, table: str = "embeddings",
             dataset = lance.write_dataset(reader, uri, mode="append" if exists else "create",
                                           data_storage_version=STORAGE_VERSION,
                                           max_rows_per_file=1 << 20)
+    except Exception:
+        if writer.error is not None:  # raised inside the stream; Lance wraps it
+            raise writer.error from None
+        raise
     finally:
         writer.close()
     if writer.rows == 0:
@@ -212,6 +216,7 @@ class _BatchWriter:
         self.dim = meta.dim if meta else None
         self.stats = None
         self.rows = 0
+        self.error = None
         self._iter = self._validated()
         self._first = None
         self._bar = progress_mod.bar("ingest", total_rows, quiet=quiet)
@@ -236,12 +241,16 @@ class _BatchWriter:
     def batches(self, schema: pa.Schema) -> Iterator[pa.RecordBatch]:
         self.stats = TableStats(self.dim)
         pending = [self._first] if self._first is not None else []
-        for batch in _chain(pending, self._iter):
-            shaped = self._shape(batch, schema)
-            self._accumulate(shaped)
-            self.rows += shaped.num_rows
-            self._bar.advance(batch.num_rows)
-            yield shaped
+        try:
+            for batch in _chain(pending, self._iter):
+                shaped = self._shape(batch, schema)
+                self._accumulate(shaped)
+                self.rows += shaped.num_rows
+                self._bar.advance(batch.num_rows)
+                yield shaped
+        except CuratorError as exc:
+            self.error = exc
+            raise
 
     def _validated(self) -> Iterator[pa.RecordBatch]:
         for source in self.sources:

@@ -1,0 +1,148 @@
+"""The report's plots: one PNG per figure, drawn with matplotlib's Agg backend.
+
+Each function takes the numbers that ``report.json`` records (plus, for scatter plots,
+the sampled points) and writes one PNG; none of them computes a statistic. Modalities
+keep one colour throughout (image blue, text orange, others from the tab10 cycle).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+_COLOURS = {"image": "#1f77b4", "text": "#ff7f0e"}
+_CYCLE = ["#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"]
+DPI = 110
+
+
+def colour(modality: str, k: int = 0) -> str:
+    return _COLOURS.get(modality, _CYCLE[k % len(_CYCLE)])
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    plt.rcParams.update({
+        "font.size": 10, "axes.titlesize": 11, "axes.labelsize": 10,
+        "axes.spines.top": False, "axes.spines.right": False,
+        "axes.grid": True, "grid.alpha": 0.25, "legend.frameon": False,
+    })
+    return plt
+
+
+def _panels(n: int, width: float = 3.3, height: float = 2.9):
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, n, figsize=(max(width * n, 4.6), height), squeeze=False)
+    return plt, fig, list(axes[0])
+
+
+def _save(plt, fig, path: str) -> str:
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return path
+
+
+def histograms(path: str, hists: dict[str, dict], xlabel: str, note_key: str | None = None) -> str:
+    """One panel per modality: a histogram given as ``{"edges": [...], "counts": [...]}``."""
+    plt, fig, axes = _panels(len(hists))
+    for k, (ax, (m, h)) in enumerate(zip(axes, hists.items())):
+        edges = np.asarray(h["edges"], float)
+        counts = np.asarray(h["counts"], float)
+        ax.stairs(counts, edges, fill=True, color=colour(m, k), alpha=0.8)
+        ax.set_title(m)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("rows")
+        if note_key and h.get(note_key):
+            ax.text(0.02, 0.97, h[note_key], transform=ax.transAxes, va="top", fontsize=8.5)
+        ax.ticklabel_format(axis="x", useOffset=False)
+    return _save(plt, fig, path)
+
+
+def spectrum(path: str, spectra: dict[str, dict]) -> str:
+    """Covariance eigenvalues (descending, log scale) and cumulative explained variance."""
+    plt, fig, (left, right) = _panels(2, width=3.6)
+    for k, (m, s) in enumerate(spectra.items()):
+        ev = np.asarray(s["eigenvalues"], float)
+        ranks = np.arange(1, len(ev) + 1)
+        left.semilogy(ranks, np.maximum(ev, 1e-30), color=colour(m, k), lw=1.5,
+                      label=f"{m} (eff. rank {s['effective_rank']:.0f})")
+        total = ev.sum()
+        right.plot(ranks, np.cumsum(ev) / total if total > 0 else ranks * 0, color=colour(m, k), lw=1.5,
+                   label=m)
+    left.set_xlabel("axis (by variance)")
+    left.set_ylabel("eigenvalue")
+    left.set_title("ellipsoid axes")
+    left.legend(fontsize=8.5)
+    right.set_xlabel("number of axes")
+    right.set_ylabel("share of variance")
+    right.set_ylim(0, 1.02)
+    right.set_title("cumulative variance")
+    return _save(plt, fig, path)
+
+
+def conformity_scatter(path: str, points: dict[str, tuple[np.ndarray, np.ndarray]],
+                       fits: dict[str, dict]) -> str:
+    """Per modality: exact conformity against cos(x, m), with the least-squares line."""
+    plt, fig, axes = _panels(len(points))
+    for k, (ax, (m, (est, conf))) in enumerate(zip(axes, points.items())):
+        ax.scatter(est, conf, s=4, alpha=0.35, color=colour(m, k), linewidths=0, rasterized=True)
+        f = fits[m]
+        if f.get("slope") is not None and len(est):
+            xs = np.linspace(float(np.min(est)), float(np.max(est)), 2)
+            ax.plot(xs, f["slope"] * xs + f["intercept"], color="black", lw=1)
+            ax.text(0.03, 0.97, f"r = {f['pearson']:.5f}\nC ≈ {f['slope']:.3f}·cos + {f['intercept']:.3f}",
+                    transform=ax.transAxes, va="top", fontsize=8.5)
+        ax.set_title(m)
+        ax.set_xlabel("cos(x, mean)  (estimator)")
+        ax.set_ylabel("conformity (exact)")
+    return _save(plt, fig, path)
+
+
+def zipf(path: str, sizes: dict[str, list[int]]) -> str:
+    """Cluster sizes by rank, log-log: a straight line is a Zipf (power-law) frequency."""
+    plt, fig, axes = _panels(len(sizes))
+    for k, (ax, (m, s)) in enumerate(zip(axes, sizes.items())):
+        s = np.sort(np.asarray(s, float))[::-1]
+        ax.loglog(np.arange(1, len(s) + 1), s, "o-", ms=3, lw=1, color=colour(m, k))
+        ax.set_title(f"{m}: {len(s)} clusters")
+        ax.set_xlabel("cluster rank")
+        ax.set_ylabel("rows in cluster")
+    return _save(plt, fig, path)
+
+
+def gap_view(path: str, coords: dict[str, np.ndarray], centres: dict[str, list[float]]) -> str:
+    """The pooled sample on (gap direction, top principal direction of the gap-removed sample)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.4, 3.9))
+    for k, (m, xy) in enumerate(coords.items()):
+        ax.scatter(xy[:, 0], xy[:, 1], s=4, alpha=0.3, color=colour(m, k), linewidths=0,
+                   label=m, rasterized=True)
+    for k, (m, c) in enumerate(centres.items()):
+        ax.plot([c[0]], [c[1]], marker="X", ms=10, color="black", mec="white")
+        ax.annotate(f"mean {m}", (c[0], c[1]), textcoords="offset points", xytext=(6, 6), fontsize=8.5)
+    ax.set_xlabel("⟨x, ĝ⟩  along the gap direction (m_img − m_txt)")
+    ax.set_ylabel("top principal direction, gap removed")
+    leg = ax.legend(markerscale=3, loc="best")
+    for handle in leg.legend_handles:
+        handle.set_alpha(1)
+    return _save(plt, fig, path)
+
+
+def gap_sweep(path: str, alphas: list[float], js: list[float], tv: list[float]) -> str:
+    """Divergence of the image and text conformity histograms against the shift α."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.4, 3.9))
+    ax.plot(alphas, js, "o-", ms=4, label="Jensen–Shannon (bits)", color="#333333")
+    ax.plot(alphas, tv, "s--", ms=3, label="total variation", color="#999999")
+    best = int(np.nanargmin(js))
+    ax.axvline(0, color="#bbbbbb", lw=1)
+    ax.plot([alphas[best]], [js[best]], "o", ms=9, mfc="none", mec="#d62728", mew=2,
+            label=f"minimum at α = {alphas[best]:+.1f}")
+    ax.set_xlabel("α   (each modality shifted by v − α·m_modality)")
+    ax.set_ylabel("divergence of conformity histograms")
+    ax.set_ylim(bottom=0)
+    ax.legend(fontsize=8.5)
+    return _save(plt, fig, path)
