@@ -246,7 +246,7 @@ def cluster(*, db=None, table: str = "embeddings", k: int, modality: str | None 
     database = Database(db)
     dataset = database.dataset(table)
     index = read_modalities(dataset)
-    mods = _chosen_modalities(index, modality)
+    mods = chosen_modalities(index.names, modality)
     for m in mods:
         n_m = int((index.modality == index.names.index(m)).sum())
         if n_m < k:
@@ -289,7 +289,7 @@ def _assign_all(dataset, index, modality, C, cluster_col, quiet) -> dict:
     total = int((index.modality == code).sum())
     bar = progress_mod.bar(f"assign {modality}", total, quiet=quiet)
     try:
-        for batch in dataset.to_batches(columns=["embedding"], filter=_modality_filter(modality),
+        for batch in dataset.to_batches(columns=["embedding"], filter=modality_filter(modality),
                                         with_row_id=True, batch_size=SCAN_BATCH_ROWS):
             U = unit_rows(vectors(batch))
             labels, cos = top_centroids(U, C, 1)
@@ -326,7 +326,7 @@ def assign_new_rows(database: Database, table: str, dataset):
     cluster_col = index.cluster.copy()
     for m in affected:
         C = stored[m][1]
-        flt = f"({_modality_filter(m)}) AND cluster IS NULL"
+        flt = f"({modality_filter(m)}) AND cluster IS NULL"
         for batch in dataset.to_batches(columns=["embedding"], filter=flt, with_row_id=True,
                                         batch_size=SCAN_BATCH_ROWS):
             labels, _ = top_centroids(unit_rows(vectors(batch)), C, 1)
@@ -380,16 +380,16 @@ def take_vectors(dataset, rowids: np.ndarray) -> np.ndarray:
     return np.concatenate(parts)
 
 
-def _chosen_modalities(index: ModalityIndex, modality: str | None) -> list[str]:
+def chosen_modalities(names: list[str], modality: str | None) -> list[str]:
     if modality is None:
-        return sorted(index.names)
-    if modality not in index.names:
-        present = ", ".join(sorted(index.names)) or "none"
+        return sorted(names)
+    if modality not in names:
+        present = ", ".join(sorted(names)) or "none"
         raise BadInput(f"no rows of modality {modality!r} (present: {present})")
     return [modality]
 
 
-def _modality_filter(modality: str) -> str:
+def modality_filter(modality: str) -> str:
     return "modality = '" + modality.replace("'", "''") + "'"
 
 

@@ -783,8 +783,9 @@ def _progress(quiet: bool, total: int):
 
 def _existing_table(db, table: str):
     """(Database, schema, model) of an existing table, or (Database, None, None)."""
-    from .store import Database
+    from .store import Database, check_table_name
 
+    check_table_name(table)
     database = Database(db)
     if not database.has_table(table):
         return database, None, None
@@ -826,12 +827,12 @@ def encode(sources, *, db=None, table: str = "embeddings", arch: str = "ViT-B-32
         dev = pick_device(device)
         model_name = model_name_for(arch, pretrained, seed)
 
-    rows = _collect(sources, image_column, caption_column)
-    _check_unique(rows.ids)
     database, table_schema, table_model = _existing_table(db, table)
     if table_model is not None and table_model != model_name:
         raise SchemaMismatch(f"table {table!r} holds embeddings of {table_model}, "
                              f"not {model_name}: use another --table")
+    rows = _collect(sources, image_column, caption_column)
+    _check_unique(rows.ids)
     present = database.existing_ids(table, rows.ids) if table_schema is not None else set()
     keep = np.array([i for i, id_ in enumerate(rows.ids) if id_ not in present], dtype=np.int64)
     result = EncodeResult(resumed_skipped=len(rows) - len(keep), model=model_name)

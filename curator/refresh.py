@@ -54,7 +54,7 @@ def refresh(*, db=None, table: str = "embeddings", tolerance: float = 0.0,
     for (code, v), bound in bound_of.items():
         if bound > tolerance:
             target |= (index.modality == code) & (index.stats_version == v)
-    dataset, rows = score_rows(dataset, stats, target, index,
+    dataset, rows = score_rows(dataset, stats, target, index, all_uncertainty=True,
                                message=f"curator refresh v{stats.version}")
     stats.table_version = dataset.version
     stats_mod.StatsStore(database, table).save(stats)

@@ -25,14 +25,14 @@ def _pyplot():
     import matplotlib.pyplot as plt
 
     plt.rcParams.update({
-        "font.size": 10, "axes.titlesize": 11, "axes.labelsize": 10,
+        "font.size": 10.5, "axes.titlesize": 11.5, "axes.labelsize": 10.5,
         "axes.spines.top": False, "axes.spines.right": False,
         "axes.grid": True, "grid.alpha": 0.25, "legend.frameon": False,
     })
     return plt
 
 
-def _panels(n: int, width: float = 3.3, height: float = 2.9):
+def _panels(n: int, width: float = 3.1, height: float = 2.9):
     plt = _pyplot()
     fig, axes = plt.subplots(1, n, figsize=(max(width * n, 4.6), height), squeeze=False)
     return plt, fig, list(axes[0])
@@ -93,7 +93,8 @@ def conformity_scatter(path: str, points: dict[str, tuple[np.ndarray, np.ndarray
         if f.get("slope") is not None and len(est):
             xs = np.linspace(float(np.min(est)), float(np.max(est)), 2)
             ax.plot(xs, f["slope"] * xs + f["intercept"], color="black", lw=1)
-            ax.text(0.03, 0.97, f"r = {f['pearson']:.5f}\nC ≈ {f['slope']:.3f}·cos + {f['intercept']:.3f}",
+            sign = "−" if f["intercept"] < 0 else "+"
+            ax.text(0.03, 0.97, f"r = {f['pearson']:.5f}\nC ≈ {f['slope']:.3f}·cos {sign} {abs(f['intercept']):.3f}",
                     transform=ax.transAxes, va="top", fontsize=8.5)
         ax.set_title(m)
         ax.set_xlabel("cos(x, mean)  (estimator)")

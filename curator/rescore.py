@@ -47,8 +47,15 @@ class RowIndex:
     modality: np.ndarray  # int32 code into names
     names: list[str]
     stats_version: np.ndarray  # int64, -1 = never scored
-    conformity: np.ndarray  # float64, NaN = null
-    pair_dot: np.ndarray  # float64, NaN = null
+    old: dict  # stored value of every float score column, float64, NaN = null
+
+    @property
+    def conformity(self) -> np.ndarray:
+        return self.old["conformity"]
+
+    @property
+    def pair_dot(self) -> np.ndarray:
+        return self.old["pair_dot"]
 
     def code(self, modality: str) -> int:
         return self.names.index(modality) if modality in self.names else -2
@@ -58,14 +65,15 @@ class RowIndex:
 
 
 def read_index(dataset) -> RowIndex:
-    columns = ["sample_id", "modality", "stats_version", "conformity", "pair_dot"]
+    floats = [c for c in OUT_COLUMNS if c != "stats_version"]
+    columns = ["sample_id", "modality", "stats_version"] + floats
     table = dataset.to_table(columns=columns, with_row_id=True)
     order = np.argsort(table.column("_rowid").to_numpy(), kind="stable")
     table = table.take(pa.array(order))
     sample = table.column("sample_id").combine_chunks().dictionary_encode()
     modality = table.column("modality").combine_chunks().dictionary_encode()
 
-    def floats(name):
+    def as_float(name):
         return table.column(name).to_numpy(zero_copy_only=False).astype(np.float64)
 
     return RowIndex(
@@ -74,8 +82,7 @@ def read_index(dataset) -> RowIndex:
         modality=modality.indices.to_numpy(zero_copy_only=False).astype(np.int32),
         names=[str(x) for x in modality.dictionary.to_pylist()],
         stats_version=pc.fill_null(table.column("stats_version"), -1).to_numpy(),
-        conformity=floats("conformity"),
-        pair_dot=floats("pair_dot"),
+        old={name: as_float(name) for name in floats},
     )
 
 
@@ -103,11 +110,15 @@ def iter_rows(dataset, rowids: np.ndarray, columns: list[str]):
 
 
 def score_rows(dataset, stats: TableStats, target: np.ndarray | None = None,
-               index: RowIndex | None = None, message: str = "curator score"):
+               index: RowIndex | None = None, message: str = "curator score",
+               all_uncertainty: bool = False):
     """Rescore the rows selected by ``target`` (bool mask over ``index``) and commit.
 
     ``stats`` must describe the table's rows (it is the version recorded on the rows);
-    its uncertainty sketches are updated in place. Returns (new dataset, rows scored).
+    its uncertainty sketches are updated in place. With ``all_uncertainty`` the
+    percentiles (and the mismatch built on them) of all other rows are recomputed from
+    their stored conformity too (scalars only, no vectors read). Returns (new dataset,
+    rows rescored).
     """
     index = index or read_index(dataset)
     if target is None:
@@ -152,6 +163,10 @@ def score_rows(dataset, stats: TableStats, target: np.ndarray | None = None,
         _fill_pair_dots(dataset, index, missing, image_of_sample, pair_dot)
 
     # Uncertainty: the sketch takes the targets' new conformity in place of their old.
+    # With ``all_uncertainty`` (refresh) every row's percentile is recomputed from its
+    # stored conformity, so no percentile is left behind a changed sketch.
+    conformity_now = np.where(needed, scalars["conformity"], index.conformity)
+    scope = np.ones(n, bool) if all_uncertainty else needed
     uncertainty = np.full(n, np.nan)
     for m, s in live.items():
         rows_m = index.modality == index.code(m)
@@ -160,21 +175,56 @@ def score_rows(dataset, stats: TableStats, target: np.ndarray | None = None,
         np.subtract.at(s.hist, conformity_bins(old[np.isfinite(old)]), 1)
         np.add.at(s.hist, conformity_bins(new[np.isfinite(new)]), 1)
         np.maximum(s.hist, 0, out=s.hist)
-        sel = rows_m & needed & np.isfinite(scalars["conformity"])
-        uncertainty[sel] = s.cdf(scalars["conformity"][sel])
+        sel = rows_m & scope & np.isfinite(conformity_now)
+        uncertainty[sel] = s.cdf(conformity_now[sel])
 
-    pairs = _pair_columns(index, stats, scalars, uncertainty, pair_dot, image_of_sample,
-                          universe, image, text)
-    out = {
+    computed = _pair_columns(index, stats, scalars, uncertainty, pair_dot, image_of_sample,
+                             universe, image, text)
+    if all_uncertainty:
+        everyone = _first_image(index, paired & (index.sample >= 0), image)
+        computed["conformity_mismatch"] = _mismatch(index, uncertainty, everyone, text)
+    new = {
         "conformity": scalars["conformity"],
         "conformity_est": scalars["conformity_est"],
         "uncertainty": uncertainty,
         "loglik": scalars["loglik"],
-        **pairs,
+        **computed,
         "pair_dot": pair_dot,
     }
-    new_dataset = write_scores(dataset, index.rowid, target, out, stats.version, message)
+    out, changed = {}, target.copy()
+    for name, values in new.items():
+        merged = np.where(target, values, index.old[name])
+        if name in ("uncertainty", "conformity_mismatch", "pair_dot", "alignment", "alignment_centered"):
+            fresh = scope & np.isfinite(values) & ~target
+            if name in ("alignment", "alignment_centered", "pair_dot"):
+                fresh &= needed
+            merged = np.where(fresh, values, merged)
+            changed |= fresh & ~_same(values, index.old[name])
+        out[name] = merged
+    versions = np.where(target, stats.version, index.stats_version)
+    new_dataset = write_scores(dataset, index.rowid, changed, out, versions, message)
     return new_dataset, int(target.sum())
+
+
+def _same(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a == b) | (np.isnan(a) & np.isnan(b))
+
+
+def _mismatch(index, uncertainty, image_of_sample, text) -> np.ndarray:
+    """uncertainty(text) − uncertainty(image) on text rows; image rows: max over captions."""
+    n = len(index.rowid)
+    out = np.full(n, np.nan)
+    t = np.flatnonzero(index.modality == text)
+    t = np.asarray([p for p in t if int(index.sample[p]) in image_of_sample], dtype=np.int64)
+    if len(t) == 0:
+        return out
+    i = np.asarray([image_of_sample[int(index.sample[p])] for p in t])
+    values = uncertainty[t] - uncertainty[i]
+    out[t] = values
+    best = np.full(n, -np.inf)
+    np.maximum.at(best, i, np.where(np.isnan(values), -np.inf, values))
+    out[np.isfinite(best)] = best[np.isfinite(best)]
+    return out
 
 
 def _first_image(index: RowIndex, universe: np.ndarray, image: int) -> dict[int, int]:
@@ -237,7 +287,7 @@ def _pair_columns(index, stats, scalars, uncertainty, pair_dot, image_of_sample,
     return out
 
 
-def write_scores(dataset, rowids, target, columns: dict[str, np.ndarray], stats_version: int,
+def write_scores(dataset, rowids, target, columns: dict[str, np.ndarray], versions: np.ndarray,
                  message: str):
     """Write the score columns of the target rows, one fragment at a time, in one commit."""
     import lance
@@ -253,7 +303,8 @@ def write_scores(dataset, rowids, target, columns: dict[str, np.ndarray], stats_
         arrays = [pa.array(rowids[sel], pa.uint64())]
         for name, dtype in OUT_COLUMNS.items():
             if name == "stats_version":
-                arrays.append(pa.array(np.full(len(sel), stats_version, np.int64)))
+                v = versions[sel]
+                arrays.append(pa.array(v.astype(np.int64), pa.int64(), mask=v < 0))
                 continue
             values = columns[name][sel]
             arrays.append(pa.array(values.astype(dtype.to_pandas_dtype()), dtype,
@@ -262,5 +313,7 @@ def write_scores(dataset, rowids, target, columns: dict[str, np.ndarray], stats_
                                                      left_on="_rowid")
         updated.append(metadata)
         fields.update(modified)
+    if not updated:
+        return dataset
     operation = lance.LanceOperation.Update(updated_fragments=updated, fields_modified=sorted(fields))
     return commit(dataset, operation, message)

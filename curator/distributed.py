@@ -1,0 +1,290 @@
+"""Ray implementations of curator's reductions and maps over a Lance dataset.
+
+Called through :mod:`curator.engine` (which connects Ray); each function has the same
+contract and results as its local counterpart:
+
+- :func:`accumulate` (statistics, a reduction): a Ray Data pipeline,
+  ``read_lance`` → ``map_batches`` producing a partial :class:`~curator.stats.TableStats`
+  per block (a fragment, or a part of a large one), merged on the driver with
+  ``ModalityStats.merge``. Same sums as :func:`curator.stats.accumulate` to float
+  tolerance (the second moments are moved onto one shift when merged).
+- :func:`score_rows` (scores, a map plus a small global step): one Ray task per fragment
+  computes the per-row scalars with :func:`curator.scores.row_scores` (conformity, the
+  estimator, log-likelihood, norms and dots with the modality means); the driver does
+  the global step over scalars only (uncertainty sketch, pair join), as
+  :func:`curator.rescore.score_rows` does; one Ray task per fragment writes the score
+  columns with ``fragment.update_columns``; the driver commits once
+  (``LanceOperation.Update``). Nothing is committed on error: the table is unchanged.
+
+The workers open the dataset at the version the driver read, so a concurrent writer
+cannot change what is scored. lance-ray's ``add_columns``/``merge_columns_from`` only
+add *new* columns; curator's score columns already exist, so the backfill is the
+``update_columns`` pattern of :func:`curator.rescore.write_scores`, spread over tasks.
+"""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pyarrow as pa
+
+from .rescore import OUT_COLUMNS, RowIndex, _fill_pair_dots, _first_image, _pair_columns, read_index
+from .scores import IMAGE, TEXT, row_scores
+from .stats import StatsStore, TableStats, conformity_bins, staleness_bound
+from .store import SCAN_BATCH_ROWS, Database, TableMeta, commit, vectors
+
+READ_BATCH_ROWS = 131_072  # rows per Ray Data block: one partial statistics record each
+STATS_COLUMNS = ["modality", "embedding", "conformity"]
+
+
+# -- statistics: a reduction ---------------------------------------------------------------
+
+def _partial_stats(dim: int):
+    """map_batches function: the statistics of one block, as one pickled row."""
+
+    def partial(block: pa.Table) -> pa.Table:
+        part = TableStats(dim)
+        X = vectors(block)
+        modality = block.column("modality").to_numpy(zero_copy_only=False)
+        conformity = block.column("conformity").to_numpy(zero_copy_only=False)
+        for m in np.unique(modality):
+            rows = modality == m
+            s = part.get(str(m))
+            s.add(X if rows.all() else X[rows])
+            s.add_conformity(np.asarray(conformity[rows], np.float64))
+        return pa.table({"rows": [block.num_rows], "partial": [pickle.dumps(part, protocol=5)]})
+
+    return partial
+
+
+def accumulate(dataset, dim: int, *, filter: str | None = None) -> TableStats:
+    """Statistics of the dataset's rows (at its version): Ray Data map, merge on the driver."""
+    import ray.data
+
+    fragments = len(dataset.get_fragments())
+    stats = TableStats(dim)
+    if fragments == 0:
+        return stats
+    source = ray.data.read_lance(
+        dataset.uri, version=dataset.version, columns=STATS_COLUMNS, filter=filter,
+        scanner_options={"batch_size": READ_BATCH_ROWS}, override_num_blocks=fragments,
+    )
+    partials = source.map_batches(_partial_stats(dim), batch_format="pyarrow", batch_size=None)
+    for batch in partials.iter_batches(batch_format="pyarrow", batch_size=None):
+        for blob in batch.column("partial").to_pylist():
+            part = pickle.loads(blob)
+            for m, s in part.modalities.items():
+                stats.modalities[m] = stats.get(m).merge(s)
+    return stats
+
+
+def rebuild(db, table: str, dataset=None) -> TableStats:
+    """:func:`curator.stats.rebuild` with the statistics computed on Ray."""
+    db = db if isinstance(db, Database) else Database(db)
+    dataset = dataset or db.dataset(table)
+    store = StatsStore(db, table)
+    stats = accumulate(dataset, TableMeta.from_schema(dataset.schema).dim)
+    stats.version = store.latest_version() + 1
+    stats.table_version = dataset.version
+    store.append_history(stats)
+    store.save(stats)
+    return stats
+
+
+# -- scores: a map over fragments, a global step over scalars, a map of writes ------------
+
+def _fragment_scalars(uri: str, version: int, fragment_id: int, rowids: np.ndarray, model):
+    """Per-row scalars of the given rows of one fragment (a Ray task).
+
+    Returns ``{"rowid", "norm", "conformity", "conformity_est", "loglik", "dot_M"…}``
+    as float64 arrays aligned with the returned row ids.
+    """
+    import lance
+
+    live, whitening, names = model
+    fragment = lance.dataset(uri, version=version).get_fragment(fragment_id)
+    keys = ["norm", "conformity", "conformity_est", "loglik"] + [f"dot_{m}" for m in names]
+    parts = {k: [] for k in ["rowid"] + keys}
+    everything = len(rowids) == fragment.count_rows()
+    for batch in fragment.to_batches(columns=["modality", "embedding"], with_row_id=True,
+                                     batch_size=SCAN_BATCH_ROWS):
+        ids = batch.column("_rowid").to_numpy()
+        if not everything:
+            keep = np.isin(ids, rowids, assume_unique=True)
+            if not keep.any():
+                continue
+            if not keep.all():
+                batch, ids = batch.filter(pa.array(keep)), ids[keep]
+        X = vectors(batch)
+        out = {k: np.full(len(ids), np.nan) for k in keys}
+        out["norm"] = np.sqrt(np.einsum("ij,ij->i", X, X, dtype=np.float64))
+        mods = np.asarray(batch.column("modality").to_pylist(), dtype=object)
+        for m in np.unique(mods):
+            if m not in live:
+                continue
+            rows = mods == m
+            for key, values in row_scores(X[rows], out["norm"][rows], m, live, whitening[m]).items():
+                out[key][rows] = values
+        parts["rowid"].append(ids)
+        for k in keys:
+            parts[k].append(out[k])
+    return {k: np.concatenate(v) if v else np.zeros(0) for k, v in parts.items()}
+
+
+def _write_fragment(uri: str, version: int, fragment_id: int, table: pa.Table):
+    """Write one fragment's score columns (a Ray task); returns its pickled metadata."""
+    import lance
+
+    fragment = lance.dataset(uri, version=version).get_fragment(fragment_id)
+    metadata, modified = fragment.update_columns(table, left_on="_rowid")
+    return pickle.dumps(metadata), list(modified)
+
+
+def _by_fragment(rowids: np.ndarray) -> dict[int, np.ndarray]:
+    """Sorted row ids grouped by fragment (row id >> 32 for stable row ids off)."""
+    fragment = (rowids >> np.uint64(32)).astype(np.int64)
+    bounds = np.flatnonzero(np.diff(fragment)) + 1
+    return {int(chunk_f[0]): chunk for chunk, chunk_f in
+            zip(np.split(rowids, bounds), np.split(fragment, bounds)) if len(chunk)}
+
+
+def compute_scalars(dataset, stats: TableStats, index: RowIndex, needed: np.ndarray) -> dict:
+    """The per-row scalars of ``score_rows`` for the needed rows, one Ray task a fragment."""
+    import ray
+
+    n = len(index.rowid)
+    scalars = {k: np.full(n, np.nan) for k in ("conformity", "conformity_est", "loglik", "norm")}
+    for m in stats.modalities:
+        scalars[f"dot_{m}"] = np.full(n, np.nan)
+    live = stats.nonempty()
+    whitening = {m: s.whitening() if s.n > 1 else None for m, s in live.items()}
+    model = ray.put((live, whitening, sorted(live)))
+    task = ray.remote(_fragment_scalars)
+    wanted = index.rowid[needed]  # sorted: read_index orders rows by row id
+    futures = [task.remote(dataset.uri, dataset.version, f, ids, model)
+               for f, ids in _by_fragment(wanted).items()]
+    for result in ray.get(futures):
+        pos = index.positions(result.pop("rowid"))
+        for key, values in result.items():
+            scalars[key][pos] = values
+    return scalars
+
+
+def score_rows(dataset, stats: TableStats, target: np.ndarray | None = None,
+               index: RowIndex | None = None, message: str = "curator score"):
+    """:func:`curator.rescore.score_rows` on Ray: same arguments, same result.
+
+    Returns (new dataset, rows scored); ``stats``' uncertainty sketches are updated in
+    place, as locally.
+    """
+    index = index or read_index(dataset)
+    if target is None:
+        target = np.ones(len(index.rowid), bool)
+    if not target.any():
+        return dataset, 0
+    n = len(index.rowid)
+    image, text = index.code(IMAGE), index.code(TEXT)
+    paired = (index.modality == image) | (index.modality == text)
+    touched = np.unique(index.sample[target & paired & (index.sample >= 0)])
+    universe = paired & np.isin(index.sample, touched) & (index.sample >= 0)
+    needed = target | universe
+
+    scalars = compute_scalars(dataset, stats, index, needed)
+
+    # The global step over scalars, exactly as rescore.score_rows does it.
+    live = stats.nonempty()
+    pair_dot = index.pair_dot.copy()
+    image_of_sample = _first_image(index, universe, image)
+    missing = universe & (index.modality == text) & np.isnan(pair_dot)
+    if missing.any():
+        _fill_pair_dots(dataset, index, missing, image_of_sample, pair_dot)
+    uncertainty = np.full(n, np.nan)
+    for m, s in live.items():
+        rows_m = index.modality == index.code(m)
+        old = index.conformity[target & rows_m]
+        new = scalars["conformity"][target & rows_m]
+        np.subtract.at(s.hist, conformity_bins(old[np.isfinite(old)]), 1)
+        np.add.at(s.hist, conformity_bins(new[np.isfinite(new)]), 1)
+        np.maximum(s.hist, 0, out=s.hist)
+        sel = rows_m & needed & np.isfinite(scalars["conformity"])
+        uncertainty[sel] = s.cdf(scalars["conformity"][sel])
+    pairs = _pair_columns(index, stats, scalars, uncertainty, pair_dot, image_of_sample,
+                                  universe, image, text)
+    out = {
+        "conformity": scalars["conformity"],
+        "conformity_est": scalars["conformity_est"],
+        "uncertainty": uncertainty,
+        "loglik": scalars["loglik"],
+        **pairs,
+        "pair_dot": pair_dot,
+    }
+    new_dataset = write_scores(dataset, index.rowid, target, out, stats.version, message)
+    return new_dataset, int(target.sum())
+
+
+def write_scores(dataset, rowids: np.ndarray, target: np.ndarray, columns: dict[str, np.ndarray],
+                 stats_version: int, message: str):
+    """:func:`curator.rescore.write_scores` with one Ray task a fragment, one driver commit."""
+    import lance
+    import ray
+
+    positions = np.flatnonzero(target)
+    fragment_of = (rowids[positions] >> np.uint64(32)).astype(np.int64)
+    schema = pa.schema([("_rowid", pa.uint64())] + list(OUT_COLUMNS.items()))
+    task = ray.remote(_write_fragment)
+    futures = []
+    for fragment_id in np.unique(fragment_of).tolist():
+        sel = positions[fragment_of == fragment_id]
+        arrays = [pa.array(rowids[sel], pa.uint64())]
+        for name, dtype in OUT_COLUMNS.items():
+            if name == "stats_version":
+                arrays.append(pa.array(np.full(len(sel), stats_version, np.int64)))
+                continue
+            values = columns[name][sel]
+            arrays.append(pa.array(values.astype(dtype.to_pandas_dtype()), dtype,
+                                   mask=~np.isfinite(values)))
+        futures.append(task.remote(dataset.uri, dataset.version, fragment_id,
+                                   pa.table(arrays, schema=schema)))
+    updated, fields = [], set()
+    for blob, modified in ray.get(futures):
+        updated.append(pickle.loads(blob))
+        fields.update(modified)
+    operation = lance.LanceOperation.Update(updated_fragments=updated, fields_modified=sorted(fields))
+    return commit(dataset, operation, message)
+
+
+def refresh(*, db=None, table: str = "embeddings", tolerance: float = 0.0, quiet: bool = True):
+    """:func:`curator.refresh.refresh` with the rescoring on Ray (same result)."""
+    from .errors import BadInput
+    from .refresh import RefreshResult
+
+    if not tolerance >= 0:
+        raise BadInput("--tolerance must be a number ≥ 0")
+    database = Database(db)
+    dataset = database.dataset(table)
+    read_version = dataset.version
+    stats = StatsStore(database, table).load()
+    if stats is None or stats.table_version != dataset.version:
+        stats = rebuild(database, table, dataset)
+    history = StatsStore(database, table).history()
+    index = read_index(dataset)
+    bound_of = {}
+    for code, m in enumerate(index.names):
+        current_m = stats.modalities.get(m)
+        for v in np.unique(index.stats_version[index.modality == code]).tolist():
+            if v < 0 or current_m is None:
+                bound_of[(code, v)] = float("inf")
+            else:
+                bound_of[(code, v)] = staleness_bound(history.get((v, m)), current_m)
+    worst = max(bound_of.values(), default=0.0)
+    target = np.zeros(len(index.rowid), bool)
+    for (code, v), bound in bound_of.items():
+        if bound > tolerance:
+            target |= (index.modality == code) & (index.stats_version == v)
+    dataset, rows = score_rows(dataset, stats, target, index,
+                               message=f"curator refresh v{stats.version}")
+    stats.table_version = dataset.version
+    StatsStore(database, table).save(stats)
+    return RefreshResult(rows, read_version, dataset.version, stats.version,
+                         None if not np.isfinite(worst) else worst, tolerance)

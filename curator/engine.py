@@ -1,0 +1,134 @@
+"""The execution engine: ``local`` (embedded, the default) or ``ray`` (Ray Data over Lance).
+
+Every curator computation is a reduction (statistics) or a map over rows (scores), so
+the same library call can run in this process or on a Ray cluster. The engine is the
+``engine`` argument, else ``$CURATOR_ENGINE``, else ``local``. Ray connects to
+``$RAY_ADDRESS`` when set (an existing cluster, ``ray://host:10001`` or ``auto``),
+otherwise starts a local instance with ``$CURATOR_RAY_CPUS`` CPUs (default: all).
+Both engines give the same results: the same statistics to float tolerance, the same
+scores, the same decisions for the same seed.
+
+Ray is an optional extra (``pip install 'clip-curator[ray]'``), imported only here and
+in :mod:`curator.distributed`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+
+import numpy as np
+
+from .errors import CuratorError, MissingDependency
+
+LOCAL, RAY = "local", "ray"
+ENGINES = (LOCAL, RAY)
+RAY_HINT = "--engine ray needs Ray: pip install 'clip-curator[ray]'"
+
+
+def resolve_engine(engine: str | None = None) -> str:
+    """The engine to use: the argument, else ``$CURATOR_ENGINE``, else ``local``.
+
+    Raises ``CuratorError`` for an unknown name and ``MissingDependency`` when ``ray`` is
+    asked for but Ray (with Ray Data) is not installed.
+    """
+    name = (engine or os.environ.get("CURATOR_ENGINE") or LOCAL).strip().lower()
+    if name not in ENGINES:
+        raise CuratorError(f"unknown engine {name!r}: use one of {', '.join(ENGINES)}")
+    if name == RAY:
+        try:
+            import ray  # noqa: F401
+            import ray.data  # noqa: F401
+        except ImportError as exc:
+            raise MissingDependency(RAY_HINT) from exc
+    return name
+
+
+@contextlib.contextmanager
+def ray_session(quiet: bool = True) -> Iterator[None]:
+    """Ray connected for the duration of the block; shut down after only if started here.
+
+    Joins an already initialised Ray (a notebook, a test fixture) as it is. Otherwise
+    ``ray.init(address=$RAY_ADDRESS)``; without an address a local instance with
+    ``$CURATOR_RAY_CPUS`` CPUs (default all). On a remote cluster the ``curator``
+    package is shipped with the job (``runtime_env.py_modules``); its dependencies
+    (lancedb, pylance, numpy, pyarrow) must be installed on the workers.
+    """
+    resolve_engine(RAY)
+    import ray
+    import ray.data
+
+    started = False
+    if not ray.is_initialized():
+        address = os.environ.get("RAY_ADDRESS") or None
+        kwargs = {"ignore_reinit_error": True, "include_dashboard": False,
+                  "log_to_driver": not quiet, "logging_level": "WARNING"}
+        if address:
+            kwargs["address"] = address
+            kwargs["runtime_env"] = {"py_modules": [os.path.dirname(os.path.abspath(__file__))]}
+        elif os.environ.get("CURATOR_RAY_CPUS"):
+            kwargs["num_cpus"] = int(os.environ["CURATOR_RAY_CPUS"])
+        ray.init(**kwargs)
+        started = True
+    context = ray.data.DataContext.get_current()
+    previous = context.enable_progress_bars
+    context.enable_progress_bars = not quiet
+    try:
+        yield
+    finally:
+        context.enable_progress_bars = previous
+        if started:
+            ray.shutdown()
+
+
+# -- dispatch: one function per computation, the same signature on both engines ----------
+
+def accumulate(dataset, dim: int, *, filter: str | None = None, engine: str | None = None):
+    """Statistics of a table's rows (:func:`curator.stats.accumulate`) on the engine."""
+    if resolve_engine(engine) == LOCAL:
+        from .stats import accumulate as local
+
+        return local(dataset, dim, filter=filter)
+    from . import distributed
+
+    with ray_session():
+        return distributed.accumulate(dataset, dim, filter=filter)
+
+
+def score_rows(dataset, stats, target: np.ndarray | None = None, index=None,
+               message: str = "curator score", *, engine: str | None = None):
+    """Rescore target rows and commit (:func:`curator.rescore.score_rows`) on the engine."""
+    if resolve_engine(engine) == LOCAL:
+        from .rescore import score_rows as local
+
+        return local(dataset, stats, target, index, message=message)
+    from . import distributed
+
+    with ray_session():
+        return distributed.score_rows(dataset, stats, target, index, message=message)
+
+
+def rebuild(db, table: str, dataset=None, *, engine: str | None = None):
+    """Recompute a table's statistics from its rows as a new stats version."""
+    if resolve_engine(engine) == LOCAL:
+        from .stats import rebuild as local
+
+        return local(db, table, dataset)
+    from . import distributed
+
+    with ray_session():
+        return distributed.rebuild(db, table, dataset)
+
+
+def refresh(*, db=None, table: str = "embeddings", tolerance: float = 0.0, quiet: bool = True,
+            engine: str | None = None):
+    """``refresh`` (:func:`curator.refresh.refresh`) on the engine."""
+    if resolve_engine(engine) == LOCAL:
+        from .refresh import refresh as local
+
+        return local(db=db, table=table, tolerance=tolerance, quiet=quiet)
+    from . import distributed
+
+    with ray_session(quiet=quiet):
+        return distributed.refresh(db=db, table=table, tolerance=tolerance, quiet=quiet)

@@ -1,0 +1,160 @@
+"""Spherical k-means concepts against planted labels and brute-force nearest centroids."""
+
+from __future__ import annotations
+
+import lance
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from curator import ingest
+from curator.clusters import CentroidStore, cluster, spherical_kmeans, top_centroids, unit_rows
+from curator.errors import CuratorError
+from curator.store import Database, fixed_list
+
+K = 6
+
+
+def separated(n: int, d: int = 24, k: int = K, seed: int = 0, offset: float = 0.0):
+    """Rows around k well-separated unit directions (angular noise ≈ 0.1 rad); labels."""
+    rng = np.random.default_rng(seed)
+    centres = np.linalg.qr(rng.normal(size=(d, d)))[0][:k]  # orthonormal directions
+    labels = rng.integers(k, size=n)
+    X = centres[labels] + rng.normal(size=(n, d)) * 0.1 / np.sqrt(d)
+    X *= rng.uniform(0.5, 3.0, size=(n, 1))  # raw norms vary; direction is what counts
+    return (X + offset).astype(np.float32), labels
+
+
+def matches_up_to_permutation(found: np.ndarray, planted: np.ndarray) -> bool:
+    pairs = set(zip(found.tolist(), planted.tolist()))
+    return len(pairs) == len(set(found.tolist())) == len(set(planted.tolist()))
+
+
+def test_kmeans_recovers_planted_clusters():
+    X, labels = separated(3000, seed=1)
+    C, found = spherical_kmeans(unit_rows(X), K, seed=0, iterations=25)
+    assert matches_up_to_permutation(found, labels)
+    np.testing.assert_allclose(np.linalg.norm(C, axis=1), 1, atol=1e-5)
+
+
+def test_kmeans_is_seeded_and_never_leaves_empty_clusters():
+    X, _ = separated(500, seed=2)
+    a = spherical_kmeans(unit_rows(X), 40, seed=3)
+    b = spherical_kmeans(unit_rows(X), 40, seed=3)
+    np.testing.assert_array_equal(a[1], b[1])
+    assert len(np.unique(a[1])) == 40
+
+
+def test_top_centroids_brute_force():
+    rng = np.random.default_rng(4)
+    U, C = unit_rows(rng.normal(size=(300, 16))), unit_rows(rng.normal(size=(20, 16)))
+    labels, cos = top_centroids(U, C, 3)
+    G = U.astype(np.float64) @ C.T.astype(np.float64)
+    np.testing.assert_array_equal(labels, np.argsort(-G, axis=1)[:, :3])
+    np.testing.assert_allclose(cos, np.sort(G, axis=1)[:, ::-1][:, :3], atol=1e-5)
+
+
+def write_source(path, X, labels, modality, start=0):
+    n = len(X)
+    t = pa.table({
+        "id": [f"{modality}-{start + i}" for i in range(n)],
+        "sample_id": [f"s{start + i}" for i in range(n)],
+        "modality": [modality] * n,
+        "embedding": fixed_list(X),
+        "planted": pa.array(labels, pa.int32()),
+    })
+    pq.write_table(t, path)
+    return path
+
+
+@pytest.fixture
+def two_modalities(tmp_path):
+    db = str(tmp_path / "db.lancedb")
+    Xi, li = separated(900, seed=5)
+    Xt, lt = separated(700, seed=6, offset=0.0)
+    ingest([write_source(tmp_path / "img.parquet", Xi, li, "image"),
+            write_source(tmp_path / "txt.parquet", Xt, lt, "text")], db=db)
+    return db, tmp_path
+
+
+def read(db):
+    ds = lance.dataset(f"{db}/embeddings.lance")
+    return ds, ds.to_table(columns=["modality", "embedding", "planted", "cluster", "cluster_size"])
+
+
+def check_against_oracle(db, t):
+    """Every row's cluster is its nearest stored centroid; sizes equal counts."""
+    stored = CentroidStore(Database(db), "embeddings").latest()
+    mods = np.asarray(t.column("modality").to_pylist())
+    X = np.asarray(t.column("embedding").to_pylist(), np.float64)
+    cl = np.asarray(t.column("cluster").to_pylist())
+    size = np.asarray(t.column("cluster_size").to_pylist())
+    for m, (_, C) in stored.items():
+        rows = mods == m
+        U = X[rows] / np.linalg.norm(X[rows], axis=1, keepdims=True)
+        np.testing.assert_array_equal(cl[rows], np.argmax(U @ C.T.astype(np.float64), axis=1))
+        counts = np.bincount(cl[rows], minlength=len(C))
+        np.testing.assert_array_equal(size[rows], counts[cl[rows]])
+    return mods, cl
+
+
+def test_cluster_table(two_modalities):
+    db, _ = two_modalities
+    before = lance.dataset(f"{db}/embeddings.lance").version
+    result = cluster(db=db, k=K, seed=0)
+    assert (result.table_version_read, result.table_version) == (before, before + 1)
+    ds, t = read(db)
+    assert ds.version == result.table_version
+    mods, cl = check_against_oracle(db, t)
+    planted = np.asarray(t.column("planted").to_pylist())
+    for m in ("image", "text"):
+        assert matches_up_to_permutation(cl[mods == m], planted[mods == m])
+        r = result.modalities[m]
+        assert r["rows"] == (mods == m).sum() and sum(r["sizes"]) == r["rows"]
+        assert 0.9 < r["mean_cosine"] <= 1.0
+    assert f"v{result.table_version}" in result.summary()
+    assert result.to_dict()["centroid_version"] == 1
+
+
+def test_sample_training_and_versions_kept(two_modalities):
+    db, _ = two_modalities
+    first = cluster(db=db, k=K, seed=0, modality="image", sample_size=300, iterations=10)
+    assert first.modalities["image"]["trained_on"] == 300
+    second = cluster(db=db, k=3, seed=1, modality="text")
+    assert second.centroid_version == 2
+    ds, t = read(db)
+    check_against_oracle(db, t)
+    history = lance.dataset(f"{db}/_curator_centroids_embeddings.lance").to_table().to_pydict()
+    assert sorted(zip(history["version"], history["modality"])) == [(1, "image"), (2, "text")]
+    assert history["k"] == [K, 3]
+
+
+def test_new_rows_assigned_on_arrival(two_modalities):
+    db, tmp = two_modalities
+    cluster(db=db, k=K, seed=0)
+    Xn, ln = separated(250, seed=5)  # same planted centres as the image rows (seed 5)
+    Xn = Xn[:250]
+    ingest([write_source(tmp / "more.parquet", Xn, ln, "image", start=10_000)], db=db)
+    ds, t = read(db)
+    assert t.column("cluster").null_count == 0
+    mods, cl = check_against_oracle(db, t)
+    planted = np.asarray(t.column("planted").to_pylist())
+    assert matches_up_to_permutation(cl[mods == "image"], planted[mods == "image"])
+
+
+def test_ingest_without_centroids_leaves_cluster_null(two_modalities):
+    db, _ = two_modalities
+    _, t = read(db)
+    assert t.column("cluster").null_count == t.num_rows
+
+
+@pytest.mark.parametrize("kwargs", [{"k": 0}, {"k": 5000}, {"k": 3, "modality": "audio"},
+                                    {"k": 3, "iterations": 0}, {"k": 10, "sample_size": 5}])
+def test_errors_leave_table_unchanged(two_modalities, kwargs):
+    db, _ = two_modalities
+    before = lance.dataset(f"{db}/embeddings.lance").version
+    with pytest.raises(CuratorError):
+        cluster(db=db, **kwargs)
+    assert lance.dataset(f"{db}/embeddings.lance").version == before
+    assert not Database(db).has_table("_curator_centroids_embeddings")

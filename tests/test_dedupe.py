@@ -1,0 +1,239 @@
+"""Near duplicates against the brute-force all-pairs answer (float64 oracle)."""
+
+from __future__ import annotations
+
+import lance
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from curator import ingest
+from curator import dedupe as dedupe_mod
+from curator.dedupe import components, dedupe, near_duplicate_pairs
+from curator.errors import CuratorError
+from curator.synthetic import make_pairs
+
+TOL = 1e-5  # float32 cosines against the float64 oracle
+
+
+def brute_pairs(X: np.ndarray, eps: float) -> tuple[set, np.ndarray]:
+    """Oracle: every pair i < j with float64 cosine ≥ 1 − eps − 1e-6 (the documented
+    tolerance that lets exact duplicates count at eps = 0), and the cosine matrix."""
+    U = np.asarray(X, np.float64)
+    U = U / np.linalg.norm(U, axis=1, keepdims=True)
+    G = U @ U.T
+    i, j = np.nonzero(np.triu(G >= 1 - eps - 1e-6, k=1))
+    return set(zip(i.tolist(), j.tolist())), G
+
+
+def clustered_with_duplicates(n=3000, d=48, concepts=20, seed=0):
+    """Clustered rows plus planted near duplicates at known cosines and exact copies."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(concepts, d)) * 2
+    X = centres[rng.integers(concepts, size=n)] + rng.normal(size=(n, d))
+    src = rng.choice(n, 300, replace=False)
+    planted = []
+    for k, s in enumerate(src[:250]):  # cosines spread over 0.97 … 0.9999
+        target = 1 - 10 ** rng.uniform(-4, np.log10(0.03))
+        u = X[s] / np.linalg.norm(X[s])
+        v = rng.normal(size=d)
+        v -= v @ u * u
+        v /= np.linalg.norm(v)
+        planted.append((target * u + np.sqrt(1 - target ** 2) * v) * 3.0)
+    copies = X[src[250:]]  # exact duplicates (scaled: same direction)
+    return np.vstack([X, np.array(planted), copies * 1.5]).astype(np.float32)
+
+
+@pytest.mark.parametrize("eps", [0.0, 0.005, 0.02])
+@pytest.mark.parametrize("partitions,probes", [(1, 1), (25, 3), (60, 2)])
+def test_pairs_match_brute_force(eps, partitions, probes):
+    X = clustered_with_duplicates()
+    truth, G = brute_pairs(X, eps)
+    i, j, c = near_duplicate_pairs(X, eps, partitions=partitions, probes=probes, seed=1)
+    found = set(zip(i.tolist(), j.tolist()))
+    assert len(truth) >= 50
+    assert (i < j).all()
+    # recall against the exact answer; nothing below the threshold
+    assert len(found & truth) / len(truth) >= 0.99
+    assert (G[i, j] >= 1 - eps - TOL).all()
+    np.testing.assert_allclose(c, G[i, j], atol=TOL)
+    if partitions == 1:
+        boundary = {p for p in found ^ truth if abs(G[p] - (1 - eps)) > TOL}
+        assert not boundary
+
+
+def test_pairs_on_real_clip_embeddings(coco):
+    image, text = coco
+    rng = np.random.default_rng(3)
+    picks = rng.choice(len(image), 40, replace=False)
+    noise = rng.normal(size=(40, image.shape[1]))
+    scale = rng.uniform(0.02, 0.2, size=(40, 1)) * np.linalg.norm(image[picks], axis=1, keepdims=True)
+    noisy = (image[picks] + noise / np.linalg.norm(noise, axis=1, keepdims=True) * scale).astype(np.float32)
+    X = np.vstack([image, noisy, image[picks[:10]], text])
+    truth, G = brute_pairs(X, 0.02)
+    assert len(truth) >= 50
+    i, j, _ = near_duplicate_pairs(X, 0.02, partitions=12, probes=3, seed=0)
+    found = set(zip(i.tolist(), j.tolist()))
+    assert len(found & truth) / len(truth) >= 0.99
+    assert (G[i, j] >= 0.98 - TOL).all()
+
+
+def test_components_hand_worked():
+    labels = components(7, np.array([0, 4, 3, 6]), np.array([5, 1, 4, 6]))
+    assert labels.tolist() == [0, 1, 2, 1, 1, 0, 6]
+    chain = components(6, np.array([5, 4, 3, 2, 1]), np.array([4, 3, 2, 1, 0]))
+    assert chain.tolist() == [0] * 6
+
+
+# -- the command on a table -----------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def planted():
+    """make_pairs with 5% planted near-duplicate images, plus exact copies we add."""
+    data = make_pairs(samples=400, dim=32, concepts=6, duplicates=0.05, seed=11)
+    table = data.table()
+    where = {i: r for r, i in enumerate(data.ids)}
+    dup, orig = sorted(data.duplicate_of.items())[0]
+    dup2, orig2 = sorted(data.duplicate_of.items())[1]
+    # exact copies of plain images, of an original and of a near duplicate: groups of 3
+    images = np.r_[np.flatnonzero(data.modality == "image")[:6], where[orig], where[dup2]]
+    texts = np.flatnonzero(data.modality == "text")[:4]
+    extra = np.r_[images, texts]
+    copies = pa.table({
+        "id": [f"copy-{data.ids[r]}" for r in extra],
+        "sample_id": [f"copy-{data.sample_ids[r]}" for r in extra],
+        "modality": data.modality[extra].tolist(),
+        "embedding": table.column("embedding").take(pa.array(extra)),
+        "concept": pa.array(data.concept[extra], pa.int32()),
+        "caption": data.caption[extra].tolist(),
+    })
+    exact = {f"copy-{data.ids[r]}": data.ids[r] for r in extra}
+    return data, pa.concat_tables([table, copies.cast(table.schema)]), exact
+
+
+@pytest.fixture
+def deduped_db(tmp_path, planted):
+    _, table, _ = planted
+    path = str(tmp_path / "src.parquet")
+    pq.write_table(table, path)
+    db = str(tmp_path / "db.lancedb")
+    ingest([path], db=db)
+    return db
+
+
+def rows_of(db):
+    ds = lance.dataset(f"{db}/embeddings.lance")
+    t = ds.to_table(columns=["id", "modality", "embedding", "conformity", "alignment",
+                             "dup_group", "is_duplicate"], with_row_id=True)
+    return ds, t
+
+
+EPS = 2e-4  # planted near duplicates sit at cosine ≈ 1 − 0.01²/2 = 0.99995
+
+
+def oracle_groups(t, modality, eps):
+    mods = np.asarray(t.column("modality").to_pylist())
+    rows = np.flatnonzero(mods == modality)
+    X = np.asarray(t.column("embedding").to_pylist(), np.float64)[rows]
+    truth, G = brute_pairs(X, eps)
+    return rows, truth, G
+
+
+@pytest.mark.parametrize("keep", ["least-conformity", "most-conformity", "best-alignment", "random"])
+@pytest.mark.parametrize("streamed", [False, True])
+def test_dedupe_table_against_brute_force(deduped_db, planted, monkeypatch, keep, streamed):
+    data, _, exact = planted
+    if streamed:  # force the spill-file path with several partitions
+        monkeypatch.setattr(dedupe_mod, "IN_MEMORY_ROWS", 0)
+        monkeypatch.setattr(dedupe_mod, "EXACT_ROWS", 16)
+    before = lance.dataset(f"{deduped_db}/embeddings.lance").version
+    result = dedupe(db=deduped_db, eps=EPS, keep=keep, seed=5)
+    assert result.table_version_read == before and result.table_version == before + 1
+    ds, t = rows_of(deduped_db)
+    assert ds.version == result.table_version
+    ids = np.asarray(t.column("id").to_pylist(), object)
+    group = t.column("dup_group").to_pylist()
+    flag = t.column("is_duplicate").to_pylist()
+    rowid = t.column("_rowid").to_numpy()
+    conformity = np.asarray(t.column("conformity").to_pylist(), float)
+    alignment = np.array([np.nan if a is None else a for a in t.column("alignment").to_pylist()])
+
+    for m in ("image", "text"):
+        rows, truth, G = oracle_groups(t, m, EPS)
+        assert result.modalities[m]["pairs"] == len(truth)
+        # oracle components over the brute-force pairs
+        a = np.array([p[0] for p in truth], int)
+        b = np.array([p[1] for p in truth], int)
+        label = components(len(rows), a, b)
+        members = np.unique(np.r_[a, b])
+        for local in range(len(rows)):
+            r = rows[local]
+            if local not in set(members.tolist()):
+                assert group[r] is None and flag[r] is False  # no partner above the threshold
+        groups = {}
+        for local in members:
+            groups.setdefault(label[local], []).append(rows[local])
+        assert result.modalities[m]["groups"] == len(groups)
+        for rs in groups.values():
+            assert len({group[r] for r in rs}) == 1
+            assert group[rs[0]] == int(rowid[rs].min())
+            kept = [r for r in rs if not flag[r]]
+            assert len(kept) == 1, (m, rs, kept)
+            k = kept[0]
+            order = sorted(rs, key=lambda r: ids[r])
+            if keep == "least-conformity":
+                best = min(conformity[rs])
+                assert conformity[k] == best and k == min((r for r in rs if conformity[r] == best), key=lambda r: ids[r])
+            elif keep == "most-conformity":
+                best = max(conformity[rs])
+                assert conformity[k] == best and k == min((r for r in rs if conformity[r] == best), key=lambda r: ids[r])
+            elif keep == "best-alignment":
+                vals = alignment[rs]
+                if np.isfinite(vals).any():
+                    assert alignment[k] == np.nanmax(vals)
+                else:
+                    assert k == order[0]
+    # every planted duplicate (near and exact) is grouped with its original
+    where = {i: r for r, i in enumerate(ids)}
+    for dup, orig in list(data.duplicate_of.items()) + list(exact.items()):
+        assert group[where[dup]] is not None and group[where[dup]] == group[where[orig]]
+
+
+def test_groups_of_three(deduped_db, planted):
+    result = dedupe(db=deduped_db, eps=EPS)
+    _, t = rows_of(deduped_db)
+    sizes = np.unique(np.asarray([g for g in t.column("dup_group").to_pylist() if g is not None]),
+                      return_counts=True)[1]
+    flagged = sum(r["duplicates"] for r in result.modalities.values())
+    assert (sizes >= 3).sum() >= 2 and flagged == sizes.sum() - len(sizes)
+
+
+def test_random_policy_is_seeded(deduped_db):
+    flags = []
+    for seed in (3, 3, 4):
+        dedupe(db=deduped_db, eps=EPS, keep="random", seed=seed)
+        flags.append(rows_of(deduped_db)[1].column("is_duplicate").to_pylist())
+    assert flags[0] == flags[1]
+    assert sum(f is True for f in flags[0]) > 10
+
+
+def test_one_modality_leaves_the_other(deduped_db):
+    result = dedupe(db=deduped_db, eps=EPS, modality="image")
+    assert list(result.modalities) == ["image"]
+    _, t = rows_of(deduped_db)
+    mods = np.asarray(t.column("modality").to_pylist())
+    flags = np.asarray(t.column("is_duplicate").to_pylist(), object)
+    assert all(f is None for f in flags[mods == "text"])
+    assert all(f in (True, False) for f in flags[mods == "image"])
+    assert "image" in result.summary() and f"v{result.table_version}" in result.summary()
+    assert result.to_dict()["table_version"] == result.table_version
+
+
+@pytest.mark.parametrize("kwargs", [{"eps": -0.1}, {"eps": 1.0}, {"eps": 0.01, "keep": "oldest"},
+                                    {"eps": 0.01, "modality": "audio"}])
+def test_errors_leave_table_unchanged(deduped_db, kwargs):
+    before = lance.dataset(f"{deduped_db}/embeddings.lance").version
+    with pytest.raises(CuratorError):
+        dedupe(db=deduped_db, **kwargs)
+    assert lance.dataset(f"{deduped_db}/embeddings.lance").version == before

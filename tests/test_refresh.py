@@ -1,0 +1,71 @@
+"""Refresh: exactly the stale rows, one commit, score columns only, and reference scoring."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import brute_conformity, read_table
+from curator import ingest, refresh
+from curator.stats import describe
+from curator.store import Database
+
+
+def _batch(tmp_path, name, X, modality="image", prefix="r"):
+    path = tmp_path / f"{name}.parquet"
+    pq.write_table(pa.table({"id": [f"{prefix}{i}" for i in range(len(X))],
+                             "modality": [modality] * len(X),
+                             "embedding": pa.array(list(X), pa.list_(pa.float32()))}), path)
+    return str(path)
+
+
+def test_refresh_rescores_only_rows_above_tolerance(tmp_path, db):
+    rng = np.random.default_rng(0)
+    A = (rng.normal(size=(100, 8)) + 2).astype(np.float32)
+    B = (rng.normal(size=(5, 8)) + 2).astype(np.float32)
+    C = (rng.normal(size=(100, 8)) - 2).astype(np.float32)
+    ingest([_batch(tmp_path, "a", A, prefix="a")], db=db)
+    ingest([_batch(tmp_path, "b", B, prefix="b")], db=db)  # small change: small bound for A
+    small = describe(db=db)["modalities"]["image"]["max_staleness"]
+    ingest([_batch(tmp_path, "c", C, prefix="c")], db=db)  # large change: A and B far off
+    result = refresh(db=db, tolerance=1.0)  # bounds are < 1 here? then nothing to do
+    bounds = describe(db=db)["modalities"]["image"]
+    assert 0 < small < bounds["max_staleness"]
+    if bounds["max_staleness"] <= 1.0:
+        assert result.rows == 0
+    result = refresh(db=db, tolerance=0.0)
+    assert result.rows == 105  # A and B; C was scored with the current statistics
+    assert describe(db=db)["modalities"]["image"]["max_staleness"] == 0.0
+    t = read_table(db).to_pydict()
+    X = np.array(t["embedding"], np.float32)
+    assert np.abs(np.array(t["conformity"]) - brute_conformity(X)).max() < 2e-5
+
+
+def test_refresh_writes_score_columns_only(tmp_path, db):
+    rng = np.random.default_rng(1)
+    ingest([_batch(tmp_path, "a", (rng.normal(size=(50, 8)) + 1).astype(np.float32), prefix="a")], db=db)
+    ingest([_batch(tmp_path, "b", (rng.normal(size=(50, 8)) - 1).astype(np.float32), prefix="b")], db=db)
+    before = Database(db).dataset("embeddings")
+    files_before = {f.path for frag in before.get_fragments() for f in frag.data_files()
+                    if 3 in f.fields}  # field 3 = embedding
+    refresh(db=db)
+    after = Database(db).dataset("embeddings")
+    files_after = {f.path for frag in after.get_fragments() for f in frag.data_files() if 3 in f.fields}
+    assert files_before == files_after  # the vectors were not rewritten
+    assert after.version == before.version + 1  # one commit
+
+
+def test_refresh_is_idempotent(ingested):
+    version = Database(ingested).dataset("embeddings").version
+    result = refresh(db=ingested)
+    assert result.rows == 0
+    assert Database(ingested).dataset("embeddings").version == version
+
+
+def test_negative_tolerance_is_an_error(ingested):
+    from curator.errors import BadInput
+
+    with pytest.raises(BadInput):
+        refresh(db=ingested, tolerance=-1)

@@ -1,0 +1,158 @@
+"""Running statistics: sums against numpy, merge/subtract, persistence, the staleness bound."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from conftest import brute_conformity, read_table
+from curator import ingest, refresh
+from curator.stats import (ModalityStats, StatsStore, accumulate, current, describe,
+                           staleness_bound)
+from curator.store import Database
+
+
+def make(X):
+    s = ModalityStats(X.shape[1])
+    for part in np.array_split(X, 3):
+        s.add(part)
+    return s
+
+
+def test_sums_equal_numpy_in_float64():
+    rng = np.random.default_rng(0)
+    X = (rng.normal(size=(500, 16)) + 5).astype(np.float32)
+    s = make(X)
+    X64 = X.astype(np.float64)
+    U = X64 / np.linalg.norm(X64, axis=1, keepdims=True)
+    assert s.n == 500
+    assert np.allclose(s.S, X64.sum(0), rtol=1e-10)
+    assert np.allclose(s.U, U.sum(0), atol=1e-4)
+    assert np.allclose(s.covariance, np.cov(X64.T, bias=True), atol=1e-5)
+    norms = np.linalg.norm(X64, axis=1)
+    assert s.mean_norm == pytest.approx(norms.mean(), rel=1e-6)
+    assert s.norm_std == pytest.approx(norms.std(), rel=1e-4)
+
+
+def test_merge_and_subtract_equal_recomputation():
+    rng = np.random.default_rng(1)
+    A = (rng.normal(size=(200, 8)) + 3).astype(np.float32)
+    B = (rng.normal(size=(100, 8)) - 2).astype(np.float32)
+    union = make(A).merge(make(B))
+    direct = make(np.vstack([A, B]))
+    assert union.n == 300
+    assert np.allclose(union.S, direct.S) and np.allclose(union.U, direct.U)
+    assert np.allclose(union.covariance, direct.covariance, atol=1e-5)
+    back = union.subtract(make(B))
+    assert back.n == 200
+    assert np.allclose(back.covariance, np.cov(A.astype(np.float64).T, bias=True), atol=1e-5)
+
+
+def test_sketch_cdf_within_stated_resolution():
+    rng = np.random.default_rng(2)
+    values = rng.normal(0.5, 0.05, size=5000)
+    s = ModalityStats(2)
+    s.add_conformity(values)
+    exact = np.searchsorted(np.sort(values), values, side="right") / len(values)
+    assert np.abs(s.cdf(values) - exact).max() <= s.cdf_resolution + 1e-9
+    assert s.cdf_resolution < 0.01
+
+
+def test_statistics_persist_and_rebuild_when_missing(ingested):
+    database = Database(ingested)
+    stored = StatsStore(database, "embeddings").load()
+    rebuilt = accumulate(database.dataset("embeddings"), stored.dim)
+    for m, s in stored.modalities.items():
+        assert s.n == rebuilt.modalities[m].n
+        assert np.allclose(s.S, rebuilt.modalities[m].S, rtol=1e-9)
+        assert np.allclose(s.U, rebuilt.modalities[m].U, rtol=1e-9)
+    # Remove the record: statistics are rebuilt from the rows (the table is the truth).
+    import shutil
+
+    shutil.rmtree(database.table_uri(StatsStore(database, "embeddings").current_name))
+    again = current(database, "embeddings")
+    assert again.version > stored.version
+    assert np.allclose(again.modalities["image"].S, stored.modalities["image"].S)
+
+
+def test_stats_describe_shape(ingested, pairs_small):
+    d = describe(db=ingested)
+    assert set(d["modalities"]) == {"image", "text"}
+    image = d["modalities"]["image"]
+    X = pairs_small.vectors[pairs_small.modality == "image"].astype(np.float64)
+    assert image["n"] == len(X)
+    assert image["mean_norm"] == pytest.approx(np.linalg.norm(X, axis=1).mean(), rel=1e-6)
+    assert image["max_staleness"] == 0.0
+
+
+# -- the staleness bound -------------------------------------------------------------
+
+def _ingest_batch(tmp_path, db, X, mods, start, k):
+    path = tmp_path / f"b{k}.parquet"
+    ids = [f"r{start + i}" for i in range(len(X))]
+    pq.write_table(pa.table({"id": ids, "modality": mods,
+                             "embedding": pa.array(list(X), pa.list_(pa.float32()))}), path)
+    ingest([str(path)], db=db)
+
+
+def _errors_and_bounds(db):
+    """Per row: |stored − exact| conformity, and the bound its stats_version allows."""
+    from curator.stats import version_counts, staleness
+
+    database = Database(db)
+    t = read_table(db).to_pydict()
+    stats = current(database, "embeddings")
+    bounds = staleness(stats, StatsStore(database, "embeddings").history(),
+                       version_counts(database.dataset("embeddings")))
+    errors, allowed = [], []
+    for m in set(t["modality"]):
+        rows = [k for k, x in enumerate(t["modality"]) if x == m]
+        if len(rows) < 2:
+            continue
+        X = np.array([t["embedding"][k] for k in rows], np.float32)
+        exact = brute_conformity(X)
+        stored = np.array([t["conformity"][k] for k in rows], np.float64)
+        errors += list(np.where(np.isnan(stored), np.inf, np.abs(stored - exact)))  # null: unbounded
+        allowed += [bounds[(m, t["stats_version"][k])] for k in rows]
+    report = describe(db=db)["modalities"]
+    return np.array(errors), np.array(allowed), report
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.tuples(st.integers(1, 25), st.floats(-3, 3), st.booleans()), min_size=2, max_size=5),
+       st.integers(0, 2 ** 16))
+def test_bound_never_below_true_error_and_refresh_clears_it(tmp_path_factory, batches, seed):
+    tmp_path = tmp_path_factory.mktemp("bound")
+    db = str(tmp_path / "db")
+    rng = np.random.default_rng(seed)
+    start = 0
+    for k, (size, shift, mixed) in enumerate(batches):
+        X = (rng.normal(size=(size, 4)) + shift).astype(np.float32)
+        X[np.linalg.norm(X, axis=1) < 1e-3] += 1.0
+        mods = [("image" if (i % 2 or not mixed) else "text") for i in range(size)]
+        _ingest_batch(tmp_path, db, X, mods, start, k)
+        start += size
+        errors, allowed, report = _errors_and_bounds(db)
+        # float32 storage of a score in [-1, 1] adds at most ~1e-7; 2e-6 of slack.
+        assert (errors <= allowed + 2e-6).all(), (errors - allowed).max()
+        worst = max([v["max_staleness"] if v["max_staleness"] is not None else np.inf
+                     for v in report.values() if v["n"] >= 2], default=0.0)
+        assert errors.max(initial=0) <= worst + 2e-6
+    refresh(db=db)
+    errors, _, report = _errors_and_bounds(db)
+    assert errors.max(initial=0) < 2e-5
+    assert all(v["max_staleness"] in (0.0, None) for v in report.values() if v["n"] >= 2)
+
+
+def test_bound_formula_is_zero_for_same_version_and_infinite_for_unknown():
+    s = ModalityStats(3)
+    s.add(np.eye(3, dtype=np.float32) + 1)
+    from curator.stats import HistoryEntry
+
+    entry = HistoryEntry(1, "image", s.n, s.S.copy(), s.U.copy())
+    assert staleness_bound(entry, s) == 0.0
+    assert staleness_bound(None, s) == float("inf")
