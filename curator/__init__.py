@@ -17,8 +17,8 @@ __version__ = "0.1.0"
 from .errors import CuratorError  # noqa: E402
 from .ingest import IngestResult, ingest  # noqa: E402
 from .refresh import RefreshResult, refresh  # noqa: E402
-from .stats import describe as stats  # noqa: E402
+from .stats import describe  # noqa: E402
 from .store import Database, tune_allocator  # noqa: E402
 
 __all__ = ["CuratorError", "Database", "IngestResult", "RefreshResult", "ingest", "refresh",
-           "stats", "tune_allocator", "__version__"]
+           "describe", "tune_allocator", "__version__"]

@@ -153,11 +153,18 @@ def _fmt(value) -> str:
 @cli.command()
 @click.option("--tolerance", default=0.0, show_default=True, type=float,
               help="Rescore rows whose conformity error bound exceeds this.")
+@click.option("--reference", default=None,
+              help="Instead: write ref_* scores against this table's statistics.")
 @json_option
 @click.pass_obj
 @library_call
-def refresh(obj, tolerance, as_json):
-    """Rescore rows whose staleness bound exceeds --tolerance."""
+def refresh(obj, tolerance, reference, as_json):
+    """Rescore rows whose staleness bound exceeds --tolerance (or score against --reference)."""
+    if reference:
+        from .reference import score_against
+
+        emit(score_against(db=obj.db, table=obj.table, reference=reference, quiet=obj.quiet), as_json)
+        return
     from .refresh import refresh as run
 
     emit(run(db=obj.db, table=obj.table, tolerance=tolerance, quiet=obj.quiet), as_json)

@@ -260,14 +260,16 @@ def cluster(*, db=None, table: str = "embeddings", k: int, modality: str | None 
         limit = DEFAULT_SAMPLE if sample_size is None else sample_size
         rng = np.random.default_rng(seed)
         train_pos = np.sort(rng.choice(positions, size=min(limit, len(positions)), replace=False))
-        U = unit_rows(take_vectors(dataset, index.rowid[train_pos]))
-        if len(U) < k:
-            raise BadInput(f"--sample {len(U)} is smaller than k={k}")
-        C, _ = spherical_kmeans(U, k, seed=seed, iterations=iterations)
-        del U
+        if len(train_pos) < k:
+            raise BadInput(f"--sample {len(train_pos)} is smaller than k={k}")
+        t0 = time.time()
+        C, _ = spherical_kmeans(unit_rows(take_vectors(dataset, index.rowid[train_pos])), k,
+                                seed=seed, iterations=iterations)
+        t1 = time.time()
         stats = _assign_all(dataset, index, m, C, cluster_col, quiet)
         centroids[m] = {"centroids": C, "seed": seed, "table_version": dataset.version}
-        reports[m] = {**stats, "trained_on": len(train_pos)}
+        reports[m] = {**stats, "trained_on": len(train_pos), "train_seconds": round(t1 - t0, 3),
+                      "assign_seconds": round(time.time() - t1, 3)}
 
     store = CentroidStore(database, table)
     version = store.latest_version() + 1

@@ -199,9 +199,18 @@ def _match(dataset, table: str, where: str) -> pa.Table:
         con.close()
 
 
+def table_schema(dataset) -> pa.Schema:
+    """The table's Arrow schema with its metadata in sorted order (files written twice from
+    the same version are then byte-identical)."""
+    schema = dataset.schema
+    return schema.with_metadata(dict(sorted((schema.metadata or {}).items())))
+
+
 def batches(dataset, selection: Selection, columns: list[str] | None = None):
     """The selected rows, all (or ``columns``) columns, as batches in row-id order."""
-    schema = dataset.schema if columns is None else pa.schema([dataset.schema.field(c) for c in columns])
+    schema = table_schema(dataset)
+    if columns is not None:
+        schema = pa.schema([schema.field(c) for c in columns])
     for _, batch in iter_rows(dataset, selection.rowids, schema.names):
         for part in (batch.to_batches() if isinstance(batch, pa.Table) else [batch]):
             yield pa.RecordBatch.from_arrays([part.column(n) for n in schema.names], schema=schema)
@@ -250,7 +259,7 @@ def _parts(stream, rows_per_file: int):
 def _write_parquet(dataset, selection, folder, rows_per_file):
     import pyarrow.parquet as pq
 
-    schema = dataset.schema
+    schema = table_schema(dataset)
     wrote = False
     for part, group in itertools.groupby(_parts(batches(dataset, selection), rows_per_file),
                                          key=lambda pb: pb[0]):
@@ -269,7 +278,7 @@ def _write_text(kind: str):
         import duckdb
 
         con = duckdb.connect()  # no user SQL runs here: the statements are ours
-        schema = dataset.schema
+        schema = table_schema(dataset)
         try:
             groups = itertools.groupby(_parts(batches(dataset, selection), rows_per_file),
                                        key=lambda pb: pb[0])
@@ -298,8 +307,9 @@ def _copy(con, reader, path: str, options: str) -> None:
 def _write_lance(dataset, selection, folder, rows_per_file):
     import lance
 
-    reader = pa.RecordBatchReader.from_batches(dataset.schema, batches(dataset, selection))
-    lance.write_dataset(reader, os.path.join(folder, "data.lance"), schema=dataset.schema,
+    schema = table_schema(dataset)
+    reader = pa.RecordBatchReader.from_batches(schema, batches(dataset, selection))
+    lance.write_dataset(reader, os.path.join(folder, "data.lance"), schema=schema,
                         data_storage_version=STORAGE_VERSION,
                         max_rows_per_file=max(rows_per_file, 1024))
 

@@ -51,6 +51,7 @@ TEST_FRACTION = 0.3
 PLOT_POINTS = 3000  # per modality in scatter plots (the statistics use the whole sample)
 PATH_COLUMNS = ("path", "image", "image_path")
 THUMB_SIZE = (112, 112)
+RANK_TOL = 1e-9  # eigenvalues below this fraction of the largest count as zero (and are not plotted)
 
 
 @dataclass
@@ -472,6 +473,7 @@ def _modality_numbers(m: str, s: ModalityStats, sc: _ModalityScan, X: np.ndarray
         "sigma_norm": float(np.linalg.norm(sigma)),
         "offset_ratio": float(np.linalg.norm(mean) / np.linalg.norm(sigma)) if sigma.any() else None,
         "spectrum": {"eigenvalues": eig.tolist(), "effective_rank": effective_rank(eig),
+                     "numerical_rank": int((eig > RANK_TOL * max(eig[0], 0)).sum()),
                      "top10_variance_share": float(eig[:10].sum() / eig.sum()) if eig.sum() > 0 else None},
         "conformity": {
             **fit,
@@ -614,7 +616,7 @@ def _draw(out: str, data: dict, scans, stats) -> dict[str, str]:
          for m, v in mods.items()}, "‖x‖ (raw norm)", "note")
     save("spectrum.png", figs.spectrum, {m: v["spectrum"] for m, v in mods.items()})
     save("conformity.png", figs.histograms, {m: v["conformity"]["histogram"] for m, v in mods.items()},
-         "conformity (mean cosine to the others)")
+         "conformity")
     points = {m: _thin(p, PLOT_POINTS) for m, p in data["_points"].items()}
     save("conformity_vs_estimator.png", figs.conformity_scatter, points,
          {m: v["conformity"] for m, v in mods.items()})
@@ -664,7 +666,7 @@ h1{font-size:26px;margin:0 0 4px}h2{font-size:19px;margin:34px 0 10px;border-bot
 .meta{color:#5a6472;font-size:13.5px}.meta code{background:#eceff3;padding:1px 5px;border-radius:3px}
 .cards{display:grid;grid-template-columns:repeat(auto-fit,minmax(170px,1fr));gap:12px;margin:18px 0 6px}
 .card{background:#fff;border:1px solid #dde1e7;border-radius:8px;padding:12px 14px}
-.card .k{font-size:12.5px;color:#5a6472;text-transform:uppercase;letter-spacing:.03em}
+.card .k{font-size:13px;color:#5a6472;font-weight:600}
 .card .v{font-size:23px;font-weight:600;margin-top:2px}.card .s{font-size:12.5px;color:#5a6472}
 .grid{display:grid;grid-template-columns:repeat(auto-fit,minmax(520px,1fr));gap:16px}
 figure{background:#fff;border:1px solid #dde1e7;border-radius:8px;margin:0;padding:12px 14px}
@@ -762,13 +764,18 @@ def _cards(data: dict) -> str:
         cards.append(("linear separability", f"{sep['test_accuracy']:.1%}",
                       f"held-out accuracy, {sep['n_test']:,} test rows (paper: 100%)"))
     for m, v in mods.items():
+        unit = (v["norm"]["thickness"] or 0) < 1e-3
         cards.append((f"Pearson r, {_e(m)}", _fmt(v["conformity"]["pearson"], ".5f"),
-                      "conformity vs cos(x, mean), whole table"))
+                      "conformity vs cos(x, mean); exact by construction: the vectors are unit-norm"
+                      if unit else "conformity vs cos(x, mean), whole table (paper: ≈ 0.9998)"))
     if cross:
         cards.append(("gap norm ‖m_img − m_txt‖", _fmt(cross["gap_norm"]),
                       f"cosine between the means {cross['gap_cosine_of_means']:.3f}"))
-        cards.append(("gap sweep minimum", f"α = {cross['gap_sweep']['best_alpha']:+.1f}",
-                      "paper: near 0"))
+        sw = cross["gap_sweep"]
+        js = dict(zip(sw["alphas"], sw["jensen_shannon_bits"]))
+        cards.append(("gap sweep minimum", f"α = {sw['best_alpha']:+.1f}",
+                      f"JS {js[sw['best_alpha']]:.3f} bits there, {js.get(0.0, float('nan')):.3f} at α = 0 "
+                      "(paper: minimum near 0)"))
     out = ["<div class='cards'>"]
     for k, v, s in cards:
         out.append(f"<div class='card'><div class='k'>{k}</div><div class='v'>{v}</div><div class='s'>{s}</div></div>")
@@ -824,22 +831,27 @@ def _extremes_html(data: dict) -> str:
            "<p class='muted'>Over the whole table. The most conforming rows are the most generic of their "
            "modality; the least conforming are the rarest or most unusual (worth a look: outliers, errors, "
            "or the long tail). Image rows show a caption of their sample.</p>"]
-    thumbs = any(r.get("thumbnail") for side in data["extremes"].values() for rows in side.values() for r in rows)
+    every = [r for side in data["extremes"].values() for rows in side.values() for r in rows]
+    thumbs = any(r.get("thumbnail") for r in every)
+    captions = any(r.get("caption") for r in every)
+    if not captions:
+        out[-1] = out[-1].replace(" Image rows show a caption of their sample.", " The table has no "
+                                  "<code>caption</code> column, so rows are shown by id.")
     for m, side in data["extremes"].items():
         out.append("<div class='pairs' style='margin-bottom:14px'>")
         for which, label in (("most", "most conforming"), ("least", "least conforming")):
             out.append(f"<div><h3 style='font-size:15px;margin:10px 0 6px'>{_e(m)}: {label}</h3>")
-            out.append(_rows_table(side[which], thumbs))
+            out.append(_rows_table(side[which], thumbs, captions))
             out.append("</div>")
         out.append("</div>")
     return "".join(out)
 
 
-def _rows_table(rows: list[dict], thumbs: bool) -> str:
+def _rows_table(rows: list[dict], thumbs: bool, captions: bool) -> str:
     if not rows:
         return "<p class='muted'>no scored rows</p>"
     out = ["<table><tr>" + ("<th>image</th>" if thumbs else "")
-           + "<th>conformity</th><th>id</th><th>caption</th></tr>"]
+           + "<th>conformity</th><th>id</th>" + ("<th>caption</th>" if captions else "") + "</tr>"]
     for r in rows:
         thumb = ""
         if thumbs:
@@ -848,7 +860,8 @@ def _rows_table(rows: list[dict], thumbs: bool) -> str:
         cap = r.get("caption") or ""
         out.append(f"<tr>{thumb}<td class='num'>{_fmt(r.get('conformity'), '.4f')}</td>"
                    f"<td class='id'>{_e(r['id'])}</td>"
-                   f"<td>{_e(cap) if cap else '<span class=muted>–</span>'}</td></tr>")
+                   + (f"<td>{_e(cap) if cap else '<span class=muted>–</span>'}</td>" if captions else "")
+                   + "</tr>")
     out.append("</table>")
     return "".join(out)
 

@@ -67,7 +67,8 @@ def spectrum(path: str, spectra: dict[str, dict]) -> str:
     for k, (m, s) in enumerate(spectra.items()):
         ev = np.asarray(s["eigenvalues"], float)
         ranks = np.arange(1, len(ev) + 1)
-        left.semilogy(ranks, np.maximum(ev, 1e-30), color=colour(m, k), lw=1.5,
+        shown = ev > 1e-9 * max(ev[0], 1e-300)  # numerically zero axes (fewer rows than dimensions)
+        left.semilogy(ranks[shown], ev[shown], color=colour(m, k), lw=1.5,
                       label=f"{m} (eff. rank {s['effective_rank']:.0f})")
         total = ev.sum()
         right.plot(ranks, np.cumsum(ev) / total if total > 0 else ranks * 0, color=colour(m, k), lw=1.5,
@@ -92,7 +93,7 @@ def conformity_scatter(path: str, points: dict[str, tuple[np.ndarray, np.ndarray
         f = fits[m]
         if f.get("slope") is not None and len(est):
             xs = np.linspace(float(np.min(est)), float(np.max(est)), 2)
-            ax.plot(xs, f["slope"] * xs + f["intercept"], color="black", lw=1)
+            ax.plot(xs, f["slope"] * xs + f["intercept"], color="black", lw=0.8, ls="--", alpha=0.7)
             sign = "−" if f["intercept"] < 0 else "+"
             ax.text(0.03, 0.97, f"r = {f['pearson']:.5f}\nC ≈ {f['slope']:.3f}·cos {sign} {abs(f['intercept']):.3f}",
                     transform=ax.transAxes, va="top", fontsize=8.5)

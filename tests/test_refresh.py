@@ -69,3 +69,40 @@ def test_negative_tolerance_is_an_error(ingested):
 
     with pytest.raises(BadInput):
         refresh(db=ingested, tolerance=-1)
+
+
+def test_reference_scoring_uses_the_other_tables_rows(tmp_path, db):
+    from curator.reference import score_against
+
+    rng = np.random.default_rng(3)
+    R = (rng.normal(size=(80, 6)) + 1).astype(np.float32)
+    N = (rng.normal(size=(20, 6)) - 1).astype(np.float32)
+    ingest([_batch(tmp_path, "ref", R, prefix="ref")], db=db, table="trusted", model="m")
+    ingest([_batch(tmp_path, "new", N, prefix="new")], db=db, table="fresh", model="m")
+    result = score_against(db=db, table="fresh", reference="trusted")
+    assert result.rows == 20
+    t = read_table(db, "fresh").to_pydict()
+    Ru = R / np.linalg.norm(R, axis=1, keepdims=True)
+    Nu = np.array(t["embedding"], np.float64)
+    Nu /= np.linalg.norm(Nu, axis=1, keepdims=True)
+    expected = (Nu @ Ru.T).mean(axis=1)  # mean cosine to every reference row
+    assert np.abs(np.array(t["ref_conformity"]) - expected).max() < 2e-5
+    ref_conf = brute_conformity(R)
+    cdf = np.array([(ref_conf <= c).mean() for c in expected])
+    assert np.abs(np.array(t["ref_uncertainty"]) - cdf).max() < 0.02
+
+
+def test_reference_of_another_dimension_or_model_is_an_error(tmp_path, db):
+    from curator.errors import SchemaMismatch
+    from curator.reference import score_against
+
+    rng = np.random.default_rng(4)
+    ingest([_batch(tmp_path, "a", rng.normal(size=(5, 6)).astype(np.float32))], db=db, table="a", model="m")
+    ingest([_batch(tmp_path, "b", rng.normal(size=(5, 7)).astype(np.float32))], db=db, table="b", model="m")
+    ingest([_batch(tmp_path, "c", rng.normal(size=(5, 6)).astype(np.float32))], db=db, table="c", model="x")
+    version = Database(db).dataset("a").version
+    with pytest.raises(SchemaMismatch):
+        score_against(db=db, table="a", reference="b")
+    with pytest.raises(SchemaMismatch):
+        score_against(db=db, table="a", reference="c")
+    assert Database(db).dataset("a").version == version

