@@ -90,6 +90,8 @@ def cli(ctx, db, table, quiet):
 @click.option("--generate-ids", is_flag=True, help="Parquet without ids: name rows FILE:ROW.")
 @click.option("--ids", type=click.Path(), help="npy/npz: a text file (one id a line) or parquet of ids.")
 @click.option("--metadata", type=click.Path(), help="npy/npz: a parquet of metadata aligned by row.")
+@click.option("--score/--no-score", default=True, show_default=True,
+              help="--no-score: bulk load, leave new rows for one later refresh.")
 @json_option
 @click.pass_obj
 @library_call

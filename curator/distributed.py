@@ -29,10 +29,10 @@ import pickle
 import numpy as np
 import pyarrow as pa
 
-from .rescore import OUT_COLUMNS, RowIndex, _fill_pair_dots, _first_image, _pair_columns, read_index
-from .scores import IMAGE, TEXT, row_scores
-from .stats import StatsStore, TableStats, conformity_bins, staleness_bound
-from .store import SCAN_BATCH_ROWS, Database, TableMeta, commit, vectors
+from .rescore import OUT_COLUMNS, RowIndex
+from .scores import row_scores
+from .stats import TableStats
+from .store import SCAN_BATCH_ROWS, commit, vectors
 
 READ_BATCH_ROWS = 131_072  # rows per Ray Data block: one partial statistics record each
 STATS_COLUMNS = ["modality", "embedding", "conformity"]
@@ -66,29 +66,15 @@ def accumulate(dataset, dim: int, *, filter: str | None = None) -> TableStats:
     stats = TableStats(dim)
     if fragments == 0:
         return stats
-    source = ray.data.read_lance(
-        dataset.uri, version=dataset.version, columns=STATS_COLUMNS, filter=filter,
-        scanner_options={"batch_size": READ_BATCH_ROWS}, override_num_blocks=fragments,
-    )
+    scanner = {"batch_size": READ_BATCH_ROWS, **({"filter": filter} if filter else {})}
+    source = ray.data.read_lance(dataset.uri, version=dataset.version, columns=STATS_COLUMNS,
+                                 scanner_options=scanner, override_num_blocks=fragments)
     partials = source.map_batches(_partial_stats(dim), batch_format="pyarrow", batch_size=None)
     for batch in partials.iter_batches(batch_format="pyarrow", batch_size=None):
         for blob in batch.column("partial").to_pylist():
             part = pickle.loads(blob)
             for m, s in part.modalities.items():
                 stats.modalities[m] = stats.get(m).merge(s)
-    return stats
-
-
-def rebuild(db, table: str, dataset=None) -> TableStats:
-    """:func:`curator.stats.rebuild` with the statistics computed on Ray."""
-    db = db if isinstance(db, Database) else Database(db)
-    dataset = dataset or db.dataset(table)
-    store = StatsStore(db, table)
-    stats = accumulate(dataset, TableMeta.from_schema(dataset.schema).dim)
-    stats.version = store.latest_version() + 1
-    stats.table_version = dataset.version
-    store.append_history(stats)
-    store.save(stats)
     return stats
 
 
@@ -172,59 +158,21 @@ def compute_scalars(dataset, stats: TableStats, index: RowIndex, needed: np.ndar
 
 
 def score_rows(dataset, stats: TableStats, target: np.ndarray | None = None,
-               index: RowIndex | None = None, message: str = "curator score"):
-    """:func:`curator.rescore.score_rows` on Ray: same arguments, same result.
+               index: RowIndex | None = None, message: str = "curator score",
+               all_uncertainty: bool = False):
+    """:func:`curator.rescore.score_rows` with the vector pass and the writes on Ray.
 
-    Returns (new dataset, rows scored); ``stats``' uncertainty sketches are updated in
-    place, as locally.
+    The global step over scalars (sketch, pair join) is rescore's own code, on the
+    driver; same arguments, same result: (new dataset, rows rescored).
     """
-    index = index or read_index(dataset)
-    if target is None:
-        target = np.ones(len(index.rowid), bool)
-    if not target.any():
-        return dataset, 0
-    n = len(index.rowid)
-    image, text = index.code(IMAGE), index.code(TEXT)
-    paired = (index.modality == image) | (index.modality == text)
-    touched = np.unique(index.sample[target & paired & (index.sample >= 0)])
-    universe = paired & np.isin(index.sample, touched) & (index.sample >= 0)
-    needed = target | universe
+    from .rescore import score_rows as local_score_rows
 
-    scalars = compute_scalars(dataset, stats, index, needed)
-
-    # The global step over scalars, exactly as rescore.score_rows does it.
-    live = stats.nonempty()
-    pair_dot = index.pair_dot.copy()
-    image_of_sample = _first_image(index, universe, image)
-    missing = universe & (index.modality == text) & np.isnan(pair_dot)
-    if missing.any():
-        _fill_pair_dots(dataset, index, missing, image_of_sample, pair_dot)
-    uncertainty = np.full(n, np.nan)
-    for m, s in live.items():
-        rows_m = index.modality == index.code(m)
-        old = index.conformity[target & rows_m]
-        new = scalars["conformity"][target & rows_m]
-        np.subtract.at(s.hist, conformity_bins(old[np.isfinite(old)]), 1)
-        np.add.at(s.hist, conformity_bins(new[np.isfinite(new)]), 1)
-        np.maximum(s.hist, 0, out=s.hist)
-        sel = rows_m & needed & np.isfinite(scalars["conformity"])
-        uncertainty[sel] = s.cdf(scalars["conformity"][sel])
-    pairs = _pair_columns(index, stats, scalars, uncertainty, pair_dot, image_of_sample,
-                                  universe, image, text)
-    out = {
-        "conformity": scalars["conformity"],
-        "conformity_est": scalars["conformity_est"],
-        "uncertainty": uncertainty,
-        "loglik": scalars["loglik"],
-        **pairs,
-        "pair_dot": pair_dot,
-    }
-    new_dataset = write_scores(dataset, index.rowid, target, out, stats.version, message)
-    return new_dataset, int(target.sum())
+    return local_score_rows(dataset, stats, target, index, message, all_uncertainty,
+                            scalar_pass=compute_scalars, writer=write_scores)
 
 
 def write_scores(dataset, rowids: np.ndarray, target: np.ndarray, columns: dict[str, np.ndarray],
-                 stats_version: int, message: str):
+                 versions: np.ndarray, message: str):
     """:func:`curator.rescore.write_scores` with one Ray task a fragment, one driver commit."""
     import lance
     import ray
@@ -239,52 +187,19 @@ def write_scores(dataset, rowids: np.ndarray, target: np.ndarray, columns: dict[
         arrays = [pa.array(rowids[sel], pa.uint64())]
         for name, dtype in OUT_COLUMNS.items():
             if name == "stats_version":
-                arrays.append(pa.array(np.full(len(sel), stats_version, np.int64)))
+                v = versions[sel]
+                arrays.append(pa.array(v.astype(np.int64), pa.int64(), mask=v < 0))
                 continue
             values = columns[name][sel]
             arrays.append(pa.array(values.astype(dtype.to_pandas_dtype()), dtype,
                                    mask=~np.isfinite(values)))
         futures.append(task.remote(dataset.uri, dataset.version, fragment_id,
                                    pa.table(arrays, schema=schema)))
+    if not futures:
+        return dataset
     updated, fields = [], set()
     for blob, modified in ray.get(futures):
         updated.append(pickle.loads(blob))
         fields.update(modified)
     operation = lance.LanceOperation.Update(updated_fragments=updated, fields_modified=sorted(fields))
     return commit(dataset, operation, message)
-
-
-def refresh(*, db=None, table: str = "embeddings", tolerance: float = 0.0, quiet: bool = True):
-    """:func:`curator.refresh.refresh` with the rescoring on Ray (same result)."""
-    from .errors import BadInput
-    from .refresh import RefreshResult
-
-    if not tolerance >= 0:
-        raise BadInput("--tolerance must be a number ≥ 0")
-    database = Database(db)
-    dataset = database.dataset(table)
-    read_version = dataset.version
-    stats = StatsStore(database, table).load()
-    if stats is None or stats.table_version != dataset.version:
-        stats = rebuild(database, table, dataset)
-    history = StatsStore(database, table).history()
-    index = read_index(dataset)
-    bound_of = {}
-    for code, m in enumerate(index.names):
-        current_m = stats.modalities.get(m)
-        for v in np.unique(index.stats_version[index.modality == code]).tolist():
-            if v < 0 or current_m is None:
-                bound_of[(code, v)] = float("inf")
-            else:
-                bound_of[(code, v)] = staleness_bound(history.get((v, m)), current_m)
-    worst = max(bound_of.values(), default=0.0)
-    target = np.zeros(len(index.rowid), bool)
-    for (code, v), bound in bound_of.items():
-        if bound > tolerance:
-            target |= (index.modality == code) & (index.stats_version == v)
-    dataset, rows = score_rows(dataset, stats, target, index,
-                               message=f"curator refresh v{stats.version}")
-    stats.table_version = dataset.version
-    StatsStore(database, table).save(stats)
-    return RefreshResult(rows, read_version, dataset.version, stats.version,
-                         None if not np.isfinite(worst) else worst, tolerance)

@@ -15,6 +15,7 @@ in :mod:`curator.distributed`.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from collections.abc import Iterator
 
@@ -38,28 +39,26 @@ def resolve_engine(engine: str | None = None) -> str:
         raise CuratorError(f"unknown engine {name!r}: use one of {', '.join(ENGINES)}")
     if name == RAY:
         try:
-            import ray  # noqa: F401
+            import ray
             import ray.data  # noqa: F401
         except ImportError as exc:
             raise MissingDependency(RAY_HINT) from exc
     return name
 
 
-@contextlib.contextmanager
-def ray_session(quiet: bool = True) -> Iterator[None]:
-    """Ray connected for the duration of the block; shut down after only if started here.
+def ensure_ray(quiet: bool = True) -> None:
+    """Connect Ray once per process (a no-op when already connected); stays up until exit.
 
-    Joins an already initialised Ray (a notebook, a test fixture) as it is. Otherwise
     ``ray.init(address=$RAY_ADDRESS)``; without an address a local instance with
     ``$CURATOR_RAY_CPUS`` CPUs (default all). On a remote cluster the ``curator``
     package is shipped with the job (``runtime_env.py_modules``); its dependencies
-    (lancedb, pylance, numpy, pyarrow) must be installed on the workers.
+    (lancedb, pylance, numpy, pyarrow) must be installed on the workers. Ray Data
+    progress bars follow ``quiet``.
     """
     resolve_engine(RAY)
     import ray
     import ray.data
 
-    started = False
     if not ray.is_initialized():
         address = os.environ.get("RAY_ADDRESS") or None
         kwargs = {"ignore_reinit_error": True, "include_dashboard": False,
@@ -70,14 +69,21 @@ def ray_session(quiet: bool = True) -> Iterator[None]:
         elif os.environ.get("CURATOR_RAY_CPUS"):
             kwargs["num_cpus"] = int(os.environ["CURATOR_RAY_CPUS"])
         ray.init(**kwargs)
-        started = True
-    context = ray.data.DataContext.get_current()
-    previous = context.enable_progress_bars
-    context.enable_progress_bars = not quiet
+    ray.data.DataContext.get_current().enable_progress_bars = not quiet
+    logging.getLogger("ray.data").setLevel(logging.WARNING if not quiet else logging.ERROR)
+
+
+@contextlib.contextmanager
+def ray_session(quiet: bool = True) -> Iterator[None]:
+    """Ray connected for the block (:func:`ensure_ray`); shut down after if started here."""
+    resolve_engine(RAY)
+    import ray
+
+    started = not ray.is_initialized()
+    ensure_ray(quiet)
     try:
         yield
     finally:
-        context.enable_progress_bars = previous
         if started:
             ray.shutdown()
 
@@ -92,43 +98,19 @@ def accumulate(dataset, dim: int, *, filter: str | None = None, engine: str | No
         return local(dataset, dim, filter=filter)
     from . import distributed
 
-    with ray_session():
-        return distributed.accumulate(dataset, dim, filter=filter)
+    ensure_ray()
+    return distributed.accumulate(dataset, dim, filter=filter)
 
 
 def score_rows(dataset, stats, target: np.ndarray | None = None, index=None,
-               message: str = "curator score", *, engine: str | None = None):
+               message: str = "curator score", all_uncertainty: bool = False, *,
+               engine: str | None = None):
     """Rescore target rows and commit (:func:`curator.rescore.score_rows`) on the engine."""
     if resolve_engine(engine) == LOCAL:
         from .rescore import score_rows as local
 
-        return local(dataset, stats, target, index, message=message)
+        return local(dataset, stats, target, index, message, all_uncertainty)
     from . import distributed
 
-    with ray_session():
-        return distributed.score_rows(dataset, stats, target, index, message=message)
-
-
-def rebuild(db, table: str, dataset=None, *, engine: str | None = None):
-    """Recompute a table's statistics from its rows as a new stats version."""
-    if resolve_engine(engine) == LOCAL:
-        from .stats import rebuild as local
-
-        return local(db, table, dataset)
-    from . import distributed
-
-    with ray_session():
-        return distributed.rebuild(db, table, dataset)
-
-
-def refresh(*, db=None, table: str = "embeddings", tolerance: float = 0.0, quiet: bool = True,
-            engine: str | None = None):
-    """``refresh`` (:func:`curator.refresh.refresh`) on the engine."""
-    if resolve_engine(engine) == LOCAL:
-        from .refresh import refresh as local
-
-        return local(db=db, table=table, tolerance=tolerance, quiet=quiet)
-    from . import distributed
-
-    with ray_session(quiet=quiet):
-        return distributed.refresh(db=db, table=table, tolerance=tolerance, quiet=quiet)
+    ensure_ray()
+    return distributed.score_rows(dataset, stats, target, index, message, all_uncertainty)

@@ -49,13 +49,14 @@ import pyarrow.compute as pc
 
 from .errors import BadInput, CuratorError
 from .query import PAIRS_VIEW, _first_line, check_predicate
-from .rescore import iter_rows
 from .schema import column_names
-from .store import STORAGE_VERSION, Database, TableMeta, vectors
+from .store import SCAN_BATCH_ROWS, STORAGE_VERSION, Database, TableMeta, vectors
 
 FORMATS = ("parquet", "jsonl", "csv", "npy", "lance")
 UNITS = ("row", "sample")
-ROWS_PER_FILE = 500_000
+ROWS_PER_FILE = {"parquet": 500_000, "jsonl": 500_000, "csv": 500_000, "npy": 100_000,
+                 "lance": 1 << 20}
+_TAKE_SHARE = 0.02  # below this share of the table, take rows instead of scanning
 MANIFEST = "manifest.json"
 MANIFEST_SCHEMA = "curator.manifest.v1"
 _CLIP_RESERVED = ("key", "image_id", "text_id")
@@ -112,13 +113,14 @@ class Selection:
 
 def export(*, db=None, table: str = "embeddings", out, where: str | None = None,
            format: str = "parquet", unit: str = "row", overwrite: bool = False,
-           version: int | None = None, rows_per_file: int = ROWS_PER_FILE) -> ExportResult:
+           version: int | None = None, rows_per_file: int | None = None) -> ExportResult:
     """Write the rows matching ``where`` (all rows when None) of ``table`` to ``out``."""
     started = time.time()
     if format not in FORMATS:
         raise BadInput(f"--format must be one of {', '.join(FORMATS)}")
     if unit not in UNITS:
         raise BadInput(f"--unit must be one of {', '.join(UNITS)}")
+    rows_per_file = rows_per_file or ROWS_PER_FILE[format]
     if rows_per_file < 1:
         raise BadInput("rows_per_file must be ≥ 1")
     if where is not None:
@@ -211,9 +213,36 @@ def batches(dataset, selection: Selection, columns: list[str] | None = None):
     schema = table_schema(dataset)
     if columns is not None:
         schema = pa.schema([schema.field(c) for c in columns])
-    for _, batch in iter_rows(dataset, selection.rowids, schema.names):
-        for part in (batch.to_batches() if isinstance(batch, pa.Table) else [batch]):
-            yield pa.RecordBatch.from_arrays([part.column(n) for n in schema.names], schema=schema)
+    for _, batch in rows_by_id(dataset, selection.rowids, schema.names):
+        yield pa.RecordBatch.from_arrays([batch.column(n) for n in schema.names], schema=schema)
+
+
+def rows_by_id(dataset, rowids: np.ndarray, columns: list[str]):
+    """(row ids, batch) of the given sorted row ids, in that order.
+
+    A scan of the fragments that hold them, filtered by row id; random access (take) only
+    for a sparse selection: taking a 512-d vector costs here ~40 times what scanning one does.
+    """
+    if len(rowids) == 0:
+        return
+    if len(rowids) < _TAKE_SHARE * dataset.count_rows():
+        for start in range(0, len(rowids), SCAN_BATCH_ROWS):
+            chunk = rowids[start:start + SCAN_BATCH_ROWS]
+            for batch in dataset._take_rows(chunk.tolist(), columns=columns).to_batches():
+                yield chunk[:batch.num_rows], batch
+                chunk = chunk[batch.num_rows:]
+        return
+    wanted = set((rowids >> np.uint64(32)).tolist())
+    fragments = [f for f in dataset.get_fragments() if f.fragment_id in wanted]
+    last = len(rowids) - 1
+    for batch in dataset.to_batches(columns=columns, with_row_id=True, fragments=fragments,
+                                    batch_size=SCAN_BATCH_ROWS):
+        ids = batch.column("_rowid").to_numpy()
+        hit = rowids[np.minimum(np.searchsorted(rowids, ids), last)] == ids
+        if hit.all():
+            yield ids, batch
+        elif hit.any():
+            yield ids[hit], batch.filter(pa.array(hit))
 
 
 # -- output folder ---------------------------------------------------------------------
@@ -347,13 +376,17 @@ def _pairs(selection: Selection) -> tuple[np.ndarray, np.ndarray]:
     return a[:, 0], a[:, 1]
 
 
-def _take(dataset, rowids: np.ndarray, columns: list[str]) -> pa.Table:
-    """Rows by row id, in the order given (ids unique)."""
-    order = np.argsort(rowids, kind="stable")
-    table = dataset._take_rows(rowids[order].tolist(), columns=columns)
-    inverse = np.empty_like(order)
-    inverse[order] = np.arange(len(order))
-    return table.take(pa.array(inverse))
+def _gather(dataset, rowids: np.ndarray, columns: list[str]) -> pa.Table:
+    """Rows by row id (unique), in the order given, read by :func:`rows_by_id`."""
+    srt = np.sort(rowids)
+    got, parts = [], []
+    for ids, batch in rows_by_id(dataset, srt, columns):
+        got.append(ids)
+        parts.append(batch.select(columns))
+    table = pa.Table.from_batches(parts) if parts else None
+    ids = np.concatenate(got)
+    order = np.argsort(ids, kind="stable")
+    return table.take(pa.array(order[np.searchsorted(ids[order], rowids)]))
 
 
 def _same_metadata(a: pa.Table, b: pa.Table, names: list[str]) -> np.ndarray:
@@ -366,14 +399,30 @@ def _same_metadata(a: pa.Table, b: pa.Table, names: list[str]) -> np.ndarray:
     return same
 
 
+def _paired(dataset, selection, meta: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Candidate lines (first image, first caption) whose metadata agree (no vectors read)."""
+    img, txt = _pairs(selection)
+    if not meta or not len(img):
+        return img, txt
+    same = np.ones(len(img), bool)
+    for start in range(0, len(img), 1 << 18):
+        i, t = img[start:start + (1 << 18)], txt[start:start + (1 << 18)]
+        a = dataset._take_rows(selection.rowids[i].tolist(), columns=meta)
+        b = dataset._take_rows(selection.rowids[t].tolist(), columns=meta)
+        same[start:start + len(i)] = _same_metadata(a, b, meta)
+    return img[same], txt[same]
+
+
 def _write_npy(dataset, selection, folder, rows_per_file):
+    """Paired shards first (a shard's images and captions read in one scan), then image-only
+    and text-only shards; memory holds one shard."""
     import pyarrow.parquet as pq
 
     for sub in ("img_emb", "text_emb", "metadata"):
         os.makedirs(os.path.join(folder, sub))
     meta = _metadata_names(dataset.schema)
     columns = ["id", "sample_id", "embedding"] + meta
-    schema = dataset.schema
+    schema = table_schema(dataset)
     shard = itertools.count()
 
     def write(images: pa.Table | None, texts: pa.Table | None):
@@ -393,24 +442,34 @@ def _write_npy(dataset, selection, folder, rows_per_file):
         pq.write_table(pa.table(md, schema=pa.schema(fields)),
                        os.path.join(folder, "metadata", f"metadata_{k}.parquet"))
 
-    img_pos, txt_pos = _pairs(selection)
+    img_pos, txt_pos = _paired(dataset, selection, meta)
     unpaired = np.ones(len(selection.rowids), bool)
+    unpaired[img_pos] = unpaired[txt_pos] = False
     for start in range(0, len(img_pos), rows_per_file):
         i, t = img_pos[start:start + rows_per_file], txt_pos[start:start + rows_per_file]
-        images = _take(dataset, selection.rowids[i], columns)
-        texts = _take(dataset, selection.rowids[t], columns)
-        same = _same_metadata(images, texts, meta)
-        if same.any():
-            keep = pa.array(same)
-            write(images.filter(keep), texts.filter(keep))
-            unpaired[i[same]] = False
-            unpaired[t[same]] = False
-    mods = selection.modality.to_numpy(zero_copy_only=False)
-    for modality in ("image", "text"):
-        rest = selection.rowids[unpaired & (mods == modality)]
-        for start in range(0, len(rest), rows_per_file):
-            rows = _take(dataset, rest[start:start + rows_per_file], columns)
-            write(rows if modality == "image" else None, rows if modality == "text" else None)
+        rows = _gather(dataset, selection.rowids[np.concatenate([i, t])], columns)
+        write(rows.slice(0, len(i)), rows.slice(len(i)))
+    # unpaired rows: one scan, routed by modality into shards of rows_per_file rows
+    pending = {"image": [], "text": []}
+    for _, batch in rows_by_id(dataset, selection.rowids[unpaired], columns + ["modality"]):
+        mods = batch.column("modality")
+        for modality, rows in pending.items():
+            part = batch.filter(pc.equal(mods, modality)).select(columns)
+            while part.num_rows:
+                room = rows_per_file - sum(r.num_rows for r in rows)
+                rows.append(part.slice(0, room))
+                part = part.slice(room)
+                if sum(r.num_rows for r in rows) == rows_per_file:
+                    _flush(write, modality, rows)
+    for modality, rows in pending.items():
+        if rows:
+            _flush(write, modality, rows)
+
+
+def _flush(write, modality: str, rows: list) -> None:
+    table = pa.Table.from_batches(rows)
+    write(table if modality == "image" else None, table if modality == "text" else None)
+    rows.clear()
 
 
 WRITERS = {

@@ -56,16 +56,20 @@ def ingest(sources: list[str], *, db=None, table: str = "embeddings", modality: 
            model: str | None = None, id_column: str = "id", vector_column: str = "embedding",
            sample_column: str = "sample_id", modality_column: str = "modality",
            on_duplicate: str = "error", generate_ids: bool = False, ids: str | None = None,
-           metadata: str | None = None, quiet: bool = True) -> IngestResult:
-    """Add raw embeddings from parquet, npy/npz or clip-retrieval sources to ``table``."""
+           metadata: str | None = None, score: bool = True, quiet: bool = True) -> IngestResult:
+    """Add raw embeddings from parquet, npy/npz or clip-retrieval sources to ``table``.
+
+    With ``score=False`` (bulk loads) statistics are still updated but the new rows are
+    left unscored (``stats_version`` null, infinitely stale) for one later ``refresh``.
+    """
     options = ColumnOptions(modality, id_column, vector_column, sample_column, modality_column,
                             generate_ids, ids, metadata)
     return ingest_sources(open_sources(list(sources), options), db=db, table=table, model=model,
-                          on_duplicate=on_duplicate, quiet=quiet)
+                          on_duplicate=on_duplicate, score=score, quiet=quiet)
 
 
 def ingest_sources(sources: list[Source], *, db=None, table: str = "embeddings",
-                   model: str | None = None, on_duplicate: str = "error",
+                   model: str | None = None, on_duplicate: str = "error", score: bool = True,
                    quiet: bool = True) -> IngestResult:
     import lance
 
@@ -118,20 +122,22 @@ def ingest_sources(sources: list[Source], *, db=None, table: str = "embeddings",
             new_stats.modalities[m] = new_stats.get(m).subtract(s)
     for m, s in writer.stats.modalities.items():
         new_stats.modalities[m] = new_stats.get(m).merge(s)
-    dataset = score_new_rows(database, table, dataset, new_stats)
+    dataset = score_new_rows(database, table, dataset, new_stats, score=score)
     return IngestResult(writer.rows, dataset.version, new_stats.version, skipped=len(skip_ids),
                         replaced=len(replace_ids), seconds=time.time() - started)
 
 
-def score_new_rows(database: Database, table: str, dataset, stats: TableStats):
+def score_new_rows(database: Database, table: str, dataset, stats: TableStats, score: bool = True):
     """Give ``stats`` a new version, score the never-scored rows with it, save it."""
     store = stats_mod.StatsStore(database, table)
     stats.version = store.latest_version() + 1
     store.append_history(stats)
-    index = read_index(dataset)
-    target = index.stats_version < 0
-    dataset, _ = score_rows(dataset, stats, target, index, message=f"curator score v{stats.version}")
-    dataset = _assign_clusters(database, table, dataset)
+    if score:
+        index = read_index(dataset)
+        target = index.stats_version < 0
+        dataset, _ = score_rows(dataset, stats, target, index,
+                                message=f"curator score v{stats.version}")
+        dataset = _assign_clusters(database, table, dataset)
     stats.table_version = dataset.version
     store.save(stats)
     return dataset
@@ -279,12 +285,15 @@ class _BatchWriter:
                                      f"the table takes {expected or models[0]!r} only")
             self.model = self.model or models[0]
         X = vectors(batch)
-        if not np.isfinite(X).all():
-            bad = int((~np.isfinite(X).all(axis=1)).sum())
+        # One pass: NaN/Inf make the float64 norm non-finite; zero vectors give 0.
+        norms = np.sqrt(np.einsum("ij,ij->i", X, X, dtype=np.float64))
+        if not np.isfinite(norms).all():
+            bad = int((~np.isfinite(norms)).sum())
             raise BadInput(f"{path}: {bad} vectors hold NaN or Inf values")
-        norms = row_norms(X)
-        if not (norms > 0).all() or not np.isfinite(norms).all():
-            raise BadInput(f"{path}: {int((~(norms > 0)).sum())} zero vectors (no direction) or norms out of float range")
+        if not (norms > 0).all():
+            raise BadInput(f"{path}: {int((norms <= 0).sum())} zero vectors (no direction)")
+        if not (norms < np.finfo(np.float32).max).all():
+            raise BadInput(f"{path}: vectors whose norm overflows float32")
         if (pc.utf8_length(batch.column("id")).to_numpy(zero_copy_only=False) == 0).any():
             raise BadInput(f"{path}: empty ids")
 

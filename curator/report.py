@@ -51,7 +51,7 @@ TEST_FRACTION = 0.3
 PLOT_POINTS = 3000  # per modality in scatter plots (the statistics use the whole sample)
 PATH_COLUMNS = ("path", "image", "image_path")
 THUMB_SIZE = (112, 112)
-RANK_TOL = 1e-9  # eigenvalues below this fraction of the largest count as zero (and are not plotted)
+RANK_TOL = 1e-7  # eigenvalues below this share of the largest are zero to float32 precision (not plotted)
 
 
 @dataclass
@@ -275,18 +275,6 @@ def pearson_fit(sums: np.ndarray) -> dict:
             "intercept_shifted": _num(sy / n - slope * sx / n)}
 
 
-def sample_conformity(X: np.ndarray, shift: np.ndarray | None = None) -> np.ndarray:
-    """Exact conformity within the rows of X (mean cosine to the others), via the unit sum."""
-    X = np.asarray(X, np.float64)
-    if shift is not None:
-        X = X - shift
-    norms = np.linalg.norm(X, axis=1)
-    norms[norms == 0] = np.nan
-    unit = X / norms[:, None]
-    U = np.nansum(unit, axis=0)
-    return (unit @ U - 1.0) / max(len(X) - 1, 1)
-
-
 def divergences(a: np.ndarray, b: np.ndarray, bins: int = SWEEP_BINS) -> tuple[float, float]:
     """Jensen–Shannon divergence (bits, [0, 1]) and total variation ([0, 1]) of two samples
     on a common histogram spanning both."""
@@ -339,35 +327,67 @@ def gap_view(A: np.ndarray, B: np.ndarray, m_a: np.ndarray, m_b: np.ndarray):
     """Coordinates on (unit gap ĝ = (m_a − m_b)/‖·‖, top principal direction of the pooled
     sample with ĝ projected out). Returns (coords_a, coords_b, ĝ, p)."""
     g = (m_a - m_b) / np.linalg.norm(m_a - m_b)
-    P = np.concatenate([A, B]).astype(np.float64)
-    P = P - np.outer(P @ g, g)
-    P -= P.mean(axis=0)
-    _, vecs = np.linalg.eigh(P.T @ P)
-    p = vecs[:, -1]
+    pooled = np.concatenate([A, B]).astype(np.float64)
+    centre = pooled.mean(axis=0)
+    P = pooled - centre
+    P -= np.outer(P @ g, g)
+    p = top_direction(P)
     p -= (p @ g) * g
     p /= np.linalg.norm(p)
-    centre = np.concatenate([A, B]).astype(np.float64).mean(axis=0) @ p
 
     def coords(X):
         X = np.asarray(X, np.float64)
-        return np.stack([X @ g, X @ p - centre], axis=1)
+        return np.stack([X @ g, (X - centre) @ p], axis=1)
 
     return coords(A), coords(B), g, p
+
+
+def top_direction(P: np.ndarray, block: int = 6, iterations: int = 20) -> np.ndarray:
+    """Top right singular vector of P (n, d) by seeded subspace iteration (no d×d matrix)."""
+    rng = np.random.default_rng(0)
+    V = np.linalg.qr(rng.normal(size=(P.shape[1], min(block, P.shape[1]))))[0]
+    for _ in range(iterations):
+        V = np.linalg.qr(P.T @ (P @ V))[0]
+    W = P @ V
+    vals, vecs = np.linalg.eigh(W.T @ W)
+    return V @ vecs[:, -1]
 
 
 def gap_sweep(A: np.ndarray, B: np.ndarray, m_a: np.ndarray, m_b: np.ndarray,
               alphas=SWEEP_ALPHAS) -> dict:
     """For each α: shift each modality by v − α·m, recompute conformity within each sample,
     and measure the divergence of the two conformity histograms."""
+    sweep_a, sweep_b = _ShiftedConformity(A, m_a), _ShiftedConformity(B, m_b)
     js, tv = [], []
     for alpha in alphas:
-        ca = sample_conformity(A, alpha * m_a)
-        cb = sample_conformity(B, alpha * m_b)
-        j, t = divergences(ca, cb)
+        j, t = divergences(sweep_a(alpha), sweep_b(alpha))
         js.append(j), tv.append(t)
     best = int(np.argmin(js))
     return {"alphas": [float(a) for a in alphas], "jensen_shannon_bits": js, "total_variation": tv,
             "best_alpha": float(alphas[best]), "bins": SWEEP_BINS}
+
+
+class _ShiftedConformity:
+    """Exact conformity within X after the shift x' = x − α·m, without forming X − α·m.
+
+    ‖x'‖² = ‖x‖² − 2α⟨x,m⟩ + α²‖m‖²; with w = 1/‖x'‖, U' = Σ w x' = Xᵀw − α·m·Σw and
+    ⟨x̂', U'⟩ = w·(⟨x, U'⟩ − α⟨m, U'⟩): two matrix–vector products per α.
+    """
+
+    def __init__(self, X: np.ndarray, m: np.ndarray):
+        self.X = np.asarray(X, np.float64)
+        self.m = np.asarray(m, np.float64)
+        self.sq = np.einsum("ij,ij->i", self.X, self.X)
+        self.xm = self.X @ self.m
+        self.mm = float(self.m @ self.m)
+
+    def __call__(self, alpha: float) -> np.ndarray:
+        norm2 = self.sq - 2 * alpha * self.xm + alpha * alpha * self.mm
+        with np.errstate(divide="ignore"):
+            w = np.where(norm2 > 0, 1.0 / np.sqrt(np.maximum(norm2, 0)), 0.0)
+        U = self.X.T @ w - alpha * self.m * w.sum()
+        dots = w * (self.X @ U - alpha * float(self.m @ U))
+        return (dots - 1.0) / max(len(self.X) - 1, 1)
 
 
 # ---------------------------------------------------------------------------------------
@@ -394,12 +414,17 @@ def report(*, db=None, table: str = "embeddings", out, sample: int = 5000, seed:
     if not stats.nonempty():
         raise CuratorError(f"table {table!r} has no rows to report on")
     os.makedirs(out, exist_ok=True)
+    timings = {"statistics": time.time() - started}
     scans = _scan(dataset, stats, sample, seed)
+    timings["scan"] = time.time() - started - sum(timings.values())
     data = _compute(dataset, stats, meta, scans, database, table, sample, seed)
+    timings["sample_measures"] = time.time() - started - sum(timings.values())
     data["seconds_compute"] = time.time() - started
     figures = _draw(out, data, scans, stats)
     data["figures"] = figures
     _thumbnails(out, data)
+    timings["figures"] = time.time() - started - sum(timings.values())
+    data["timings_seconds"] = timings
     json_path = os.path.join(out, "report.json")
     with open(json_path, "w") as f:
         json.dump(data, f, indent=1, default=_jsonable)
@@ -674,7 +699,7 @@ figure h3{font-size:15.5px;margin:0 0 6px}figure img{width:100%;height:auto;disp
 figcaption{font-size:13.5px;color:#39414d;margin-top:6px}figcaption b{color:#1d2330}
 table{border-collapse:collapse;background:#fff;font-size:13.5px;width:100%}
 table.measures td:first-child{width:46%}.pairs{display:grid;grid-template-columns:repeat(auto-fit,minmax(520px,1fr));gap:16px}
-.pairs td.num{width:90px}.pairs td.id{width:150px;word-break:break-all}
+.pairs td.num{width:90px}.pairs table.narrow{width:auto;min-width:320px}.pairs td.id{width:150px;word-break:break-all}
 th,td{border:1px solid #dde1e7;padding:5px 8px;text-align:left;vertical-align:top}
 th{background:#eef1f5;font-weight:600}td.num{text-align:right;font-variant-numeric:tabular-nums}
 .note{background:#fff8e1;border:1px solid #f0dc9a;border-radius:6px;padding:8px 12px;font-size:13.5px}
@@ -850,7 +875,7 @@ def _extremes_html(data: dict) -> str:
 def _rows_table(rows: list[dict], thumbs: bool, captions: bool) -> str:
     if not rows:
         return "<p class='muted'>no scored rows</p>"
-    out = ["<table><tr>" + ("<th>image</th>" if thumbs else "")
+    out = [f"<table{'' if captions else ' class=narrow'}><tr>" + ("<th>image</th>" if thumbs else "")
            + "<th>conformity</th><th>id</th>" + ("<th>caption</th>" if captions else "") + "</tr>"]
     for r in rows:
         thumb = ""

@@ -67,7 +67,7 @@ def spectrum(path: str, spectra: dict[str, dict]) -> str:
     for k, (m, s) in enumerate(spectra.items()):
         ev = np.asarray(s["eigenvalues"], float)
         ranks = np.arange(1, len(ev) + 1)
-        shown = ev > 1e-9 * max(ev[0], 1e-300)  # numerically zero axes (fewer rows than dimensions)
+        shown = ranks <= s.get("numerical_rank", len(ev))  # not the zero axes (fewer rows than dims)
         left.semilogy(ranks[shown], ev[shown], color=colour(m, k), lw=1.5,
                       label=f"{m} (eff. rank {s['effective_rank']:.0f})")
         total = ev.sum()

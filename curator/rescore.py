@@ -87,26 +87,40 @@ def read_index(dataset) -> RowIndex:
 
 
 def iter_rows(dataset, rowids: np.ndarray, columns: list[str]):
-    """Yield (rowids, batch) for the given sorted row ids: a scan when many, takes when few."""
+    """Yield (rowids, batch) for the given sorted row ids, fragment by fragment.
+
+    A fragment with many wanted rows is scanned (and filtered by a per-fragment mask,
+    O(rows)); a fragment with few is read by random access.
+    """
     if len(rowids) == 0:
         return
-    total = dataset.count_rows()
-    if len(rowids) > _TAKE_FRACTION * total:
-        fragments = set((rowids >> np.uint64(32)).tolist())
-        selected = [f for f in dataset.get_fragments() if f.fragment_id in fragments]
-        for batch in dataset.to_batches(columns=columns, with_row_id=True, fragments=selected,
-                                        batch_size=SCAN_BATCH_ROWS):
+    fragment_of = (rowids >> np.uint64(32)).astype(np.int64)
+    offsets = (rowids & np.uint64(0xFFFFFFFF)).astype(np.int64)
+    for fragment in dataset.get_fragments():
+        fid = fragment.fragment_id
+        lo, hi = np.searchsorted(fragment_of, [fid, fid + 1])
+        if hi == lo:
+            continue
+        wanted = offsets[lo:hi]
+        physical = fragment.physical_rows
+        if hi - lo <= _TAKE_FRACTION * physical:
+            for start in range(0, hi - lo, SCAN_BATCH_ROWS):
+                chunk = rowids[lo + start:min(hi, lo + start + SCAN_BATCH_ROWS)]
+                yield chunk, dataset._take_rows(chunk.tolist(), columns=columns)
+            continue
+        mask = np.zeros(physical, bool)
+        mask[wanted] = True
+        everything = mask.all()
+        for batch in fragment.to_batches(columns=columns, with_row_id=True, batch_size=SCAN_BATCH_ROWS):
             ids = batch.column("_rowid").to_numpy()
-            keep = np.isin(ids, rowids, assume_unique=True)
+            if everything:
+                yield ids, batch
+                continue
+            keep = mask[(ids & np.uint64(0xFFFFFFFF)).astype(np.int64)]
             if keep.all():
                 yield ids, batch
             elif keep.any():
                 yield ids[keep], batch.filter(pa.array(keep))
-        return
-    for start in range(0, len(rowids), SCAN_BATCH_ROWS):
-        chunk = rowids[start:start + SCAN_BATCH_ROWS]
-        table = dataset._take_rows(chunk.tolist(), columns=columns)
-        yield chunk, table
 
 
 def score_rows(dataset, stats: TableStats, target: np.ndarray | None = None,
@@ -214,11 +228,9 @@ def _mismatch(index, uncertainty, image_of_sample, text) -> np.ndarray:
     """uncertainty(text) − uncertainty(image) on text rows; image rows: max over captions."""
     n = len(index.rowid)
     out = np.full(n, np.nan)
-    t = np.flatnonzero(index.modality == text)
-    t = np.asarray([p for p in t if int(index.sample[p]) in image_of_sample], dtype=np.int64)
+    t, i = _partners(index, index.modality == text, image_of_sample)
     if len(t) == 0:
         return out
-    i = np.asarray([image_of_sample[int(index.sample[p])] for p in t])
     values = uncertainty[t] - uncertainty[i]
     out[t] = values
     best = np.full(n, -np.inf)
@@ -227,22 +239,28 @@ def _mismatch(index, uncertainty, image_of_sample, text) -> np.ndarray:
     return out
 
 
-def _first_image(index: RowIndex, universe: np.ndarray, image: int) -> dict[int, int]:
-    """sample code → position of its (first) image row, within the universe."""
+def _first_image(index: RowIndex, universe: np.ndarray, image: int) -> np.ndarray:
+    """Array: sample code → position of its (first) image row within ``universe``, else -1."""
+    n_samples = int(index.sample.max()) + 1 if len(index.sample) else 0
+    image_at = np.full(max(n_samples, 1), -1, np.int64)
     positions = np.flatnonzero(universe & (index.modality == image))
-    samples = index.sample[positions]
-    order = np.argsort(samples, kind="stable")
-    samples, positions = samples[order], positions[order]
-    first = np.concatenate([[True], samples[1:] != samples[:-1]]) if len(samples) else np.zeros(0, bool)
-    return dict(zip(samples[first].tolist(), positions[first].tolist()))
+    # Assign in reverse so the first image of a sample wins.
+    image_at[index.sample[positions[::-1]]] = positions[::-1]
+    return image_at
+
+
+def _partners(index: RowIndex, rows: np.ndarray, image_at: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(text positions, their image positions) for the text rows in ``rows`` with an image."""
+    t = np.flatnonzero(rows & (index.sample >= 0))
+    i = image_at[index.sample[t]]
+    keep = i >= 0
+    return t[keep], i[keep]
 
 
 def _fill_pair_dots(dataset, index, missing, image_of_sample, pair_dot) -> None:
-    text_pos = [p for p in np.flatnonzero(missing) if int(index.sample[p]) in image_of_sample]
-    if not text_pos:
+    text_pos, img_pos = _partners(index, missing, image_of_sample)
+    if len(text_pos) == 0:
         return
-    text_pos = np.asarray(text_pos)
-    img_pos = np.asarray([image_of_sample[int(index.sample[p])] for p in text_pos])
     for start in range(0, len(text_pos), SCAN_BATCH_ROWS):
         t = text_pos[start:start + SCAN_BATCH_ROWS]
         i = img_pos[start:start + SCAN_BATCH_ROWS]
@@ -267,12 +285,10 @@ def _pair_columns(index, stats, scalars, uncertainty, pair_dot, image_of_sample,
     out = {k: np.full(n, np.nan) for k in ("alignment", "alignment_centered", "conformity_mismatch")}
     if IMAGE not in stats.modalities or TEXT not in stats.modalities:
         return out
-    text_pos = np.flatnonzero(universe & (index.modality == text) & np.isfinite(pair_dot))
-    keep = [p for p in text_pos if int(index.sample[p]) in image_of_sample]
-    if not keep:
+    t, i = _partners(index, universe & (index.modality == text) & np.isfinite(pair_dot),
+                     image_of_sample)
+    if len(t) == 0:
         return out
-    t = np.asarray(keep)
-    i = np.asarray([image_of_sample[int(index.sample[p])] for p in t])
     m_i, m_t = stats.modalities[IMAGE].mean, stats.modalities[TEXT].mean
     scores = pair_scores(pair_dot[t], scalars["norm"][i], scalars["norm"][t],
                          scalars[f"dot_{IMAGE}"][i], scalars[f"dot_{TEXT}"][i],

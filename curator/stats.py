@@ -64,7 +64,7 @@ class ModalityStats:
         centered = X - self.shift.astype(np.float32)
         self.n += sign * len(X)
         self.S += sign * X.sum(axis=0, dtype=np.float64)
-        self.U += sign * (X / norms[:, None]).sum(axis=0, dtype=np.float64)
+        self.U += sign * (X.T @ (1.0 / norms).astype(np.float32)).astype(np.float64)  # GEMV, no copy
         self.Q += sign * (centered.T @ centered).astype(np.float64)
         norms64 = norms.astype(np.float64)
         self.a += sign * float(norms64.sum())

@@ -45,10 +45,14 @@ def make_jpegs(folder: str, n: int, size=(400, 300), seed: int = 0) -> list[str]
     return paths
 
 
-def timed(fn) -> float:
-    started = time.perf_counter()
-    fn()
-    return time.perf_counter() - started
+def timed(fn, repeat: int = 1) -> float:
+    """Best of ``repeat`` wall times (the least disturbed by other processes)."""
+    best = float("inf")
+    for _ in range(repeat):
+        started = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - started)
+    return best
 
 
 def main() -> None:
@@ -57,6 +61,7 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--images", type=int, default=256)
     ap.add_argument("--batch-sizes", default="8,32,64")
+    ap.add_argument("--repeat", type=int, default=3, help="best of N runs per measurement")
     ap.add_argument("--num-workers", type=int, default=None,
                     help="decoding workers (default: encode's, min(4, cpus))")
     args = ap.parse_args()
@@ -91,7 +96,8 @@ def main() -> None:
 
         print(f"# {name} on {device} ({torch.get_num_threads()} torch threads), "
               f"{len(paths)} JPEGs {400}x{300}, {workers} decoding workers, "
-              f"torch {torch.__version__}")
+              f"torch {torch.__version__}, best of {args.repeat}, "
+              f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cpus")
         header = ("batch", "decode img/s", "forward img/s", "pipeline img/s", "decode share")
         print("| " + " | ".join(header) + " |")
         print("|" + "|".join("---:" for _ in header) + "|")
@@ -114,7 +120,8 @@ def main() -> None:
                     forward(x)
                 sync()
 
-            t_dec, t_fwd, t_all = timed(decode_only), timed(forward_only), timed(pipeline)
+            t_dec, t_fwd, t_all = (timed(f, args.repeat)
+                                   for f in (decode_only, forward_only, pipeline))
             print(f"| {bs} | {n / t_dec:,.1f} | {n / t_fwd:,.1f} | {n / t_all:,.1f} "
                   f"| {t_dec / (t_dec + t_fwd):.0%} |")
 

@@ -18,10 +18,10 @@ from curator.errors import BadInput, CuratorError, MissingDependency
 pytest.importorskip("ray")
 pytest.importorskip("ray.data")
 
-from curator import engine  # noqa: E402
-from curator.store import Database  # noqa: E402
+from conftest import brute_conformity, read_table
 
-from conftest import brute_conformity, read_table  # noqa: E402
+from curator import engine
+from curator.store import Database
 
 stats_module = sys.modules["curator.stats"]  # curator.stats is the `stats` command
 SCORE_COLUMNS = ["conformity", "conformity_est", "uncertainty", "loglik", "alignment",
@@ -117,7 +117,7 @@ def test_filtered_statistics(ray_local, twins, pairs_small):
 
 def test_rebuild_is_a_new_stats_version(ray_local, twins):
     local = stats_module.rebuild(Database(twins[0]), "embeddings")
-    remote = engine.rebuild(Database(twins[1]), "embeddings", engine="ray")
+    remote = stats_module.rebuild(Database(twins[1]), "embeddings", engine="ray")
     assert remote.version == local.version and remote.table_version == local.table_version
     stored = stats_module.StatsStore(Database(twins[1]), "embeddings").load()
     assert stored.version == remote.version
@@ -133,7 +133,7 @@ def test_refresh_gives_the_local_scores(ray_local, twins, pairs_small):
 
     before = Database(twins[1]).dataset("embeddings").version
     local = refresh(db=twins[0])
-    remote = engine.refresh(db=twins[1], engine="ray")
+    remote = refresh(db=twins[1], engine="ray")
     assert remote.rows == local.rows > 0
     assert remote.rows < len(pairs_small)  # the last part was scored with current statistics
     assert remote.table_version_read == before
@@ -146,7 +146,7 @@ def test_refresh_gives_the_local_scores(ray_local, twins, pairs_small):
         order = np.argsort(pairs_small.ids[pairs_small.modality == m])
         expected = brute_conformity(pairs_small.vectors[pairs_small.modality == m])[order]
         np.testing.assert_allclose(b["conformity"][rows], expected, atol=1e-5)
-    again = engine.refresh(db=twins[1], engine="ray")
+    again = refresh(db=twins[1], engine="ray")
     assert again.rows == 0 and again.max_staleness_before == 0.0
 
 
@@ -176,9 +176,11 @@ def test_score_a_scattered_subset(ray_local, twins):
 
 
 def test_bad_tolerance_changes_nothing(ray_local, twins):
+    from curator.refresh import refresh
+
     dataset = Database(twins[1]).dataset("embeddings")
     with pytest.raises(BadInput):
-        engine.refresh(db=twins[1], tolerance=-1, engine="ray")
+        refresh(db=twins[1], tolerance=-1, engine="ray")
     assert Database(twins[1]).dataset("embeddings").version == dataset.version
 
 
@@ -187,10 +189,10 @@ def test_environment_selects_ray(ray_local, twins, monkeypatch):
     from curator.refresh import refresh
 
     calls = []
-    original = distributed.refresh
-    monkeypatch.setattr(distributed, "refresh", lambda **kw: calls.append(kw) or original(**kw))
-    monkeypatch.setenv("CURATOR_ENGINE", "ray")
+    original = distributed.score_rows
+    monkeypatch.setattr(distributed, "score_rows", lambda *a: calls.append(a) or original(*a))
     local = refresh(db=twins[0])
-    remote = engine.refresh(db=twins[1])
+    monkeypatch.setenv("CURATOR_ENGINE", "ray")
+    remote = refresh(db=twins[1])
     assert len(calls) == 1 and remote.rows == local.rows
     assert_same_scores(by_id(twins[0]), by_id(twins[1]))

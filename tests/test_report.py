@@ -17,7 +17,8 @@ import pytest
 from conftest import brute_conformity, read_table
 from curator import ingest, refresh
 from curator.errors import BadInput, CuratorError, NoTable
-from curator.report import divergences, effective_rank, linear_separability, report
+from curator.report import (_ShiftedConformity, divergences, effective_rank, linear_separability, report,
+                            top_direction)
 from curator.store import Database, fixed_list
 from curator.synthetic import make_pairs
 
@@ -233,6 +234,23 @@ def test_separability_is_chance_for_one_distribution():
     assert 0.35 < same["test_accuracy"] < 0.65
     apart = linear_separability(rng.normal(size=(400, 16)) + 3, rng.normal(size=(400, 16)), seed=0)
     assert apart["test_accuracy"] == 1.0
+
+
+def test_shifted_conformity_matches_pairwise():
+    rng = np.random.default_rng(2)
+    X = rng.normal(size=(120, 10)) * np.linspace(2, 0.1, 10) + 3.0
+    m = X.mean(axis=0)
+    shifted = _ShiftedConformity(X, m)
+    for alpha in (-1.0, -0.3, 0.0, 0.5, 1.0):
+        assert np.allclose(shifted(alpha), brute_conformity(X - alpha * m), atol=1e-12)
+
+
+def test_top_direction_is_the_top_singular_vector():
+    rng = np.random.default_rng(3)
+    P = rng.normal(size=(500, 30)) * np.geomspace(5, 0.1, 30)
+    P = P @ np.linalg.qr(rng.normal(size=(30, 30)))[0]
+    v = np.linalg.svd(P, full_matrices=False)[2][0]
+    assert abs(top_direction(P) @ v) == pytest.approx(1.0, abs=1e-9)
 
 
 def test_divergences_bounds():

@@ -1,0 +1,68 @@
+"""Shared helpers of the benchmarks: timing, peak memory of a child process, data files."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+
+def child(code: str, env: dict | None = None) -> dict:
+    """Run Python ``code`` in a fresh process; returns its JSON line plus peak RSS (MB)."""
+    wrapper = (
+        "import json, resource, time, sys\n"
+        "t0 = time.perf_counter()\n"
+        f"{code}\n"
+        "out = dict(globals().get('RESULT', {}))\n"
+        "out['seconds'] = time.perf_counter() - t0\n"
+        "out['peak_rss_mb'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024\n"
+        "print('RESULT ' + json.dumps(out))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", wrapper], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})})
+    if proc.returncode != 0:
+        raise RuntimeError(proc.stderr[-3000:])
+    line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")][-1]
+    return json.loads(line[len("RESULT "):])
+
+
+def clip_like(n: int, d: int, seed: int = 0, chunk: int = 100_000):
+    """Yield float32 chunks of off-centre anisotropic vectors (CLIP-like raw embeddings)."""
+    rng = np.random.default_rng(seed)
+    mean = rng.normal(size=d).astype(np.float32)
+    mean *= 6 / np.linalg.norm(mean)
+    scales = np.geomspace(1.0, 0.05, d).astype(np.float32)
+    for start in range(0, n, chunk):
+        k = min(chunk, n - start)
+        yield start, (mean + rng.standard_normal((k, d), dtype=np.float32) * scales)
+
+
+def write_npy(path: str, n: int, d: int, seed: int = 0) -> str:
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(n, d))
+    for start, X in clip_like(n, d, seed):
+        out[start:start + len(X)] = X
+    out.flush()
+    del out
+    return path
+
+
+def table(rows: list[dict], columns: list[str]) -> str:
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for r in rows:
+        lines.append("| " + " | ".join(_fmt(r.get(c, "")) for c in columns) + " |")
+    return "\n".join(lines)
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.3g}" if abs(v) < 1000 else f"{v:.0f}"
+    return str(v)
+
+
+def stopwatch():
+    t0 = time.perf_counter()
+    return lambda: time.perf_counter() - t0
