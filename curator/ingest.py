@@ -32,7 +32,8 @@ from .rescore import read_index, score_rows
 from .schema import DATASET_SCHEMA_VERSION, column_names, dataset_schema
 from .sources import ColumnOptions, Source, open_sources
 from .stats import TableStats, row_norms
-from .store import STORAGE_VERSION, Database, TableMeta, check_table_name, ids_present, vectors
+from .store import (STORAGE_VERSION, Database, TableMeta, check_table_name, groups, ids_present,
+                    vectors)
 
 ON_DUPLICATE = ("error", "skip", "replace")
 
@@ -195,13 +196,12 @@ def _replaced_statistics(dataset, ids: set, dim: int) -> TableStats:
             continue
         part = batch.filter(hit)
         X = vectors(part)
-        mods = np.asarray(part.column("modality").to_pylist(), dtype=object)
         conf = part.column("conformity").to_numpy(zero_copy_only=False).astype(np.float64)
-        for m in np.unique(mods):
-            rows = mods == m
-            s = stats.get(str(m))
-            s.add(X[rows])
-            s.add_conformity(conf[rows])
+        for m, rows in groups(part.column("modality")):
+            sel = slice(None) if rows is None else rows
+            s = stats.get(m)
+            s.add(X[sel])
+            s.add_conformity(conf[sel])
     return stats
 
 
@@ -322,11 +322,9 @@ class _BatchWriter:
     def _accumulate(self, batch: pa.RecordBatch) -> None:
         X = vectors(batch)
         norms = batch.column("norm").to_numpy()
-        mods = np.asarray(batch.column("modality").to_pylist(), dtype=object)
-        for m in np.unique(mods):
-            rows = mods == m
-            self.stats.get(str(m)).add(X[rows] if not rows.all() else X,
-                                       norms[rows] if not rows.all() else norms)
+        for m, rows in groups(batch.column("modality")):
+            sel = slice(None) if rows is None else rows
+            self.stats.get(m).add(X[sel], norms[sel])
 
 
 def _pair_dots(batch: pa.RecordBatch, X: np.ndarray) -> pa.Array:

@@ -18,7 +18,7 @@ import pyarrow as pa
 from . import stats as stats_mod
 from .errors import BadInput, SchemaMismatch
 from .scores import row_scores
-from .store import Database, TableMeta, update_columns, vectors
+from .store import Database, TableMeta, groups, update_columns, vectors
 
 REF_COLUMNS = ("ref_conformity", "ref_conformity_est", "ref_uncertainty", "ref_loglik")
 
@@ -69,11 +69,10 @@ def score_against(*, db=None, table: str = "embeddings", reference: str,
         X = vectors(batch)
         norms = np.sqrt(np.einsum("ij,ij->i", X, X, dtype=np.float64))
         out = {c: np.full(len(X), np.nan) for c in REF_COLUMNS}
-        mods = np.asarray(batch.column("modality").to_pylist(), dtype=object)
-        for m in np.unique(mods):
+        for m, rows in groups(batch.column("modality")):
             if m not in live:
                 continue
-            rows = mods == m
+            rows = slice(None) if rows is None else rows
             scores = row_scores(X[rows], norms[rows], m, live, whitening[m], in_reference=False)
             out["ref_conformity"][rows] = scores["conformity"]
             out["ref_conformity_est"][rows] = scores["conformity_est"]

@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 
 from .scores import IMAGE, TEXT, pair_scores, row_scores
 from .stats import TableStats, conformity_bins
-from .store import SCAN_BATCH_ROWS, commit, vectors
+from .store import SCAN_BATCH_ROWS, commit, groups, vectors
 
 OUT_COLUMNS = {
     "conformity": pa.float32(),
@@ -160,14 +160,13 @@ def score_rows(dataset, stats: TableStats, target: np.ndarray | None = None,
         X = vectors(batch)
         norms = np.sqrt(np.einsum("ij,ij->i", X, X, dtype=np.float64))
         scalars["norm"][pos] = norms
-        mods = np.asarray(batch.column("modality").to_pylist(), dtype=object)
-        for m in np.unique(mods):
-            rows = mods == m
+        for m, rows in groups(batch.column("modality")):
             if m not in live:
                 continue
-            result = row_scores(X[rows], norms[rows], m, live, whitening[m])
+            sel = slice(None) if rows is None else rows
+            result = row_scores(X[sel], norms[sel], m, live, whitening[m])
             for key, values in result.items():
-                scalars[key][pos[rows]] = values
+                scalars[key][pos[sel]] = values
 
     # Pair dots that the ingest could not compute (partner arrived in another batch).
     pair_dot = index.pair_dot.copy()

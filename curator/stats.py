@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
-from .store import HIDDEN_PREFIX, STORAGE_VERSION, Database, scan, vectors
+from .store import HIDDEN_PREFIX, STORAGE_VERSION, Database, groups, scan, vectors
 
 HIST_BINS = 1 << 16  # conformity sketch: 65,536 bins over [-1, 1], width ~3.05e-5
 HIST_LO, HIST_HI = -1.0, 1.0
@@ -341,13 +341,12 @@ def accumulate(dataset, dim: int, *, filter: str | None = None) -> TableStats:
     columns = ["modality", "embedding", "conformity"]
     for batch in scan(dataset, columns, filter=filter):
         X = vectors(batch)
-        modality = batch.column("modality").to_numpy(zero_copy_only=False)
-        conformity = batch.column("conformity").to_numpy(zero_copy_only=False)
-        for m in np.unique(modality):
-            rows = modality == m
-            s = stats.get(str(m))
-            s.add(X[rows] if not rows.all() else X)
-            s.add_conformity(np.asarray(conformity[rows], np.float64))
+        conformity = batch.column("conformity").to_numpy(zero_copy_only=False).astype(np.float64)
+        for m, rows in groups(batch.column("modality")):
+            sel = slice(None) if rows is None else rows
+            s = stats.get(m)
+            s.add(X[sel])
+            s.add_conformity(conformity[sel])
     return stats
 
 

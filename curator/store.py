@@ -259,3 +259,15 @@ def commit(dataset, operation, message: str = ""):
 
 def now() -> float:
     return time.time()
+
+
+def groups(column: pa.Array | pa.ChunkedArray) -> list[tuple[str, np.ndarray | None]]:
+    """Split row positions by a string column: [(value, bool mask or None = every row)]."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    encoded = column.dictionary_encode()
+    codes = encoded.indices.to_numpy(zero_copy_only=False)
+    names = encoded.dictionary.to_pylist()
+    if len(names) == 1:
+        return [(str(names[0]), None)]
+    return [(str(name), codes == k) for k, name in enumerate(names)]
