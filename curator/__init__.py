@@ -15,10 +15,13 @@ _os.environ.setdefault("LANCE_LOG", "error")
 __version__ = "0.1.0"
 
 from .errors import CuratorError  # noqa: E402
+from .export import ExportResult, export  # noqa: E402
 from .ingest import IngestResult, ingest  # noqa: E402
+from .rebalance import RebalanceResult, rebalance  # noqa: E402
 from .refresh import RefreshResult, refresh  # noqa: E402
 from .stats import describe  # noqa: E402
 from .store import Database, tune_allocator  # noqa: E402
 
-__all__ = ["CuratorError", "Database", "IngestResult", "RefreshResult", "ingest", "refresh",
-           "describe", "tune_allocator", "__version__"]
+__all__ = ["CuratorError", "Database", "ExportResult", "IngestResult", "RebalanceResult",
+           "RefreshResult", "describe", "export", "ingest", "rebalance", "refresh", "tune_allocator",
+           "__version__"]

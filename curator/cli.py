@@ -245,6 +245,8 @@ def query(obj, sql, fmt, out):
 @click.option("--unit", type=click.Choice(["row", "sample"]), default="row", show_default=True,
               help="sample: keep or drop whole samples.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing export folder.")
+@click.option("--table-version", "version", type=int, default=None,
+              help="Export this table version (default: the latest).")
 @json_option
 @click.pass_obj
 @library_call

@@ -407,10 +407,18 @@ def _paired(dataset, selection, meta: list[str]) -> tuple[np.ndarray, np.ndarray
     same = np.ones(len(img), bool)
     for start in range(0, len(img), 1 << 18):
         i, t = img[start:start + (1 << 18)], txt[start:start + (1 << 18)]
-        a = dataset._take_rows(selection.rowids[i].tolist(), columns=meta)
-        b = dataset._take_rows(selection.rowids[t].tolist(), columns=meta)
+        a, b = (_take_scalars(dataset, selection.rowids[p], meta) for p in (i, t))
         same[start:start + len(i)] = _same_metadata(a, b, meta)
     return img[same], txt[same]
+
+
+def _take_scalars(dataset, rowids: np.ndarray, columns: list[str]) -> pa.Table:
+    """Scalar columns of rows by id (cheap by random access), in the order given."""
+    order = np.argsort(rowids, kind="stable")
+    table = dataset._take_rows(rowids[order].tolist(), columns=columns)
+    inverse = np.empty_like(order)
+    inverse[order] = np.arange(len(order))
+    return table.take(pa.array(inverse))
 
 
 def _write_npy(dataset, selection, folder, rows_per_file):
@@ -514,7 +522,7 @@ def _manifest(database, table, dataset, where, unit, fmt, selection, files, out)
         "predicate": where,
         "unit": unit,
         "format": fmt,
-        "rows": int(len(selection.rowids)),
+        "rows": len(selection.rowids),
         "counts": selection.counts(),
         "files": files,
         "command": command(database.uri, table, dataset.version, out, where, fmt, unit),
@@ -528,14 +536,16 @@ def command(db: str, table: str, version: int, out: str, where, fmt: str, unit: 
             "--unit", unit]
     if where is not None:
         args += ["--where", where]
-    if _cli_takes_version():
-        args += ["--version", str(version)]
+    flag = _cli_version_flag()
+    if flag:
+        args += [flag, str(version)]
     return shlex.join(args + ["--overwrite"])
 
 
-def _cli_takes_version() -> bool:
+def _cli_version_flag() -> str | None:
+    """The export command's option that pins the table version, if the CLI has one."""
     try:
         from .cli import export as export_command
     except ImportError:
-        return False
-    return any(p.name == "version" for p in export_command.params)
+        return None
+    return next((p.opts[0] for p in export_command.params if p.name == "version"), None)

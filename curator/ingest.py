@@ -29,13 +29,16 @@ from . import progress as progress_mod
 from . import stats as stats_mod
 from .errors import BadInput, CuratorError, DuplicateIds, SchemaMismatch
 from .rescore import read_index, score_rows
-from .schema import DATASET_SCHEMA_VERSION, column_names, dataset_schema
+from .schema import (CURATION_COLUMNS, DATASET_SCHEMA_VERSION, SCORE_COLUMNS, column_names,
+                     dataset_schema)
 from .sources import ColumnOptions, Source, open_sources
 from .stats import TableStats, row_norms
 from .store import (STORAGE_VERSION, Database, TableMeta, check_table_name, groups, ids_present,
                     vectors)
 
 ON_DUPLICATE = ("error", "skip", "replace")
+# Recomputed by curator, never taken from a source (an export carries them along).
+DERIVED = frozenset(SCORE_COLUMNS) | frozenset(CURATION_COLUMNS)
 
 
 @dataclass
@@ -63,6 +66,7 @@ def ingest(sources: list[str], *, db=None, table: str = "embeddings", modality: 
     With ``score=False`` (bulk loads) statistics are still updated but the new rows are
     left unscored (``stats_version`` null, infinitely stale) for one later ``refresh``.
     """
+    check_table_name(table)
     options = ColumnOptions(modality, id_column, vector_column, sample_column, modality_column,
                             generate_ids, ids, metadata)
     return ingest_sources(open_sources(list(sources), options), db=db, table=table, model=model,
@@ -277,8 +281,11 @@ class _BatchWriter:
             raise SchemaMismatch(f"{path}: vectors of dimension {dim}, the table holds {self.dim}")
         if batch.column("modality").null_count:
             raise BadInput(f"{path}: rows without a modality")
-        if "model" in batch.schema.names:
-            models = pc.unique(batch.column("model").cast(pa.string())).to_pylist()
+        declared = (batch.schema.metadata or {}).get(b"curator.model")
+        declared = None if declared in (None, b"unknown") else declared
+        if "model" in batch.schema.names or declared:
+            models = (pc.unique(batch.column("model").cast(pa.string())).to_pylist()
+                      if "model" in batch.schema.names else [declared.decode()])
             expected = self.model or (self.meta.model if self.meta else None)
             if len(models) > 1 or (expected and models and models[0] != expected):
                 raise SchemaMismatch(f"{path}: vectors of model(s) {', '.join(map(str, models))}; "
@@ -306,7 +313,7 @@ class _BatchWriter:
         for f in schema:
             if f.name in given:
                 arrays.append(given[f.name].cast(f.type))
-            elif f.name in batch.schema.names:
+            elif f.name in batch.schema.names and f.name not in DERIVED:
                 try:
                     arrays.append(batch.column(f.name).cast(f.type))
                 except (pa.ArrowInvalid, pa.ArrowNotImplementedError):

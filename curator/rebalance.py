@@ -59,9 +59,9 @@ class RebalanceResult:
 
     def summary(self) -> str:
         what = f"{self.by} ({self.bins} bins)" if self.bins else self.by
-        lines = [f"rebalanced table version {self.table_version_read} by {what}, cap {self.cap}, "
-                 f"seed {self.seed}: kept {self.kept} of {self.rows} rows "
-                 f"(expected {self.expected_kept:.1f}); wrote version {self.table_version}"]
+        lines = [(f"rebalanced table version {self.table_version_read} by {what}, cap {self.cap}, "
+                  f"seed {self.seed}: kept {self.kept} of {self.rows} rows "
+                  f"(expected {self.expected_kept:.1f}); wrote version {self.table_version}")]
         by_modality: dict[str, list[dict]] = {}
         for g in self.groups:
             by_modality.setdefault(g["modality"], []).append(g)

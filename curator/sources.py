@@ -117,9 +117,11 @@ def _parquet(source: Source, ids_only: bool) -> Iterator[pa.RecordBatch]:
             wanted = [c for c in (opt.id_column, opt.modality_column, opt.sample_column) if c in names]
         offset = 0
         stem = _stem(path)
+        model = (pf.schema_arrow.metadata or {}).get(b"curator.model")  # an export's model
         try:
             for batch in pf.iter_batches(batch_size=BATCH_ROWS, columns=wanted):
-                yield _normalise(batch, opt, stem, offset, path, ids_only)
+                batch = _normalise(batch, opt, stem, offset, path, ids_only)
+                yield batch.replace_schema_metadata({b"curator.model": model}) if model else batch
                 offset += batch.num_rows
         except BadInput:
             raise
@@ -357,10 +359,21 @@ def _clip_retrieval(source: Source, ids_only: bool) -> Iterator[pa.RecordBatch]:
                 if not ids_only:
                     columns["embedding"] = fixed_list(np.asarray(matrix[start:stop], dtype=np.float32))
                     if part is not None:
-                        for name in part.column_names:
-                            if name not in columns and name not in ("image_id", "text_id", "key"):
-                                columns[name] = part.column(name).combine_chunks()
+                        columns.update(_line_metadata(part, modality, columns))
                 yield pa.RecordBatch.from_pydict(columns)
+
+
+def _line_metadata(part: pa.Table, modality: str, taken) -> dict[str, pa.Array]:
+    """Metadata of a line for one modality's row: shared columns, plus ``MODALITY:X`` as X."""
+    out = {}
+    for name in part.column_names:
+        owner, sep, plain = name.partition(":")
+        if sep and owner in ("image", "text"):
+            if owner == modality:
+                out[plain] = part.column(name).combine_chunks()
+        elif name not in taken and name not in ("image_id", "text_id", "key"):
+            out[name] = part.column(name).combine_chunks()
+    return out
 
 
 def _meta_column(part, names) -> pa.Array | None:

@@ -25,10 +25,10 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from curator import ingest, tune_allocator  # noqa: E402
-from curator.export import export  # noqa: E402
-from curator.rebalance import rebalance  # noqa: E402
-from curator.synthetic import make_pairs  # noqa: E402
+from curator import ingest, tune_allocator
+from curator.export import export
+from curator.rebalance import rebalance
+from curator.synthetic import make_pairs
 
 
 def best(fn, repeat: int) -> float:

@@ -15,14 +15,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
+from conftest import read_table
 
 from curator import ingest
 from curator.cli import cli
 from curator.errors import CuratorError
 from curator.export import export
 from curator.synthetic import make_pairs
-
-from conftest import read_table
 
 SCHEMAS = Path(__file__).resolve().parents[1] / "schemas"
 KEYS = ["id", "sample_id", "modality"]
@@ -102,9 +101,6 @@ def test_parquet_round_trip_is_exact(ingested, tmp_path):
     assert read_table(again).schema.names == read_table(ingested).schema.names
 
 
-@pytest.mark.xfail(reason="ingest carries a source's score columns (stats_version) into the table "
-                          "instead of scoring the rows: see the proposed change to ingest._shape",
-                   strict=False)
 def test_reingested_subset_is_scored_by_its_new_table(ingested, tmp_path):
     out = str(tmp_path / "out")
     export(db=ingested, out=out, where="modality = 'text'")

@@ -11,13 +11,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
+from conftest import read_table
 
 from curator import ingest
 from curator.cli import cli
 from curator.errors import CuratorError
 from curator.rebalance import rebalance
-
-from conftest import read_table
 
 
 def _version(db):
@@ -125,7 +124,7 @@ def test_conformity_bins_flatten_the_distribution(ingested):
         assert h["before"] == before.tolist()
         assert h["after"] == after.tolist()
         assert np.allclose(h["edges"], edges)
-        ratio = lambda v: v[v > 0].max() / v[v > 0].min()  # noqa: E731
+        ratio = lambda v: v[v > 0].max() / v[v > 0].min()
         assert ratio(after) < ratio(before)
         assert after.max() < before.max()
         # the tails (bins under the cap) are kept whole
