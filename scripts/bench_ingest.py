@@ -21,7 +21,9 @@ import pyarrow.parquet as pq
 
 from benchlib import child, clip_like, table
 
-PRELUDE = "import curator; curator.tune_allocator()\n"
+PRELUDE = ""
+SETUP = ("import curator, lance, numpy, pyarrow, pyarrow.parquet, duckdb; "
+         "curator.tune_allocator()")
 
 
 def write_parquet(path: str, n: int, d: int) -> None:
@@ -57,7 +59,7 @@ def main() -> None:
 
     rows = []
     out = fresh("mem.lance")
-    r = child(PRELUDE + f"""
+    r = child(setup=SETUP, code=f"""
 import numpy as np, pyarrow as pa, pyarrow.parquet as pq, lance
 t = pq.read_table({src!r})
 import time; t0 = time.perf_counter()
@@ -66,7 +68,7 @@ RESULT = {{"write_only": time.perf_counter() - t0}}
 """)
     rows.append({"what": "lance_from_memory (write only)", "seconds": r["write_only"], "peak_rss_mb": r["peak_rss_mb"]})
     out = fresh("parquet.lance")
-    r = child(PRELUDE + f"""
+    r = child(setup=SETUP, code=f"""
 import pyarrow as pa, pyarrow.parquet as pq, lance
 pf = pq.ParquetFile({src!r})
 reader = pa.RecordBatchReader.from_batches(pf.schema_arrow, pf.iter_batches(batch_size=65536))
@@ -76,7 +78,7 @@ lance.write_dataset(reader, {out!r}, data_storage_version="2.0")
     rows.append({"what": "lance_from_parquet (read + write)", "seconds": base, "peak_rss_mb": r["peak_rss_mb"]})
     for label, score in (("curator ingest", True), ("curator ingest --no-score", False)):
         db = fresh(f"db-{score}")
-        r = child(PRELUDE + f"curator.ingest([{src!r}], db={db!r}, score={score})")
+        r = child(setup=SETUP, code=f"curator.ingest([{src!r}], db={db!r}, score={score})")
         rows.append({"what": label, "seconds": r["seconds"], "peak_rss_mb": r["peak_rss_mb"]})
     for row in rows:
         row["ratio_vs_lance_from_parquet"] = row["seconds"] / base

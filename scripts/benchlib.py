@@ -11,10 +11,14 @@ import time
 import numpy as np
 
 
-def child(code: str, env: dict | None = None) -> dict:
-    """Run Python ``code`` in a fresh process; returns its JSON line plus peak RSS (MB)."""
+def child(code: str, env: dict | None = None, setup: str = "") -> dict:
+    """Run Python ``code`` in a fresh process after ``setup`` (imports; not timed).
+
+    Returns the child's ``RESULT`` dict plus ``seconds`` (of ``code``) and peak RSS (MB).
+    """
     wrapper = (
         "import json, resource, time, sys\n"
+        f"{setup}\n"
         "t0 = time.perf_counter()\n"
         f"{code}\n"
         "out = dict(globals().get('RESULT', {}))\n"
