@@ -17,6 +17,7 @@ the statistics are rebuilt from the rows on next open and ``refresh`` scores the
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -34,7 +35,7 @@ from .schema import (CURATION_COLUMNS, DATASET_SCHEMA_VERSION, SCORE_COLUMNS, co
 from .sources import ColumnOptions, Source, open_sources
 from .stats import TableStats, row_norms
 from .store import (STORAGE_VERSION, Database, TableMeta, check_table_name, groups, ids_present,
-                    vectors)
+                    vectors, writer_lock)
 
 ON_DUPLICATE = ("error", "skip", "replace")
 # Recomputed by curator, never taken from a source (an export carries them along).
@@ -76,13 +77,21 @@ def ingest(sources: list[str], *, db=None, table: str = "embeddings", modality: 
 def ingest_sources(sources: list[Source], *, db=None, table: str = "embeddings",
                    model: str | None = None, on_duplicate: str = "error", score: bool = True,
                    quiet: bool = True) -> IngestResult:
-    import lance
-
-    started = time.time()
+    """The ingest transaction over opened sources (one writer of the table at a time)."""
     check_table_name(table)
     if on_duplicate not in ON_DUPLICATE:
         raise BadInput(f"--on-duplicate must be one of {', '.join(ON_DUPLICATE)}")
     database = Database(db)
+    if database.is_local:
+        os.makedirs(database.uri, exist_ok=True)
+    with writer_lock(database, table):
+        return _ingest_locked(sources, database, table, model, on_duplicate, score, quiet)
+
+
+def _ingest_locked(sources, database, table, model, on_duplicate, score, quiet) -> IngestResult:
+    import lance
+
+    started = time.time()
     exists = database.has_table(table)
     dataset = database.dataset(table) if exists else None
     meta = TableMeta.from_schema(dataset.schema) if exists else None

@@ -18,7 +18,7 @@ import pyarrow as pa
 from . import stats as stats_mod
 from .errors import BadInput, SchemaMismatch
 from .scores import row_scores
-from .store import Database, TableMeta, groups, update_columns, vectors
+from .store import Database, TableMeta, groups, update_columns, vectors, writer_lock
 
 REF_COLUMNS = ("ref_conformity", "ref_conformity_est", "ref_uncertainty", "ref_loglik")
 
@@ -55,6 +55,12 @@ def score_against(*, db=None, table: str = "embeddings", reference: str,
         raise SchemaMismatch(f"reference {reference!r} holds {theirs.dim}-d vectors, {table!r} {mine.dim}-d")
     if mine.model != theirs.model:
         raise SchemaMismatch(f"reference {reference!r} holds model {theirs.model!r}, {table!r} {mine.model!r}")
+    with writer_lock(database, table):
+        return _score_locked(database, table, reference, ref_dataset)
+
+
+def _score_locked(database, table, reference, ref_dataset) -> ReferenceResult:
+    dataset = database.dataset(table)
     ref_stats = stats_mod.current(database, reference, ref_dataset)
     live = ref_stats.nonempty()
     whitening = {m: s.whitening() if s.n > 1 else None for m, s in live.items()}

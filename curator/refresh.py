@@ -12,7 +12,7 @@ import numpy as np
 
 from . import stats as stats_mod
 from .rescore import read_index, score_rows
-from .store import Database
+from .store import Database, writer_lock
 
 
 @dataclass
@@ -36,6 +36,12 @@ def refresh(*, db=None, table: str = "embeddings", tolerance: float = 0.0,
     if not tolerance >= 0:
         raise BadInput("--tolerance must be a number ≥ 0")
     database = Database(db)
+    database.dataset(table)  # a missing table is an error before any lock is taken
+    with writer_lock(database, table):
+        return _refresh_locked(database, table, tolerance)
+
+
+def _refresh_locked(database: Database, table: str, tolerance: float) -> RefreshResult:
     dataset = database.dataset(table)
     read_version = dataset.version
     stats = stats_mod.current(database, table, dataset)
