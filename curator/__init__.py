@@ -19,9 +19,10 @@ from .export import ExportResult, export  # noqa: E402
 from .ingest import IngestResult, ingest  # noqa: E402
 from .rebalance import RebalanceResult, rebalance  # noqa: E402
 from .refresh import RefreshResult, refresh  # noqa: E402
+from .report import ReportResult, report  # noqa: E402
 from .stats import describe  # noqa: E402
 from .store import Database, tune_allocator  # noqa: E402
 
 __all__ = ["CuratorError", "Database", "ExportResult", "IngestResult", "RebalanceResult",
-           "RefreshResult", "describe", "export", "ingest", "rebalance", "refresh", "tune_allocator",
+           "RefreshResult", "ReportResult", "describe", "export", "ingest", "rebalance", "refresh", "report", "tune_allocator",
            "__version__"]

@@ -36,9 +36,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from . import report_figures as figs
+from .errors import BadInput, CuratorError
 from .stats import ModalityStats, TableStats
 from .stats import current as current_stats
-from .errors import BadInput, CuratorError
 from .store import SCAN_BATCH_ROWS, Database, TableMeta, vectors
 
 NORM_BINS = 60
@@ -78,9 +78,9 @@ class ReportResult:
     def summary(self) -> str:
         rows = ", ".join(f"{m} {n:,}" for m, n in self.rows.items())
         lines = [
-            f"report of table {self.table!r} at version {self.table_version} "
-            f"(stats v{self.stats_version}; table unchanged): {rows} rows",
-            f"sample per modality: " + ", ".join(f"{m} {n:,}" for m, n in self.sample.items()),
+            (f"report of table {self.table!r} at version {self.table_version} "
+             f"(stats v{self.stats_version}; table unchanged): {rows} rows"),
+            "sample per modality: " + ", ".join(f"{m} {n:,}" for m, n in self.sample.items()),
         ]
         keys = []
         if self.separability is not None:
@@ -302,7 +302,7 @@ def linear_separability(A: np.ndarray, B: np.ndarray, seed: int) -> dict:
     X = np.concatenate([A, B]).astype(np.float64)
     y = np.concatenate([np.ones(len(A)), -np.ones(len(B))])
     perm = np.random.default_rng(seed).permutation(len(X))
-    n_test = max(1, int(round(TEST_FRACTION * len(X))))
+    n_test = max(1, round(TEST_FRACTION * len(X)))
     test, train = perm[:n_test], perm[n_test:]
     mu, sd = X[train].mean(axis=0), X[train].std(axis=0)
     sd[sd == 0] = 1.0
@@ -315,9 +315,9 @@ def linear_separability(A: np.ndarray, B: np.ndarray, seed: int) -> dict:
     G = D.T @ D
     lam = 1e-3 * np.trace(G) / len(G)
     w = np.linalg.solve(G + lam * np.eye(len(G)), D.T @ y[train])
-    acc = lambda rows, Dm: float(((Dm @ w > 0) == (y[rows] > 0)).mean())  # noqa: E731
+    acc = lambda rows, Dm: float(((Dm @ w > 0) == (y[rows] > 0)).mean())
     return {"test_accuracy": acc(test, design(test)), "train_accuracy": acc(train, D),
-            "n_train": int(len(train)), "n_test": int(len(test)),
+            "n_train": len(train), "n_test": len(test),
             "majority_baseline": float(max(y[test].mean(), -y[test].mean()) / 2 + 0.5),
             "method": "ridge least-squares linear classifier on standardised raw vectors, "
                       f"seeded {1 - TEST_FRACTION:.0%}/{TEST_FRACTION:.0%} split"}
@@ -349,7 +349,7 @@ def top_direction(P: np.ndarray, block: int = 6, iterations: int = 20) -> np.nda
     for _ in range(iterations):
         V = np.linalg.qr(P.T @ (P @ V))[0]
     W = P @ V
-    vals, vecs = np.linalg.eigh(W.T @ W)
+    _, vecs = np.linalg.eigh(W.T @ W)
     return V @ vecs[:, -1]
 
 
@@ -402,7 +402,7 @@ def report(*, db=None, table: str = "embeddings", out, sample: int = 5000, seed:
     started = time.time()
     if out is None or str(out) == "":
         raise BadInput("--out is required: the folder to write the report into")
-    if not isinstance(sample, int) or sample < 10:
+    if isinstance(sample, bool) or not isinstance(sample, (int, np.integer)) or sample < 10:
         raise BadInput("--sample must be an integer ≥ 10")
     out = os.path.abspath(os.path.expanduser(str(out)))
     if os.path.exists(out) and not os.path.isdir(out):
@@ -447,7 +447,7 @@ def report(*, db=None, table: str = "embeddings", out, sample: int = 5000, seed:
 def _compute(dataset, stats, meta, scans, database, table, sample, seed) -> dict:
     modalities, samples = {}, {}
     for m, s in stats.nonempty().items():
-        pos, X = scans[m].reservoir.finish()
+        _, X = scans[m].reservoir.finish()
         samples[m] = X
         modalities[m] = _modality_numbers(m, s, scans[m], X)
     data = {
@@ -541,7 +541,7 @@ def _cross(pair, stats, samples, seed) -> dict:
     a, b = pair
     m_a, m_b = stats.modalities[a].mean, stats.modalities[b].mean
     A, B = samples[a], samples[b]
-    coords_a, coords_b, g, p = gap_view(A, B, m_a, m_b)
+    coords_a, coords_b, _, _ = gap_view(A, B, m_a, m_b)
     return {
         "modalities": [a, b],
         "gap_norm": float(np.linalg.norm(m_a - m_b)),
@@ -623,8 +623,8 @@ def _thumbnails(out: str, data: dict) -> None:
                         im.save(os.path.join(out, name))
                         r["thumbnail"] = name
                         k += 1
-                except Exception:  # unreadable image: no thumbnail, silently
-                    continue
+                except (OSError, ValueError, Image.DecompressionBombError):
+                    continue  # unreadable image: no thumbnail, silently
 
 
 def _draw(out: str, data: dict, scans, stats) -> dict[str, str]:
@@ -645,18 +645,26 @@ def _draw(out: str, data: dict, scans, stats) -> dict[str, str]:
     points = {m: _thin(p, PLOT_POINTS) for m, p in data["_points"].items()}
     save("conformity_vs_estimator.png", figs.conformity_scatter, points,
          {m: v["conformity"] for m, v in mods.items()})
+    for m, (est, conf) in points.items():
+        mods[m]["conformity"]["scatter_points"] = {"cos_to_mean": _rounded(est), "conformity": _rounded(conf)}
     clusters = {m: v["clusters"]["sizes"] for m, v in mods.items() if v["clusters"]}
     if clusters:
         save("clusters.png", figs.zipf, clusters)
     cross = data.get("cross")
     if cross:
-        coords = cross.pop("_coords")
-        save("gap_view.png", figs.gap_view, {m: _thin((c,), PLOT_POINTS)[0] for m, c in coords.items()},
-             cross["gap_view"]["centres"])
+        coords = {m: _thin((c,), PLOT_POINTS)[0] for m, c in cross.pop("_coords").items()}
+        save("gap_view.png", figs.gap_view, coords, cross["gap_view"]["centres"])
+        cross["gap_view"]["points"] = {m: {"gap": _rounded(c[:, 0]), "principal": _rounded(c[:, 1])}
+                                       for m, c in coords.items()}
         sw = cross["gap_sweep"]
         save("gap_sweep.png", figs.gap_sweep, sw["alphas"], sw["jensen_shannon_bits"], sw["total_variation"])
     data.pop("_points", None)
     return files
+
+
+def _rounded(values: np.ndarray) -> list[float]:
+    """Plotted points for report.json, to 6 significant digits (keeps the file small)."""
+    return [float(f"{v:.6g}") for v in np.asarray(values, np.float64)]
 
 
 def _thin(arrays: tuple, k: int) -> tuple:
@@ -725,13 +733,13 @@ def render_html(data: dict) -> str:
         "<meta name='viewport' content='width=device-width, initial-scale=1'>",
         f"<title>{_e(data['title'])} — curator report</title><style>{_CSS}</style></head><body><main>",
         f"<h1>{_e(data['title'])}</h1>",
-        "<div class='meta'>The double-ellipsoid geometry of raw CLIP embeddings "
-        "(Levi &amp; Gilboa, ICML 2025): each modality lives on its own thin, off-centre, "
-        "elongated shell, and the two shells are separated by the modality gap.</div>",
-        f"<div class='meta' style='margin-top:6px'>table <code>{_e(data['table'])}</code> · version "
-        f"<code>{data['table_version']}</code> · statistics v<code>{data['stats_version']}</code> · model "
-        f"<code>{_e(data['model'])}</code> · dimension <code>{data['dim']}</code> · database "
-        f"<code>{_e(data['db'])}</code> · generated {_e(data['generated'])}</div>",
+        ("<div class='meta'>The double-ellipsoid geometry of raw CLIP embeddings "
+         "(Levi &amp; Gilboa, ICML 2025): each modality lives on its own thin, off-centre, "
+         "elongated shell, and the two shells are separated by the modality gap.</div>"),
+        (f"<div class='meta' style='margin-top:6px'>table <code>{_e(data['table'])}</code> · version "
+         f"<code>{data['table_version']}</code> · statistics v<code>{data['stats_version']}</code> · model "
+         f"<code>{_e(data['model'])}</code> · dimension <code>{data['dim']}</code> · database "
+         f"<code>{_e(data['db'])}</code> · generated {_e(data['generated'])}</div>"),
         _cards(data),
         _sample_line(data),
     ]
@@ -799,8 +807,8 @@ def _cards(data: dict) -> str:
         sw = cross["gap_sweep"]
         js = dict(zip(sw["alphas"], sw["jensen_shannon_bits"]))
         cards.append(("gap sweep minimum", f"α = {sw['best_alpha']:+.1f}",
-                      f"JS {js[sw['best_alpha']]:.3f} bits there, {js.get(0.0, float('nan')):.3f} at α = 0 "
-                      "(paper: minimum near 0)"))
+                      (f"JS {js[sw['best_alpha']]:.3f} bits there, {js.get(0.0, float('nan')):.3f} at α = 0 "
+                       "(paper: minimum near 0)")))
     out = ["<div class='cards'>"]
     for k, v, s in cards:
         out.append(f"<div class='card'><div class='k'>{k}</div><div class='v'>{v}</div><div class='s'>{s}</div></div>")
@@ -853,9 +861,9 @@ def _modality_table(mods: dict) -> str:
 
 def _extremes_html(data: dict) -> str:
     out = ["<h2>Most and least conforming rows</h2>",
-           "<p class='muted'>Over the whole table. The most conforming rows are the most generic of their "
-           "modality; the least conforming are the rarest or most unusual (worth a look: outliers, errors, "
-           "or the long tail). Image rows show a caption of their sample.</p>"]
+           ("<p class='muted'>Over the whole table. The most conforming rows are the most generic of their "
+            "modality; the least conforming are the rarest or most unusual (worth a look: outliers, errors, "
+            "or the long tail). Image rows show a caption of their sample.</p>")]
     every = [r for side in data["extremes"].values() for rows in side.values() for r in rows]
     thumbs = any(r.get("thumbnail") for r in every)
     captions = any(r.get("caption") for r in every)
@@ -866,7 +874,8 @@ def _extremes_html(data: dict) -> str:
         out.append("<div class='pairs' style='margin-bottom:14px'>")
         for which, label in (("most", "most conforming"), ("least", "least conforming")):
             out.append(f"<div><h3 style='font-size:15px;margin:10px 0 6px'>{_e(m)}: {label}</h3>")
-            out.append(_rows_table(side[which], thumbs, captions))
+            out.append(_rows_table(side[which], thumbs and any(r.get("thumbnail") for r in side[which]),
+                                   captions))
             out.append("</div>")
         out.append("</div>")
     return "".join(out)

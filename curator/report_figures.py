@@ -109,10 +109,21 @@ def zipf(path: str, sizes: dict[str, list[int]]) -> str:
     for k, (ax, (m, s)) in enumerate(zip(axes, sizes.items())):
         s = np.sort(np.asarray(s, float))[::-1]
         ax.loglog(np.arange(1, len(s) + 1), s, "o-", ms=3, lw=1, color=colour(m, k))
+        _plain_log_ticks(ax)
         ax.set_title(f"{m}: {len(s)} clusters")
         ax.set_xlabel("cluster rank")
         ax.set_ylabel("rows in cluster")
     return _save(plt, fig, path)
+
+
+def _plain_log_ticks(ax) -> None:
+    """Log axes labelled 1, 2, 5, 10, 20, … in plain numbers, no crowded minor labels."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        axis.set_minor_formatter(NullFormatter())
 
 
 def gap_view(path: str, coords: dict[str, np.ndarray], centres: dict[str, list[float]]) -> str:

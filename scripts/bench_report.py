@@ -20,6 +20,7 @@ import statistics
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -27,8 +28,8 @@ from curator.store import SCAN_BATCH_ROWS, Database, tune_allocator, vectors
 
 tune_allocator()
 
-from curator import ingest  # noqa: E402
-from curator.report import report  # noqa: E402
+from curator import ingest
+from curator.report import report
 
 CHUNK = 100_000
 
@@ -86,7 +87,7 @@ def main(argv=None) -> int:
             t = time.perf_counter()
             result = report(db=db, out=os.path.join(work, "report"), sample=args.sample, seed=k)
             reports.append(time.perf_counter() - t)
-            phases.append(json.load(open(result.report_json))["timings_seconds"])
+            phases.append(json.loads(Path(result.report_json).read_text())["timings_seconds"])
         scan_s, report_s = statistics.median(scans), statistics.median(reports)
         phase = {k: statistics.median(p[k] for p in phases) for k in phases[0]}
         print(f"\ncurator report on {args.rows:,} × {args.dim} float32 rows, sample {args.sample:,} per "

@@ -13,12 +13,18 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
 from conftest import brute_conformity, read_table
+
 from curator import ingest, refresh
 from curator.errors import BadInput, CuratorError, NoTable
-from curator.report import (_ShiftedConformity, divergences, effective_rank, linear_separability, report,
-                            top_direction)
+from curator.report import (
+    _ShiftedConformity,
+    divergences,
+    effective_rank,
+    linear_separability,
+    report,
+    top_direction,
+)
 from curator.store import Database, fixed_list
 from curator.synthetic import make_pairs
 
@@ -145,7 +151,7 @@ def _js_tv(a, b, bins):
     p = np.histogram(a, bins=bins, range=(lo, hi))[0] / len(a)
     q = np.histogram(b, bins=bins, range=(lo, hi))[0] / len(b)
     mid = (p + q) / 2
-    kl = lambda u: sum(x * np.log2(x / y) for x, y in zip(u, mid) if x > 0)  # noqa: E731
+    kl = lambda u: sum(x * np.log2(x / y) for x, y in zip(u, mid) if x > 0)
     return 0.5 * kl(p) + 0.5 * kl(q), 0.5 * np.abs(p - q).sum()
 
 
