@@ -17,8 +17,8 @@ os.environ.setdefault("LANCE_LOG", "error")
 
 
 class Context:
-    def __init__(self, db, table, quiet):
-        self.db, self.table, self.quiet = db, table, quiet
+    def __init__(self, db, table, quiet, engine=None):
+        self.db, self.table, self.quiet, self.engine = db, table, quiet, engine
 
 
 def library_call(fn):
@@ -70,11 +70,13 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print one JS
               help="LanceDB directory or URI (default: $CURATOR_DB, else ./curator.lancedb).")
 @click.option("--table", default="embeddings", show_default=True, help="Dataset table.")
 @click.option("--quiet", is_flag=True, help="No progress output.")
+@click.option("--engine", envvar="CURATOR_ENGINE", default=None,
+              help="local (default) or ray; Ray joins $RAY_ADDRESS or starts locally.")
 @click.version_option(package_name="clip-curator", prog_name="curator")
 @click.pass_context
-def cli(ctx, db, table, quiet):
+def cli(ctx, db, table, quiet, engine):
     """Curate image-text training data by the geometry of raw CLIP embeddings."""
-    ctx.obj = Context(db, table, quiet)
+    ctx.obj = Context(db, table, quiet, engine)
 
 
 @cli.command()
@@ -169,7 +171,8 @@ def refresh(obj, tolerance, reference, as_json):
         return
     from .refresh import refresh as run
 
-    emit(run(db=obj.db, table=obj.table, tolerance=tolerance, quiet=obj.quiet), as_json)
+    emit(run(db=obj.db, table=obj.table, tolerance=tolerance, quiet=obj.quiet, engine=obj.engine),
+         as_json)
 
 
 @cli.command()

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from . import stats as stats_mod
-from .rescore import read_index, score_rows
+from .rescore import read_index
 from .store import Database, writer_lock
 
 
@@ -29,22 +29,30 @@ class RefreshResult:
 
 
 def refresh(*, db=None, table: str = "embeddings", tolerance: float = 0.0,
-            quiet: bool = True) -> RefreshResult:
-    """Rescore rows whose conformity error bound exceeds ``tolerance`` (≥ 0)."""
+            quiet: bool = True, engine: str | None = None) -> RefreshResult:
+    """Rescore rows whose conformity error bound exceeds ``tolerance`` (≥ 0).
+
+    ``engine``: ``local`` or ``ray`` (default ``$CURATOR_ENGINE``, else local).
+    """
+    from .engine import resolve_engine
     from .errors import BadInput
 
     if not tolerance >= 0:
         raise BadInput("--tolerance must be a number ≥ 0")
+    engine = resolve_engine(engine)
     database = Database(db)
     database.dataset(table)  # a missing table is an error before any lock is taken
     with writer_lock(database, table):
-        return _refresh_locked(database, table, tolerance)
+        return _refresh_locked(database, table, tolerance, engine)
 
 
-def _refresh_locked(database: Database, table: str, tolerance: float) -> RefreshResult:
+def _refresh_locked(database: Database, table: str, tolerance: float,
+                    engine: str = "local") -> RefreshResult:
+    from .engine import score_rows as engine_score_rows
+
     dataset = database.dataset(table)
     read_version = dataset.version
-    stats = stats_mod.current(database, table, dataset)
+    stats = stats_mod.current(database, table, dataset, engine=engine)
     history = stats_mod.StatsStore(database, table).history()
     index = read_index(dataset)
     bound_of = {}
@@ -60,8 +68,8 @@ def _refresh_locked(database: Database, table: str, tolerance: float) -> Refresh
     for (code, v), bound in bound_of.items():
         if bound > tolerance:
             target |= (index.modality == code) & (index.stats_version == v)
-    dataset, rows = score_rows(dataset, stats, target, index, all_uncertainty=True,
-                               message=f"curator refresh v{stats.version}")
+    dataset, rows = engine_score_rows(dataset, stats, target, index, all_uncertainty=True,
+                                      message=f"curator refresh v{stats.version}", engine=engine)
     stats.table_version = dataset.version
     stats_mod.StatsStore(database, table).save(stats)
     return RefreshResult(rows, read_version, dataset.version, stats.version,

@@ -125,14 +125,15 @@ def iter_rows(dataset, rowids: np.ndarray, columns: list[str]):
 
 def score_rows(dataset, stats: TableStats, target: np.ndarray | None = None,
                index: RowIndex | None = None, message: str = "curator score",
-               all_uncertainty: bool = False):
+               all_uncertainty: bool = False, *, scalar_pass=None, writer=None):
     """Rescore the rows selected by ``target`` (bool mask over ``index``) and commit.
 
     ``stats`` must describe the table's rows (it is the version recorded on the rows);
     its uncertainty sketches are updated in place. With ``all_uncertainty`` the
     percentiles (and the mismatch built on them) of all other rows are recomputed from
-    their stored conformity too (scalars only, no vectors read). Returns (new dataset,
-    rows rescored).
+    their stored conformity too (scalars only, no vectors read). ``scalar_pass`` and
+    ``writer`` replace :func:`compute_scalars` and :func:`write_scores` (same signatures;
+    the Ray engine passes its own). Returns (new dataset, rows rescored).
     """
     index = index or read_index(dataset)
     if target is None:
@@ -148,25 +149,8 @@ def score_rows(dataset, stats: TableStats, target: np.ndarray | None = None,
     universe = paired & np.isin(index.sample, touched) & (index.sample >= 0)
     needed = target | universe
 
-    # Per-row scalars from one pass over the needed vectors.
-    scalars = {k: np.full(n, np.nan) for k in ("conformity", "conformity_est", "loglik", "norm")}
-    for m in stats.modalities:
-        scalars[f"dot_{m}"] = np.full(n, np.nan)
+    scalars = (scalar_pass or compute_scalars)(dataset, stats, index, needed)
     live = stats.nonempty()
-    whitening = {m: s.whitening() if s.n > 1 else None for m, s in live.items()}
-    columns = ["modality", "embedding"]
-    for rowids, batch in iter_rows(dataset, index.rowid[needed], columns):
-        pos = index.positions(rowids)
-        X = vectors(batch)
-        norms = np.sqrt(np.einsum("ij,ij->i", X, X, dtype=np.float64))
-        scalars["norm"][pos] = norms
-        for m, rows in groups(batch.column("modality")):
-            if m not in live:
-                continue
-            sel = slice(None) if rows is None else rows
-            result = row_scores(X[sel], norms[sel], m, live, whitening[m])
-            for key, values in result.items():
-                scalars[key][pos[sel]] = values
 
     # Pair dots that the ingest could not compute (partner arrived in another batch).
     pair_dot = index.pair_dot.copy()
@@ -215,8 +199,36 @@ def score_rows(dataset, stats: TableStats, target: np.ndarray | None = None,
             changed |= fresh & ~_same(values, index.old[name])
         out[name] = merged
     versions = np.where(target, stats.version, index.stats_version)
-    new_dataset = write_scores(dataset, index.rowid, changed, out, versions, message)
+    new_dataset = (writer or write_scores)(dataset, index.rowid, changed, out, versions, message)
     return new_dataset, int(target.sum())
+
+
+def compute_scalars(dataset, stats: TableStats, index: RowIndex, needed: np.ndarray) -> dict:
+    """Per-row scalars of the needed rows from one pass over their vectors (NaN elsewhere).
+
+    ``norm``, ``conformity``, ``conformity_est``, ``loglik`` and ``dot_M`` per modality M
+    of ``stats``, float64 arrays aligned with ``index``.
+    """
+    n = len(index.rowid)
+    scalars = {k: np.full(n, np.nan) for k in ("conformity", "conformity_est", "loglik", "norm")}
+    for m in stats.modalities:
+        scalars[f"dot_{m}"] = np.full(n, np.nan)
+    live = stats.nonempty()
+    whitening = {m: s.whitening() if s.n > 1 else None for m, s in live.items()}
+    columns = ["modality", "embedding"]
+    for rowids, batch in iter_rows(dataset, index.rowid[needed], columns):
+        pos = index.positions(rowids)
+        X = vectors(batch)
+        norms = np.sqrt(np.einsum("ij,ij->i", X, X, dtype=np.float64))
+        scalars["norm"][pos] = norms
+        for m, rows in groups(batch.column("modality")):
+            if m not in live:
+                continue
+            sel = slice(None) if rows is None else rows
+            result = row_scores(X[sel], norms[sel], m, live, whitening[m])
+            for key, values in result.items():
+                scalars[key][pos[sel]] = values
+    return scalars
 
 
 def _same(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -350,7 +350,8 @@ def accumulate(dataset, dim: int, *, filter: str | None = None) -> TableStats:
     return stats
 
 
-def current(db: Database, table: str, dataset=None, *, rebuild_if_stale: bool = True) -> TableStats:
+def current(db: Database, table: str, dataset=None, *, rebuild_if_stale: bool = True,
+            engine: str | None = None) -> TableStats:
     """The statistics describing the table's current version, rebuilt from rows if needed."""
     dataset = dataset or db.dataset(table)
     store = StatsStore(db, table)
@@ -359,16 +360,17 @@ def current(db: Database, table: str, dataset=None, *, rebuild_if_stale: bool = 
         return stats
     if not rebuild_if_stale and stats is not None:
         return stats
-    return rebuild(db, table, dataset)
+    return rebuild(db, table, dataset, engine=engine)
 
 
-def rebuild(db: Database, table: str, dataset=None) -> TableStats:
+def rebuild(db: Database, table: str, dataset=None, *, engine: str | None = None) -> TableStats:
     """Recompute statistics from the rows (the table is the truth), as a new stats version."""
+    from .engine import accumulate
     from .store import TableMeta
 
     dataset = dataset or db.dataset(table)
     store = StatsStore(db, table)
-    stats = accumulate(dataset, TableMeta.from_schema(dataset.schema).dim)
+    stats = accumulate(dataset, TableMeta.from_schema(dataset.schema).dim, engine=engine)
     stats.version = store.latest_version() + 1
     stats.table_version = dataset.version
     store.append_history(stats)

@@ -97,10 +97,17 @@ def make_pairs(samples: int = 2000, dim: int = 64, *, concepts: int = 24, zipf: 
     sample_concept = rng.choice(concepts, size=samples, p=weights)
     latent = centres[sample_concept] + rng.normal(size=(samples, dim))
 
+    # One latent-to-shell map shared by both modalities (so true pairs align after the
+    # means are removed); two off-centre means whose directions meet at cos ≈ 0.3, as
+    # the modality means of CLIP do on MS-COCO.
     scales = {m: np.geomspace(1.0, 0.05, dim) for m in ("image", "text")}
-    rotation = {m: _rotation(rng, dim) for m in ("image", "text")}
-    mean = {m: rng.normal(size=dim) for m in ("image", "text")}
-    mean = {m: v / np.linalg.norm(v) * r for (m, v), r in zip(mean.items(), (6.0, 4.0))}
+    shared = _rotation(rng, dim)
+    rotation = {"image": shared, "text": shared}
+    direction = rng.normal(size=(2, dim))
+    first = direction[0] / np.linalg.norm(direction[0])
+    other = direction[1] - (direction[1] @ first) * first
+    other /= np.linalg.norm(other)
+    mean = {"image": first * 6.0, "text": (0.3 * first + np.sqrt(1 - 0.09) * other) * 4.0}
 
     def embed(modality: str, z: np.ndarray) -> np.ndarray:
         return (mean[modality] + (z * scales[modality]) @ rotation[modality].T).astype(np.float32)
