@@ -56,6 +56,11 @@ class IngestResult:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def summary(self) -> str:
+        extra = "".join(f", {k} {v}" for k, v in (("skipped", self.skipped), ("replaced", self.replaced)) if v)
+        return (f"ingested {self.rows} rows{extra} in {self.seconds:.1f} s: table version "
+                f"{self.table_version}, statistics version {self.stats_version}")
+
 
 def ingest(sources: list[str], *, db=None, table: str = "embeddings", modality: str | None = None,
            model: str | None = None, id_column: str = "id", vector_column: str = "embedding",

@@ -27,6 +27,15 @@ class RefreshResult:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def summary(self) -> str:
+        before = "unbounded" if self.max_staleness_before is None else f"{self.max_staleness_before:.3g}"
+        if not self.rows and self.table_version == self.table_version_read:
+            return (f"nothing to refresh at tolerance {self.tolerance:g} (max staleness {before}); "
+                    f"table unchanged at version {self.table_version}")
+        return (f"rescored {self.rows} rows whose bound exceeded {self.tolerance:g} (max staleness was "
+                f"{before}, now within the tolerance) against statistics version {self.stats_version}: "
+                f"table version {self.table_version_read} -> {self.table_version}")
+
 
 def refresh(*, db=None, table: str = "embeddings", tolerance: float = 0.0,
             quiet: bool = True, engine: str | None = None) -> RefreshResult:
