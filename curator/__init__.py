@@ -14,6 +14,8 @@ _os.environ.setdefault("LANCE_LOG", "error")
 
 __version__ = "0.1.0"
 
+from .clusters import ClusterResult, cluster  # noqa: E402
+from .dedupe import DedupeResult, dedupe  # noqa: E402
 from .errors import CuratorError  # noqa: E402
 from .export import ExportResult, export  # noqa: E402
 from .ingest import IngestResult, ingest  # noqa: E402
@@ -23,6 +25,6 @@ from .report import ReportResult, report  # noqa: E402
 from .stats import describe  # noqa: E402
 from .store import Database, tune_allocator  # noqa: E402
 
-__all__ = ["CuratorError", "Database", "ExportResult", "IngestResult", "RebalanceResult",
+__all__ = ["ClusterResult", "CuratorError", "Database", "DedupeResult", "cluster", "dedupe", "ExportResult", "IngestResult", "RebalanceResult",
            "RefreshResult", "ReportResult", "describe", "export", "ingest", "rebalance", "refresh", "report", "tune_allocator",
            "__version__"]

@@ -9,7 +9,7 @@ partition farther than that cannot hold a partner of the row). Inside a partitio
 search is exact: a block of rows against the partition's members, thresholded. The
 database path streams: one scan assigns rows and spills their unit vectors, grouped by
 partition, to a temporary file; then one partition at a time is read back and searched,
-so memory is bounded by the largest partition plus a 256 MB spill buffer.
+so memory is bounded by the largest partition plus a 64 MB spill buffer.
 
 Groups are the connected components of the duplicate-pair graph. ``dup_group`` is the
 smallest row id (``_rowid``) in the group (null for rows without a duplicate);
@@ -30,8 +30,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from . import progress as progress_mod
-from .clusters import (chosen_modalities, modality_filter, spherical_kmeans, take_vectors,
-                       top_centroids, unit_rows)
+from .clusters import (
+    chosen_modalities,
+    modality_filter,
+    spherical_kmeans,
+    take_vectors,
+    top_centroids,
+    unit_rows,
+)
 from .errors import BadInput
 from .store import SCAN_BATCH_ROWS, Database, commit, vectors
 
@@ -39,8 +45,8 @@ KEEP_POLICIES = ("least-conformity", "most-conformity", "best-alignment", "rando
 COS_TOL = 1e-6
 EXACT_ROWS = 8_192  # at most this many rows: compare all pairs, no partitioning
 IN_MEMORY_ROWS = 65_536  # at most this many rows of a modality: no spill file
-DEFAULT_PROBES = 3
-_SPILL_BYTES = 256 << 20
+DEFAULT_PROBES = 2
+_SPILL_BYTES = 64 << 20
 _BLOCK_ELEMENTS = 16 << 20  # score-matrix block: rows × columns
 
 
@@ -209,7 +215,7 @@ class _Spill:
 
     def __init__(self, folder: str, dim: int):
         self.path = os.path.join(folder, "spill.f32")
-        self.file = open(self.path, "wb")
+        self.file = open(self.path, "wb")  # noqa: SIM115 (closed by finish)
         self.dim = dim
         self.rows = 0
         self.pending, self.pending_bytes = [], 0
@@ -340,9 +346,9 @@ class DedupeResult:
                 "modalities": self.modalities, "seconds": round(self.seconds, 3)}
 
     def summary(self) -> str:
-        lines = [f"deduped {self.table!r} v{self.table_version_read} → v{self.table_version} "
-                 f"(cosine ≥ {1 - self.eps:g}, keep {self.keep}, seed {self.seed}) "
-                 f"in {self.seconds:.1f} s"]
+        lines = [(f"deduped {self.table!r} v{self.table_version_read} → v{self.table_version} "
+                  f"(cosine ≥ {1 - self.eps:g}, keep {self.keep}, seed {self.seed}) "
+                  f"in {self.seconds:.1f} s")]
         for m, r in self.modalities.items():
             lines.append(f"  {m}: {r['rows']} rows, {r['pairs']} duplicate pairs "
                          f"({r['exact_pairs']} exact), {r['groups']} groups, "
@@ -383,9 +389,9 @@ def dedupe(*, db=None, table: str = "embeddings", eps: float, modality: str | No
         kept = _keepers(index, members, label[members], keep, seed)
         flagged[members] = True
         flagged[kept] = False
-        reports[m] = {"rows": int(rows_m.sum()), "pairs": int(len(i)),
+        reports[m] = {"rows": int(rows_m.sum()), "pairs": len(i),
                       "exact_pairs": int((c >= 1 - COS_TOL).sum()),
-                      "groups": int(len(kept)), "duplicates": int(len(members) - len(kept)),
+                      "groups": len(kept), "duplicates": int(len(members) - len(kept)),
                       **info}
     new = _write(dataset, rowid, processed, group, flagged,
                  f"curator dedupe eps={eps} keep={keep} seed={seed}")

@@ -33,11 +33,12 @@ from .rescore import read_index, score_rows
 from .schema import (CURATION_COLUMNS, DATASET_SCHEMA_VERSION, SCORE_COLUMNS, column_names,
                      dataset_schema)
 from .sources import ColumnOptions, Source, open_sources
-from .stats import TableStats, row_norms
+from .stats import TableStats
 from .store import (STORAGE_VERSION, Database, TableMeta, check_table_name, groups, ids_present,
                     vectors, writer_lock)
 
 ON_DUPLICATE = ("error", "skip", "replace")
+_NORM = "__curator_norm"  # the validated norms travel with their batch under this name
 # Recomputed by curator, never taken from a source (an export carries them along).
 DERIVED = frozenset(SCORE_COLUMNS) | frozenset(CURATION_COLUMNS)
 
@@ -258,7 +259,7 @@ class _BatchWriter:
         if dataset is not None:
             return dataset.schema
         model = self.model or "unknown"
-        metadata_fields = [f for f in batch.schema if f.name not in column_names()]
+        metadata_fields = [f for f in batch.schema if f.name not in column_names() and f.name != _NORM]
         table_meta = TableMeta(model, self.dim, DATASET_SCHEMA_VERSION).to_metadata()
         return dataset_schema(self.dim, metadata_fields, table_meta)
 
@@ -284,10 +285,11 @@ class _BatchWriter:
                     batch = batch.filter(keep)
                 if batch.num_rows == 0:
                     continue
-                self._validate(batch, source.path)
-                yield batch
+                norms = self._validate(batch, source.path)
+                yield batch.append_column(_NORM, pa.array(norms.astype(np.float32)))
 
-    def _validate(self, batch: pa.RecordBatch, path: str) -> None:
+    def _validate(self, batch: pa.RecordBatch, path: str) -> np.ndarray:
+        """Check one batch; returns the float64 norms of its vectors."""
         dim = batch.column("embedding").type.list_size
         if self.dim is None:
             self.dim = dim
@@ -315,14 +317,14 @@ class _BatchWriter:
             raise BadInput(f"{path}: {int((norms <= 0).sum())} zero vectors (no direction)")
         if not (norms < np.finfo(np.float32).max).all():
             raise BadInput(f"{path}: vectors whose norm overflows float32")
+        return norms
         if (pc.utf8_length(batch.column("id")).to_numpy(zero_copy_only=False) == 0).any():
             raise BadInput(f"{path}: empty ids")
 
     def _shape(self, batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
         X = vectors(batch)
-        norms = row_norms(X)
         n = batch.num_rows
-        given = {"norm": pa.array(norms, pa.float32()), "pair_dot": _pair_dots(batch, X)}
+        given = {"norm": batch.column(_NORM), "pair_dot": _pair_dots(batch, X)}
         arrays = []
         for f in schema:
             if f.name in given:
@@ -335,7 +337,7 @@ class _BatchWriter:
                                    f"the table holds {f.type}") from None
             else:
                 arrays.append(pa.nulls(n, f.type))
-        extra = [c for c in batch.schema.names if c not in schema.names and c != "model"]
+        extra = [c for c in batch.schema.names if c not in schema.names and c not in ("model", _NORM)]
         if extra:
             raise BadInput(f"columns not in table: {', '.join(extra)} (ingest them into a new table)")
         return pa.RecordBatch.from_arrays(arrays, schema=schema)
@@ -353,19 +355,18 @@ def _pair_dots(batch: pa.RecordBatch, X: np.ndarray) -> pa.Array:
     n = batch.num_rows
     out = np.full(n, np.nan)
     sample = batch.column("sample_id")
-    if sample.null_count == n:
-        return pa.array(out, pa.float64(), mask=np.ones(n, bool))
-    mods = batch.column("modality").to_numpy(zero_copy_only=False)
-    samples = sample.to_numpy(zero_copy_only=False)
-    image_at = {}
-    for i in np.flatnonzero(mods == "image"):
-        if samples[i] is not None:
-            image_at.setdefault(samples[i], i)
-    texts = [i for i in np.flatnonzero(mods == "text") if samples[i] in image_at]
-    if texts:
-        t = np.asarray(texts)
-        img = np.asarray([image_at[samples[i]] for i in t])
-        out[t] = np.einsum("ij,ij->i", X[t], X[img], dtype=np.float64)
+    if sample.null_count < n:
+        codes = pc.fill_null(sample.dictionary_encode().indices, -1).to_numpy(zero_copy_only=False)
+        modality = batch.column("modality")
+        is_image = pc.equal(modality, "image").to_numpy(zero_copy_only=False)
+        is_text = pc.equal(modality, "text").to_numpy(zero_copy_only=False)
+        image_at = np.full(codes.max() + 2, -1, np.int64)
+        images = np.flatnonzero(is_image & (codes >= 0))[::-1]  # reversed: the first image wins
+        image_at[codes[images]] = images
+        texts = np.flatnonzero(is_text & (codes >= 0))
+        partner = image_at[codes[texts]]
+        texts, partner = texts[partner >= 0], partner[partner >= 0]
+        out[texts] = np.einsum("ij,ij->i", X[texts], X[partner], dtype=np.float64)
     return pa.array(out, pa.float64(), mask=np.isnan(out))
 
 

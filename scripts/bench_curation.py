@@ -34,6 +34,12 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def cpu_seconds() -> float:
+    """CPU time of this process so far, all threads (the machine is shared: wall time is noisy)."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
 # -- data ---------------------------------------------------------------------------------
 
 def generate(rows: int, folder: str, seed: int = 0, chunk: int = 100_000) -> str:
@@ -89,6 +95,12 @@ def ingest(folder: str, db: str) -> float:
     return time.time() - t
 
 
+def prepare(rows: int, src: str, db: str) -> dict:
+    t = time.time()
+    generate(rows, src)
+    return {"generate_seconds": time.time() - t, "ingest_seconds": ingest(src, db)}
+
+
 # -- phases (each run in its own process) --------------------------------------------------
 
 def phase_dedupe(db: str, eps: float, out: str) -> dict:
@@ -112,7 +124,8 @@ def phase_dedupe(db: str, eps: float, out: str) -> dict:
     rows = row_numbers(Database(db).dataset("embeddings"))
     np.save(out, np.stack([rows[i], rows[j]], axis=1))
     info = result.modalities["image"]
-    return {"seconds": seconds, "peak_rss_mb": peak_rss_mb(), "pairs": info["pairs"],
+    return {"seconds": seconds, "cpu_seconds": cpu_seconds(), "peak_rss_mb": peak_rss_mb(),
+            "pairs": info["pairs"],
             "groups": info["groups"], "flagged": info["duplicates"],
             "partitions": info["partitions"], "probes": info["probes"],
             "visits_per_row": info.get("visits_per_row"),
@@ -177,12 +190,12 @@ def phase_semdedup(db: str, eps: float, k: int, out: str) -> dict:
     i, j = np.concatenate(pi), np.concatenate(pj)
     seconds = time.time() - t
     np.save(out, np.stack([rows[i], rows[j]], axis=1))
-    return {"seconds": seconds, "load_seconds": t_load, "peak_rss_mb": peak_rss_mb(),
-            "pairs": int(len(i)), "partitions": k}
+    return {"seconds": seconds, "load_seconds": t_load, "cpu_seconds": cpu_seconds(),
+            "peak_rss_mb": peak_rss_mb(), "pairs": len(i), "partitions": k}
 
 
 def phase_cluster(db: str, k: int) -> dict:
-    import curator.clusters as clusters
+    from curator import clusters
 
     t = time.time()
     result = clusters.cluster(db=db, k=k, seed=0)
@@ -190,7 +203,7 @@ def phase_cluster(db: str, k: int) -> dict:
     out = {"seconds": time.time() - t, "train_seconds": r["train_seconds"],
            "assign_seconds": r["assign_seconds"], "rows": r["rows"],
            "rows_per_s": r["rows"] / r["assign_seconds"], "peak_rss_mb": peak_rss_mb(),
-           "mean_cosine": r["mean_cosine"]}
+           "mean_cosine": r["mean_cosine"], "cpu_seconds": cpu_seconds()}
     # raw baseline: the same centroids, in memory, one matmul + argmax per block
     C = clusters.CentroidStore(clusters.Database(db), "embeddings").latest()["image"][1]
     X, _ = load_matrix(db)
@@ -225,7 +238,7 @@ def phase_truth(folder: str, db: str, eps: float, subset: int, out: str) -> dict
         pj.append(S[a + c[keep]])
     np.save(out, np.stack([np.concatenate(pi), np.concatenate(pj)], axis=1))
     np.save(out + ".subset.npy", S)
-    return {"seconds": time.time() - t, "subset": int(len(S)), "pairs": int(sum(map(len, pi)))}
+    return {"seconds": time.time() - t, "subset": len(S), "pairs": int(sum(map(len, pi)))}
 
 
 def recall(found_path: str, truth_path: str) -> float:
@@ -242,7 +255,7 @@ def run_phase(args: list[str]) -> dict:
     env = dict(os.environ, MALLOC_ARENA_MAX="1", MALLOC_MMAP_MAX_="0",
                MALLOC_TRIM_THRESHOLD_="68719476736")
     proc = subprocess.run([sys.executable, __file__, "--phase", *args], capture_output=True,
-                          text=True, env=env)
+                          text=True, env=env, check=False)
     if proc.returncode:
         sys.stderr.write(proc.stderr)
         raise SystemExit(f"phase {args[0]} failed")
@@ -263,7 +276,8 @@ def main() -> None:
     tune_allocator()
     if args.phase:
         name, *rest = args.phase
-        fn = {"dedupe": lambda db, eps, out: phase_dedupe(db, float(eps), out),
+        fn = {"prepare": lambda rows, src, db: prepare(int(rows), src, db),
+              "dedupe": lambda db, eps, out: phase_dedupe(db, float(eps), out),
               "semdedup": lambda db, eps, k, out: phase_semdedup(db, float(eps), int(k), out),
               "cluster": lambda db, k: phase_cluster(db, int(k)),
               "truth": lambda folder, db, eps, subset, out: phase_truth(folder, db, float(eps),
@@ -278,12 +292,10 @@ def main() -> None:
     work = os.path.join(args.work, str(args.rows))
     shutil.rmtree(work, ignore_errors=True)
     src, db = os.path.join(work, "src"), os.path.join(work, "db.lancedb")
-    t = time.time()
-    generate(args.rows, src)
-    t_gen = time.time() - t
-    t_ingest = ingest(src, db)
-    print(f"{args.rows:,} x {D} rows: generated in {t_gen:.1f} s, ingested in {t_ingest:.1f} s",
-          flush=True)
+    prep = run_phase(["prepare", str(args.rows), src, db])
+    print(f"{args.rows:,} x {D} rows: generated in {prep['generate_seconds']:.1f} s, "
+          f"ingested in {prep['ingest_seconds']:.1f} s (load average {os.getloadavg()[0]:.1f} "
+          f"on {os.cpu_count()} cores)", flush=True)
     eps = str(args.eps)
     ours = run_phase(["dedupe", db, eps, os.path.join(work, "ours.npy")])
     print("curator.dedupe:", ours, flush=True)
@@ -300,13 +312,16 @@ def main() -> None:
     print()
     print(f"dedupe of {args.rows:,} x {D}, eps {args.eps} (cosine ≥ {1 - args.eps:g}), "
           f"2 cores; recall on a {truth['subset']:,}-row subset ({truth['pairs']:,} true pairs)")
-    print(f"{'method':<34}{'time s':>9}{'ratio':>8}{'peak RSS MB':>13}{'pairs':>11}{'recall':>9}")
+    print(f"{'method':<34}{'wall s':>8}{'ratio':>7}{'CPU s':>8}{'ratio':>7}{'peak RSS MB':>13}"
+          f"{'pairs':>11}{'recall':>9}")
     base = ref["seconds"] + ref["load_seconds"]
-    rows = [("curator.dedupe (streamed, table)", ours["seconds"], ours["peak_rss_mb"],
-             ours["pairs"], r_ours),
-            ("SemDeDup-style, in memory", base, ref["peak_rss_mb"], ref["pairs"], r_ref)]
-    for name, sec, rss, pairs, rec in rows:
-        print(f"{name:<34}{sec:>9.1f}{sec / base:>8.2f}{rss:>13.0f}{pairs:>11,}{rec:>9.4f}")
+    rows = [("curator.dedupe (streamed, table)", ours["seconds"], ours["cpu_seconds"],
+             ours["peak_rss_mb"], ours["pairs"], r_ours),
+            ("SemDeDup-style, in memory", base, ref["cpu_seconds"], ref["peak_rss_mb"],
+             ref["pairs"], r_ref)]
+    for name, sec, cpu, rss, pairs, rec in rows:
+        print(f"{name:<34}{sec:>8.1f}{sec / base:>7.2f}{cpu:>8.1f}{cpu / ref['cpu_seconds']:>7.2f}"
+              f"{rss:>13.0f}{pairs:>11,}{rec:>9.4f}")
     print(f"  (reference time includes loading the vectors: {ref['load_seconds']:.1f} s; "
           f"curator: {ours['partitions']} partitions, {ours['probes']} probes, "
           f"{ours['visits_per_row']} visits/row; table v{ours['versions'][0]} → v{ours['versions'][1]})")

@@ -123,7 +123,7 @@ def test_sample_training_and_versions_kept(two_modalities):
     assert first.modalities["image"]["trained_on"] == 300
     second = cluster(db=db, k=3, seed=1, modality="text")
     assert second.centroid_version == 2
-    ds, t = read(db)
+    _, t = read(db)
     check_against_oracle(db, t)
     history = lance.dataset(f"{db}/_curator_centroids_embeddings.lance").to_table().to_pydict()
     assert sorted(zip(history["version"], history["modality"])) == [(1, "image"), (2, "text")]
@@ -136,7 +136,7 @@ def test_new_rows_assigned_on_arrival(two_modalities):
     Xn, ln = separated(250, seed=5)  # same planted centres as the image rows (seed 5)
     Xn = Xn[:250]
     ingest([write_source(tmp / "more.parquet", Xn, ln, "image", start=10_000)], db=db)
-    ds, t = read(db)
+    _, t = read(db)
     assert t.column("cluster").null_count == 0
     mods, cl = check_against_oracle(db, t)
     planted = np.asarray(t.column("planted").to_pylist())

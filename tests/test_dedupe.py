@@ -8,8 +8,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from curator import ingest
 from curator import dedupe as dedupe_mod
+from curator import ingest
 from curator.dedupe import components, dedupe, near_duplicate_pairs
 from curator.errors import CuratorError
 from curator.synthetic import make_pairs
@@ -94,8 +94,8 @@ def planted():
     data = make_pairs(samples=400, dim=32, concepts=6, duplicates=0.05, seed=11)
     table = data.table()
     where = {i: r for r, i in enumerate(data.ids)}
-    dup, orig = sorted(data.duplicate_of.items())[0]
-    dup2, orig2 = sorted(data.duplicate_of.items())[1]
+    originals = sorted(data.duplicate_of.items())
+    orig, dup2 = originals[0][1], originals[1][0]
     # exact copies of plain images, of an original and of a near duplicate: groups of 3
     images = np.r_[np.flatnonzero(data.modality == "image")[:6], where[orig], where[dup2]]
     texts = np.flatnonzero(data.modality == "text")[:4]
@@ -160,7 +160,7 @@ def test_dedupe_table_against_brute_force(deduped_db, planted, monkeypatch, keep
     alignment = np.array([np.nan if a is None else a for a in t.column("alignment").to_pylist()])
 
     for m in ("image", "text"):
-        rows, truth, G = oracle_groups(t, m, EPS)
+        rows, truth, _ = oracle_groups(t, m, EPS)
         assert result.modalities[m]["pairs"] == len(truth)
         # oracle components over the brute-force pairs
         a = np.array([p[0] for p in truth], int)
