@@ -114,6 +114,10 @@ def ingest(obj, sources, as_json, **options):
 @click.option("--strict", is_flag=True, help="A corrupt image is an error instead of skipped.")
 @click.option("--image-column", default="image", show_default=True)
 @click.option("--caption-column", default="caption", show_default=True)
+@click.option("--seed", default=0, show_default=True, type=int,
+              help="Seed of randomly initialised weights (no --pretrained).")
+@click.option("--commit-every", default=None, type=int,
+              help="Ingest every N rows, so a killed run keeps its progress (default: one transaction).")
 @json_option
 @click.pass_obj
 @library_call
