@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 
 from . import progress as progress_mod
 from .errors import BadInput
-from .store import HIDDEN_PREFIX, SCAN_BATCH_ROWS, STORAGE_VERSION, Database, commit, vectors
+from .store import HIDDEN_PREFIX, SCAN_BATCH_ROWS, STORAGE_VERSION, Database, vectors, write_columns
 
 DEFAULT_SAMPLE = 200_000
 _BLOCK = 8_192  # rows per matmul block
@@ -411,24 +411,8 @@ def _sizes(index: ModalityIndex, cluster_col: np.ndarray) -> np.ndarray:
 
 def write_cluster_columns(dataset, rowids, selected, cluster_col, sizes, message: str):
     """Write ``cluster`` and ``cluster_size`` of the selected rows in one commit."""
-    import lance
-
     positions = np.flatnonzero(selected)
-    fragment_of = (rowids[positions] >> np.uint64(32)).astype(np.int64)
-    schema = pa.schema([("_rowid", pa.uint64()), ("cluster", pa.int32()),
-                        ("cluster_size", pa.int64())])
-    updated, fields = [], set()
-    for fragment in dataset.get_fragments():
-        sel = positions[fragment_of == fragment.fragment_id]
-        if len(sel) == 0:
-            continue
-        t = pa.table([pa.array(rowids[sel], pa.uint64()),
-                      pa.array(cluster_col[sel].astype(np.int32), pa.int32()),
-                      pa.array(sizes[sel], pa.int64())], schema=schema)
-        metadata, modified = fragment.update_columns(t, left_on="_rowid")
-        updated.append(metadata)
-        fields.update(modified)
-    if not updated:
-        return dataset
-    operation = lance.LanceOperation.Update(updated_fragments=updated, fields_modified=sorted(fields))
-    return commit(dataset, operation, message)
+    return write_columns(dataset, rowids[positions], {
+        "cluster": pa.array(cluster_col[positions].astype(np.int32), pa.int32()),
+        "cluster_size": pa.array(sizes[positions], pa.int64()),
+    }, message)

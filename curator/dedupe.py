@@ -39,7 +39,7 @@ from .clusters import (
     unit_rows,
 )
 from .errors import BadInput
-from .store import SCAN_BATCH_ROWS, Database, commit, vectors
+from .store import SCAN_BATCH_ROWS, Database, vectors, write_columns
 
 KEEP_POLICIES = ("least-conformity", "most-conformity", "best-alignment", "random")
 COS_TOL = 1e-6
@@ -439,24 +439,9 @@ def _keepers(index: dict, members: np.ndarray, label: np.ndarray, keep: str, see
 
 
 def _write(dataset, rowid, processed, group, flagged, message: str):
-    import lance
-
     positions = np.flatnonzero(processed)
-    fragment_of = (rowid[positions] >> np.uint64(32)).astype(np.int64)
-    schema = pa.schema([("_rowid", pa.uint64()), ("dup_group", pa.int64()),
-                        ("is_duplicate", pa.bool_())])
-    updated, fields = [], set()
-    for fragment in dataset.get_fragments():
-        sel = positions[fragment_of == fragment.fragment_id]
-        if len(sel) == 0:
-            continue
-        g = group[sel]
-        t = pa.table([pa.array(rowid[sel], pa.uint64()), pa.array(g, pa.int64(), mask=g < 0),
-                      pa.array(flagged[sel], pa.bool_())], schema=schema)
-        metadata, modified = fragment.update_columns(t, left_on="_rowid")
-        updated.append(metadata)
-        fields.update(modified)
-    if not updated:
-        return dataset
-    operation = lance.LanceOperation.Update(updated_fragments=updated, fields_modified=sorted(fields))
-    return commit(dataset, operation, message)
+    g = group[positions]
+    return write_columns(dataset, rowid[positions], {
+        "dup_group": pa.array(g, pa.int64(), mask=g < 0),
+        "is_duplicate": pa.array(flagged[positions], pa.bool_()),
+    }, message)

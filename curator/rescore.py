@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 
 from .scores import IMAGE, TEXT, pair_scores, row_scores
 from .stats import TableStats, conformity_bins
-from .store import SCAN_BATCH_ROWS, commit, groups, vectors
+from .store import SCAN_BATCH_ROWS, groups, vectors, write_columns
 
 OUT_COLUMNS = {
     "conformity": pa.float32(),
@@ -316,31 +316,15 @@ def _pair_columns(index, stats, scalars, uncertainty, pair_dot, image_of_sample,
 
 def write_scores(dataset, rowids, target, columns: dict[str, np.ndarray], versions: np.ndarray,
                  message: str):
-    """Write the score columns of the target rows, one fragment at a time, in one commit."""
-    import lance
-
+    """Write the score columns of the target rows in one commit (data evolution)."""
     positions = np.flatnonzero(target)
-    fragment_of = (rowids[positions] >> np.uint64(32)).astype(np.int64)
-    updated, fields = [], set()
-    schema = pa.schema([("_rowid", pa.uint64())] + list(OUT_COLUMNS.items()))
-    for fragment in dataset.get_fragments():
-        sel = positions[fragment_of == fragment.fragment_id]
-        if len(sel) == 0:
-            continue
-        arrays = [pa.array(rowids[sel], pa.uint64())]
-        for name, dtype in OUT_COLUMNS.items():
-            if name == "stats_version":
-                v = versions[sel]
-                arrays.append(pa.array(v.astype(np.int64), pa.int64(), mask=v < 0))
-                continue
-            values = columns[name][sel]
-            arrays.append(pa.array(values.astype(dtype.to_pandas_dtype()), dtype,
-                                   mask=~np.isfinite(values)))
-        metadata, modified = fragment.update_columns(pa.table(arrays, schema=schema),
-                                                     left_on="_rowid")
-        updated.append(metadata)
-        fields.update(modified)
-    if not updated:
-        return dataset
-    operation = lance.LanceOperation.Update(updated_fragments=updated, fields_modified=sorted(fields))
-    return commit(dataset, operation, message)
+    arrays = {}
+    for name, dtype in OUT_COLUMNS.items():
+        if name == "stats_version":
+            v = versions[positions]
+            arrays[name] = pa.array(v.astype(np.int64), pa.int64(), mask=v < 0)
+        else:
+            values = columns[name][positions]
+            arrays[name] = pa.array(values.astype(dtype.to_pandas_dtype()), dtype,
+                                    mask=~np.isfinite(values))
+    return write_columns(dataset, rowids[positions], arrays, message)

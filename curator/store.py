@@ -249,6 +249,35 @@ def update_columns(dataset, compute: Callable, read_columns: list[str], *,
     return commit(dataset, operation, message)
 
 
+def write_columns(dataset, rowids: np.ndarray, arrays: dict[str, pa.Array], message: str = ""):
+    """Set existing columns of the rows ``rowids`` (uint64) to ``arrays`` (aligned), one commit.
+
+    Lance data evolution: per fragment, only new files for these columns are written
+    (``fragment.update_columns`` joined on ``_rowid``); the vectors are never rewritten.
+    Returns the new dataset (the same one when ``rowids`` is empty).
+    """
+    import lance
+
+    rowids = np.asarray(rowids, np.uint64)
+    fragment_of = (rowids >> np.uint64(32)).astype(np.int64)
+    schema = pa.schema([("_rowid", pa.uint64())] + [(name, a.type) for name, a in arrays.items()])
+    updated, fields = [], set()
+    for fragment in dataset.get_fragments():
+        sel = np.flatnonzero(fragment_of == fragment.fragment_id)
+        if len(sel) == 0:
+            continue
+        take = pa.array(sel)
+        table = pa.table([pa.array(rowids[sel], pa.uint64())] + [a.take(take) for a in arrays.values()],
+                         schema=schema)
+        metadata, modified = fragment.update_columns(table, left_on="_rowid")
+        updated.append(metadata)
+        fields.update(modified)
+    if not updated:
+        return dataset
+    operation = lance.LanceOperation.Update(updated_fragments=updated, fields_modified=sorted(fields))
+    return commit(dataset, operation, message)
+
+
 def commit(dataset, operation, message: str = ""):
     """Commit an operation read at ``dataset.version``; Lance retries compatible conflicts."""
     import lance
