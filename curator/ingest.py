@@ -38,7 +38,9 @@ from .store import (STORAGE_VERSION, Database, TableMeta, check_table_name, grou
                     vectors, writer_lock)
 
 ON_DUPLICATE = ("error", "skip", "replace")
-_NORM = "__curator_norm"  # the validated norms travel with their batch under this name
+_NORM = "__curator_norm"
+MAX_ID_CHARS = 4096
+NORM_RANGE = (1e-12, 1e12)  # raw CLIP norms are ~1-100; outside this float32 moments break  # the validated norms travel with their batch under this name
 # Recomputed by curator, never taken from a source (an export carries them along).
 DERIVED = frozenset(SCORE_COLUMNS) | frozenset(CURATION_COLUMNS)
 
@@ -182,6 +184,11 @@ def _read_ids(sources: list[Source]) -> tuple[pa.Array, int]:
             ids = batch.column("id")
             if ids.null_count:
                 raise BadInput(f"{source.path}: {ids.null_count} rows have no id")
+            lengths = pc.utf8_length(ids).to_numpy(zero_copy_only=False)
+            if (lengths == 0).any():
+                raise BadInput(f"{source.path}: {int((lengths == 0).sum())} empty ids")
+            if (lengths > MAX_ID_CHARS).any():
+                raise BadInput(f"{source.path}: ids longer than {MAX_ID_CHARS} characters")
             parts.append(ids)
     ids = pa.concat_arrays(parts) if parts else pa.array([], pa.string())
     return ids, len(ids)
@@ -315,11 +322,11 @@ class _BatchWriter:
             raise BadInput(f"{path}: {bad} vectors hold NaN or Inf values")
         if not (norms > 0).all():
             raise BadInput(f"{path}: {int((norms <= 0).sum())} zero vectors (no direction)")
-        if not (norms < np.finfo(np.float32).max).all():
-            raise BadInput(f"{path}: vectors whose norm overflows float32")
+        outside = (norms < NORM_RANGE[0]) | (norms > NORM_RANGE[1])
+        if outside.any():
+            raise BadInput(f"{path}: {int(outside.sum())} vectors with a norm outside "
+                           f"[{NORM_RANGE[0]:g}, {NORM_RANGE[1]:g}] (their squares over- or underflow float32)")
         return norms
-        if (pc.utf8_length(batch.column("id")).to_numpy(zero_copy_only=False) == 0).any():
-            raise BadInput(f"{path}: empty ids")
 
     def _shape(self, batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
         X = vectors(batch)

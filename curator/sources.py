@@ -23,6 +23,7 @@ from .errors import BadInput
 from .store import fixed_list
 
 BATCH_ROWS = 65_536
+MAX_DIM = 8192  # the float64 d x d second moment is 512 MiB at this size
 CORE = ("id", "sample_id", "modality", "embedding")
 
 
@@ -181,6 +182,7 @@ def _as_fixed_float32(column: pa.Array, path: str) -> pa.FixedSizeListArray:
         values = column.flatten()
     else:
         raise BadInput(f"{path}: vector column has type {t}, expected a list of floats")
+    check_dim(dim, path)
     if not (pa.types.is_floating(values.type) or pa.types.is_integer(values.type)):
         raise BadInput(f"{path}: vector values have type {values.type}, expected floats")
     if values.type != pa.float32():
@@ -201,11 +203,21 @@ def _load_npy(path: str) -> np.ndarray:
 
 
 def _check_matrix(array: np.ndarray, path: str) -> np.ndarray:
+    if not isinstance(array, np.ndarray):
+        raise BadInput(f"{path}: not a numeric .npy array")
     if array.dtype.kind not in "fiu":
         raise BadInput(f"{path}: array of dtype {array.dtype}, expected floats")
     if array.ndim != 2:
         raise BadInput(f"{path}: array of shape {array.shape}, expected (rows, dim)")
+    check_dim(array.shape[1], path)
     return array
+
+
+def check_dim(dim: int, path: str) -> int:
+    """Vectors need 1..MAX_DIM components (the d x d moment must fit in memory)."""
+    if not 1 <= dim <= MAX_DIM:
+        raise BadInput(f"{path}: vectors of dimension {dim}; curator takes 1 to {MAX_DIM}")
+    return dim
 
 
 def _npy(source: Source, ids_only: bool) -> Iterator[pa.RecordBatch]:
@@ -272,9 +284,12 @@ def _npz(source: Source, ids_only: bool) -> Iterator[pa.RecordBatch]:
 
 def _member(archive, key, path):
     try:
-        return archive[key]
+        member = archive[key]
     except Exception as exc:
         raise BadInput(f"{path}: member {key!r} unreadable ({_first_line(exc)})") from None
+    if not isinstance(member, np.ndarray):
+        raise BadInput(f"{path}: member {key!r} is not a numeric .npy array")
+    return member
 
 
 def _read_ids(path: str, n: int) -> pa.Array:

@@ -137,7 +137,8 @@ def test_empty_files(base, tmp_path, ext):
 
 # -- shapes ----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("shape", [(8,), (2, 3, 8), (0, 8), (4, 0), (3, 9), (3, 7)])
+@pytest.mark.parametrize("shape", [(8,), (2, 3, 8), (0, 8), (4, 0),
+                                   (3, 9), (3, 7)])
 def test_wrong_shapes(base, tmp_path, shape):
     path = tmp_path / "shape.npy"
     np.save(path, np.ones(shape, np.float32))
@@ -193,7 +194,9 @@ def _accepted_consistently(db, result):
     assert np.isfinite(t.column("norm").to_numpy(zero_copy_only=False)).all()
 
 
-@pytest.mark.parametrize("scale", [1e38, 3e38, 1e30, 1e-40, 1e-45])
+@pytest.mark.parametrize("scale", [1e38, 3e38, 1e30,
+                                   1e-40,
+                                   1e-45, 1e-20])
 def test_extreme_magnitudes_are_refused_or_scored_consistently(tmp_path, scale):
     """Norms that overflow float32 (or vectors of subnormals) are refused; else all is finite."""
     rng = np.random.default_rng(4)
@@ -297,11 +300,18 @@ def test_object_member_in_npz_and_raw_pickle_are_refused(base, tmp_path):
     raw = tmp_path / "raw.npy"
     raw.write_bytes(pickle.dumps(_Trap(str(sentinel))))
     ingest_refused(base, raw, "--modality", "image")
+    assert not sentinel.exists()
+
+
+def test_npz_member_that_is_not_npy_is_refused(base, tmp_path):
+    sentinel = tmp_path / "PWNED"
     zipped = tmp_path / "zipped.npz"
     with zipfile.ZipFile(zipped, "w") as z:
         z.writestr("image.npy", pickle.dumps(_Trap(str(sentinel))))
-    ingest_refused(base, zipped)
-    assert not sentinel.exists()
+    try:
+        ingest_refused(base, zipped)
+    finally:
+        assert not sentinel.exists()
 
 
 # -- SQL: one read-only statement ---------------------------------------------------------------
