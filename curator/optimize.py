@@ -27,7 +27,7 @@ from datetime import timedelta
 
 from .errors import BadInput
 from .stats import StatsStore
-from .store import HIDDEN_PREFIX, STORAGE_VERSION, Database
+from .store import HIDDEN_PREFIX, STORAGE_VERSION, Database, writer_lock
 
 DEFAULT_RETENTION_DAYS = 7
 HIDDEN_RETENTION = timedelta(hours=1)
@@ -62,8 +62,8 @@ class OptimizeResult:
 
     def summary(self) -> str:
         lines = [
-            f"optimized {self.table!r} v{self.table_version_read} → v{self.table_version}: "
-            f"{self.fragments_before} → {self.fragments_after} fragments",
+            (f"optimized {self.table!r} v{self.table_version_read} → v{self.table_version}: "
+             f"{self.fragments_before} → {self.fragments_after} fragments"),
             f"versions: {self.versions_before} → {self.versions_after} "
             f"({self.versions_removed} removed, {self.bytes_removed / 1e6:.1f} MB freed; "
             f"kept the last {self.retention_days:g} days"
@@ -108,6 +108,13 @@ def optimize(*, db=None, table: str = "embeddings", keep_versions: float | None 
         raise BadInput("--keep-versions must be a number of days ≥ 0")
     retention = timedelta(days=float(days))
     database = Database(db)
+    database.dataset(table)  # NoTable before any lock file is made
+    with writer_lock(database, table):  # compaction conflicts with concurrent score writes
+        return _optimize(database, table, retention, float(days), started)
+
+
+def _optimize(database: Database, table: str, retention: timedelta, days: float,
+              started: float) -> OptimizeResult:
     dataset = database.dataset(table)
     read_version = dataset.version
     fragments_before = len(dataset.get_fragments())
@@ -131,7 +138,7 @@ def optimize(*, db=None, table: str = "embeddings", keep_versions: float | None 
         versions_before=versions_before, versions_after=len(dataset.versions()),
         versions_removed=int(cleanup.old_versions), bytes_removed=int(cleanup.bytes_removed),
         protected_versions=protected_versions(dataset), indices_optimized=indices,
-        stats_record_moved=moved, hidden_tables=hidden, retention_days=float(days),
+        stats_record_moved=moved, hidden_tables=hidden, retention_days=days,
         seconds=time.time() - started,
     )
 

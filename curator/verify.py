@@ -42,7 +42,7 @@ import pyarrow.compute as pc
 
 from .rescore import read_index, score_rows
 from .stats import StatsStore, TableStats, accumulate, rebuild, row_norms, staleness_bound
-from .store import Database, TableMeta, scan, vectors
+from .store import Database, TableMeta, scan, vectors, writer_lock
 
 SCORE_SLACK = 2e-5  # float32 storage and float32 dot products
 EST_TOLERANCE = 1e-4  # |stored conformity_est − cos(x, m_v)|
@@ -122,6 +122,14 @@ def verify(*, db=None, table: str = "embeddings", repair: bool = False) -> Verif
     """
     started = time.time()
     database = Database(db)
+    database.dataset(table)  # NoTable before any lock file is made
+    if not repair:
+        return _verify(database, table, False, started)
+    with writer_lock(database, table):  # no commit may land between the check and the repair
+        return _verify(database, table, True, started)
+
+
+def _verify(database: Database, table: str, repair: bool, started: float) -> VerifyResult:
     dataset = database.dataset(table)
     dim = TableMeta.from_schema(dataset.schema).dim
     store = StatsStore(database, table)
@@ -350,4 +358,4 @@ def _outside_bound(index, stats: TableStats, history: dict) -> np.ndarray:
     return out
 
 
-__all__ = ["Issue", "VerifyResult", "verify", "SCORE_SLACK"]
+__all__ = ["SCORE_SLACK", "Issue", "VerifyResult", "verify"]

@@ -4,7 +4,8 @@ moment, and check that the table survived.
 For each command: build a small base database once, run the command to completion once
 (measuring its duration after the imports, and its final state), then for each seeded
 trial copy the base, start the command, wait until the process has imported everything
-(it prints ``ready``), sleep a delay drawn uniformly from [0, 1.1 × duration] and kill
+(it prints ``ready``), sleep a delay drawn uniformly from [0, 1.3 × duration] (duration: from the
+end of the imports to the summary line) and kill
 it with SIGKILL. After each kill:
 
 1. the table opens and every column reads;
@@ -35,8 +36,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+# CURATOR_CRASH_PATCH names a Python file run before the command: only for showing that
+# the harness catches a broken guarantee (e.g. an ingest that commits in two parts).
 DRIVER = (
-    "import sys, numpy, pyarrow, lance, duckdb\n"
+    "import os, sys, numpy, pyarrow, lance, duckdb\n"
+    "if os.environ.get('CURATOR_CRASH_PATCH'):\n"
+    "    exec(open(os.environ['CURATOR_CRASH_PATCH']).read())\n"
     "import curator, curator.cli, curator.verify\n"
     "for m in ('curator.clusters', 'curator.dedupe', 'curator.rebalance'):\n"
     "    try:\n"
@@ -48,6 +53,7 @@ DRIVER = (
 )
 
 BASE_SAMPLES = 150
+SPAN = 1.3  # kill delays are uniform in [0, SPAN x the measured duration]
 DIM = 16
 
 
@@ -135,13 +141,15 @@ def cli_args(db: str, args: list[str]) -> list[str]:
 
 
 def run_to_end(db: str, args: list[str]) -> float:
-    """Run a command to completion; returns its duration after the imports."""
+    """Run a command to completion; returns the time from the end of its imports to its
+    summary line (its work, without the interpreter's exit)."""
     proc = subprocess.Popen(cli_args(db, args), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             env=python_env(), text=True)
     proc.stdout.readline()
     start = time.perf_counter()
-    out, err = proc.communicate(timeout=300)
+    proc.stdout.readline()  # the command's summary: its work is done (exit teardown follows)
     duration = time.perf_counter() - start
+    _, err = proc.communicate(timeout=300)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(args)} failed ({proc.returncode}): {err.strip()[-500:]}")
     return duration
@@ -187,7 +195,7 @@ def check_trial(db: str, cmd: Command, before: dict, after: dict, batch_ids: set
     problems = []
     try:
         state = snapshot(db, cmd.columns)
-    except Exception as exc:  # the table must always open
+    except Exception as exc:  # noqa: BLE001 (any failure to open is the finding)
         return "", False, [f"table does not open: {exc!r}"]
     ids = set(state["ids"])
     base_ids = set(before["ids"])
@@ -216,7 +224,7 @@ def check_trial(db: str, cmd: Command, before: dict, after: dict, batch_ids: set
             again = verify(db=db)
             if not again.ok:
                 problems.append("verify --repair left drift: " + again.summary().replace("\n", " | "))
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 (a crash of verify is a finding)
         problems.append(f"verify raised {exc!r}")
     return outcome, repaired, problems
 
@@ -225,7 +233,7 @@ def finish(db: str, cmd: Command, after: dict) -> list[str]:
     """Rerun the interrupted command (ingest: skipping what landed); must reach the reference."""
     args = cmd.args + (["--on-duplicate", "skip"] if cmd.adds_batch else [])
     proc = subprocess.run(cli_args(db, args), capture_output=True, text=True, env=python_env(),
-                          timeout=300)
+                          timeout=300, check=False)
     if proc.returncode != 0:
         return [f"rerun failed: {proc.stderr.strip()[-300:]}"]
     state = snapshot(db, cmd.columns)
@@ -269,13 +277,17 @@ def run_command(name: str, *, trials: int = 20, seed: int = 0, workdir: str | No
 
     batch_ids = set(pq.read_table(batch_path, columns=["id"]).column("id").to_pylist())
     before = snapshot(base_db, cmd.columns)
-    reference = os.path.join(workdir, "reference.lancedb")
-    shutil.copytree(base_db, reference)
-    duration = run_to_end(reference, cmd.args)
-    after = snapshot(reference, cmd.columns)
+    # The reference run, measured beside (workers - 1) twins so that its duration is that
+    # of a trial (trials run side by side too).
+    copies = [os.path.join(workdir, f"reference{k}.lancedb") for k in range(max(workers, 1))]
+    for copy in copies:
+        shutil.copytree(base_db, copy)
+    with ThreadPoolExecutor(len(copies)) as pool:
+        duration = max(pool.map(lambda c: run_to_end(c, cmd.args), copies))
+    after = snapshot(copies[0], cmd.columns)
 
     rng = np.random.default_rng([seed, sum(map(ord, name))])
-    delays = rng.uniform(0.0, 1.1 * duration, size=trials)
+    delays = rng.uniform(0.0, SPAN * duration, size=trials)
     with ThreadPoolExecutor(workers) as pool:
         futures = [pool.submit(one_trial, base_db, workdir, cmd, float(d), before, after, batch_ids,
                                rerun_every > 0 and k % rerun_every == 0)

@@ -16,7 +16,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 
-import crash_harness  # noqa: E402
+import crash_harness
 
 TRIALS = 20
 COMMANDS = ["ingest", "refresh", "cluster", "dedupe", "rebalance"]

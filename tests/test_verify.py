@@ -13,8 +13,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 from click.testing import CliRunner
-
 from conftest import brute_conformity, read_table
+
 from curator import ingest
 from curator.cli import cli
 from curator.stats import StatsStore
@@ -79,9 +79,6 @@ def test_stale_rows_within_their_bound_are_consistent(unrefreshed):
     assert abs(result.max_conformity_error - true_max) < 1e-5
 
 
-@pytest.mark.xfail(strict=True, reason="rescore.score_rows bins float64 conformity into the sketch but "
-                   "stores float32, then clips the sketch at 0: after refresh it counts values the rows "
-                   "do not hold (fix: round conformity to float32 before binning)")
 def test_refreshed_table_is_consistent(unrefreshed):
     from curator import refresh
 
@@ -106,7 +103,7 @@ def test_stats_drift_is_found_and_repaired(unrefreshed):
     repaired = verify(db=unrefreshed, repair=True)
     assert repaired.repaired and repaired.stats_version_after > record.version
     assert verify(db=unrefreshed).ok
-    t, X, mods = rows(unrefreshed)
+    _, X, mods = rows(unrefreshed)
     fixed = store.load()
     for m in ("image", "text"):
         sel = mods == m

@@ -1,0 +1,269 @@
+"""The whole pipeline at scale: time and peak RSS of every stage, in its own process.
+
+For each size N (default 1M, then 5M if ``--sizes`` says so) × 512: seeded vectors with
+a double-ellipsoid shape are written in chunks to four .npy files (image/text, two
+halves each), then every stage runs as its own ``curator`` subprocess, so each stage's
+peak RSS is its own (``os.wait4`` rusage): ingest ×4 (the second halves make the first
+halves stale), refresh, cluster, dedupe, rebalance, export, report, verify, optimize.
+The baseline is the fastest raw-library way to touch every vector once in the same
+run: one Lance scan of the embedding column (allocator tuned), in its own process.
+
+Also, ``--fragments K``: K small ingests (fragments), query time before/after optimize.
+
+    python scripts/bench_scale.py --sizes 1000000 --workdir /work/scale
+    python scripts/bench_scale.py --sizes 1000000 5000000 --workdir /work/scale
+    python scripts/bench_scale.py --fragments 1000 --workdir /tmp/frag
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+DIM = 512
+CHUNK = 250_000
+GOAL_RSS = 2 << 30
+
+RAW_SCAN = """
+import sys, time
+from curator.store import tune_allocator
+tune_allocator()
+import lance
+ds = lance.dataset(sys.argv[1])
+t = time.perf_counter(); total = 0.0
+for b in ds.to_batches(columns=["embedding"], batch_size=16384):
+    v = b.column(0).values.to_numpy(zero_copy_only=False)
+    total += float(v[:1].sum())
+print(time.perf_counter() - t)
+"""
+
+
+def make_vectors(folder: str, n: int, seed: int = 0) -> list[tuple[str, str]]:
+    """Four .npy files (image/text × two halves) of a double-ellipsoid, written in chunks."""
+    os.makedirs(folder, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    files = []
+    quarter = n // 4
+    for modality in ("image", "text"):
+        mean = rng.normal(size=DIM).astype(np.float32) * 0.6
+        scales = (np.geomspace(1.0, 0.05, DIM) * 0.5).astype(np.float32)
+        rotation, _ = np.linalg.qr(rng.normal(size=(DIM, DIM)))
+        basis = (rotation * scales).astype(np.float32)
+        concepts = rng.normal(size=(1000, DIM)).astype(np.float32)
+        for half in ("a", "b"):
+            path = os.path.join(folder, f"{modality[:3]}_{half}.npy")
+            out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(quarter, DIM))
+            for start in range(0, quarter, CHUNK):
+                k = min(CHUNK, quarter - start)
+                z = concepts[rng.integers(0, 1000, k)] + 0.5 * rng.standard_normal((k, DIM), np.float32)
+                out[start:start + k] = mean + z @ basis.T
+            out.flush()
+            del out
+            files.append((path, modality))
+    return files
+
+
+def run_stage(db: str, args: list[str]) -> dict:
+    """One curator command in its own process: wall time, peak RSS, exit status.
+
+    Peak RSS comes from ``/usr/bin/time`` (a fresh, small parent): a child forked from
+    this process would inherit this process's high-water mark in ``ru_maxrss``.
+    """
+    cmd = ["/usr/bin/time", "-f", "__RSS_KB__ %M", sys.executable, "-m", "curator", "--db", db,
+           "--quiet", *args]
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    wall = time.perf_counter() - start
+    lines = proc.stderr.strip().splitlines()
+    rss = next((int(ln.split()[1]) * 1024 for ln in reversed(lines) if ln.startswith("__RSS_KB__")), 0)
+    errors = [ln for ln in lines if not ln.startswith("__RSS_KB__") and not ln.startswith("Command exited")]
+    return {"seconds": wall, "rss": rss, "ok": proc.returncode == 0,
+            "error": errors[-1] if proc.returncode and errors else "", "out": proc.stdout[-400:]}
+
+
+def raw_scan(db: str) -> float:
+    out = subprocess.run([sys.executable, "-c", RAW_SCAN, os.path.join(db, "embeddings.lance")],
+                         capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def pipeline(n: int, workdir: str, keep: bool = False) -> dict:
+    root = os.path.join(workdir, f"n{n}")
+    shutil.rmtree(root, ignore_errors=True)
+    os.makedirs(root)
+    db = os.path.join(root, "db.lancedb")
+    results = {}
+    t = time.perf_counter()
+    files = make_vectors(os.path.join(root, "src"), n)
+    results["generate (numpy)"] = {"seconds": time.perf_counter() - t, "rss": 0, "ok": True}
+    order = [files[0], files[2], files[1], files[3]]  # img_a, txt_a, img_b, txt_b
+    for k, (path, modality) in enumerate(order):
+        results[f"ingest {os.path.basename(path)}"] = run_stage(
+            db, ["ingest", path, "--modality", modality, "--model", "synthetic-512"])
+        _progress(n, results)
+    shutil.rmtree(os.path.join(root, "src"), ignore_errors=True)  # disk: the table holds them now
+    results["raw Lance scan (baseline)"] = {"seconds": raw_scan(db), "rss": 0, "ok": True}
+    stages = [
+        ("refresh", ["refresh"]),
+        ("cluster", ["cluster", "--k", "100", "--seed", "0"]),
+        ("dedupe", ["dedupe", "--eps", "0.01"]),
+        ("rebalance", ["rebalance", "--cap", str(max(n // 400, 1)), "--seed", "0"]),
+        ("export", ["export", "--out", os.path.join(root, "export"), "--where", "rebalance_keep",
+                    "--format", "parquet", "--overwrite"]),
+        ("report", ["report", "--out", os.path.join(root, "report")]),
+        ("verify", ["verify"]),
+        ("optimize", ["optimize"]),
+    ]
+    for name, args in stages:
+        results[name] = run_stage(db, args)
+        _progress(n, results)
+    if not keep:
+        shutil.rmtree(root, ignore_errors=True)
+    return results
+
+
+def _progress(n, results):
+    name, r = list(results.items())[-1]
+    status = "ok" if r["ok"] else f"FAILED: {r.get('error', '')}"
+    print(f"[{n:,}] {name}: {r['seconds']:.1f} s, {r['rss'] / 2**30:.2f} GiB, {status}", file=sys.stderr, flush=True)
+
+
+def table(all_results: dict[int, dict]) -> str:
+    sizes = sorted(all_results)
+    label = {n: f"{n / 1e6:g}M" for n in sizes}
+    head = "| stage | " + " | ".join(f"{label[n]} time (s) | {label[n]} peak RSS (GiB) | {label[n]} × raw scan"
+                                       for n in sizes)
+    if len(sizes) == 2:
+        head += f" | {label[sizes[1]]}/{label[sizes[0]]} time"
+    lines = [head + " |", "|" + "---|" * (1 + 3 * len(sizes) + (len(sizes) == 2))]
+    names = list(all_results[sizes[0]])
+    for name in names:
+        cells = []
+        for n in sizes:
+            r = all_results[n].get(name)
+            base = all_results[n]["raw Lance scan (baseline)"]["seconds"]
+            if r is None:
+                cells += ["–", "–", "–"]
+                continue
+            flag = "" if r["ok"] else " (failed)"
+            over = " ⚠" if r["rss"] > GOAL_RSS else ""
+            cells += [f"{r['seconds']:.1f}{flag}", f"{r['rss'] / 2**30:.2f}{over}" if r["rss"] else "–",
+                      f"{r['seconds'] / base:.0f}×"]
+        if len(sizes) == 2:
+            a, b = all_results[sizes[0]].get(name), all_results[sizes[1]].get(name)
+            cells.append(f"{b['seconds'] / a['seconds']:.2f}" if a and b else "–")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def fragments(k: int, workdir: str, rows: int = 100, score: bool = True) -> str:
+    """K small ingests, then the time of a scalar query and a vector scan before/after optimize.
+
+    ``score=False`` ingests without scoring (one refresh at the end), which only makes the
+    K ingests cheaper: the fragments left are the same."""
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from curator import ingest
+    from curator.optimize import optimize
+    from curator.query import query
+    from curator.store import Database, tune_allocator
+
+    tune_allocator()
+    root = os.path.join(workdir, f"frag{k}")
+    shutil.rmtree(root, ignore_errors=True)
+    os.makedirs(root)
+    db = os.path.join(root, "db.lancedb")
+    rng = np.random.default_rng(0)
+    path = os.path.join(root, "part.npy")
+    t = time.perf_counter()
+    for i in range(k):
+        np.save(path, (rng.normal(size=(rows, DIM)) + 1).astype(np.float32))
+        os.rename(path, p := os.path.join(root, f"p{i}.npy"))
+        ingest([p], db=db, modality="image" if i % 2 else "text", score=score)
+        os.remove(p)
+        if i % 100 == 99:
+            print(f"{i + 1} ingests, {time.perf_counter() - t:.0f} s", file=sys.stderr, flush=True)
+    ingest_s = time.perf_counter() - t
+    if not score:
+        from curator import refresh
+
+        refresh(db=db)
+
+    def measure():
+        ds = Database(db).dataset("embeddings")
+        timings = {}
+        for label, fn in [
+            ("count + avg (DuckDB)", lambda: query("select modality, count(*), avg(conformity) from embeddings group by 1", db=db)),
+            ("filter ids (DuckDB)", lambda: query("select id from embeddings where conformity > 0.5", db=db)),
+            ("vector scan (Lance)", lambda: sum(b.num_rows for b in Database(db).dataset("embeddings").to_batches(columns=["embedding"]))),
+        ]:
+            fn()
+            runs = []
+            for _ in range(3):
+                s = time.perf_counter()
+                fn()
+                runs.append(time.perf_counter() - s)
+            timings[label] = float(np.median(runs))
+        return len(ds.get_fragments()), timings
+
+    frags_before, before = measure()
+    size_before = _du(db)
+    t = time.perf_counter()
+    result = optimize(db=db, keep_versions=0)
+    opt_s = time.perf_counter() - t
+    frags_after, after = measure()
+    size_after = _du(db)
+    lines = [(f"{k} ingests of {rows} × {DIM}: {ingest_s:.0f} s; optimize {opt_s:.1f} s "
+              f"({result.versions_removed} versions removed); "
+              f"database {size_before / 1e6:.0f} MB → {size_after / 1e6:.0f} MB"),
+             "", f"| query | before ({frags_before} fragments) | after ({frags_after}) | speed-up |", "|---|---|---|---|"]
+    for label in before:
+        lines.append(f"| {label} | {before[label] * 1000:.0f} ms | {after[label] * 1000:.0f} ms | "
+                     f"{before[label] / after[label]:.1f}× |")
+    shutil.rmtree(root, ignore_errors=True)
+    return "\n".join(lines)
+
+
+def _du(path: str) -> int:
+    total = 0
+    for folder, _, files in os.walk(path):
+        for f in files:
+            total += os.path.getsize(os.path.join(folder, f))
+    return total
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="*", default=[1_000_000])
+    parser.add_argument("--workdir", default="/work/scale")
+    parser.add_argument("--fragments", type=int, default=0)
+    parser.add_argument("--keep", action="store_true")
+    parser.add_argument("--no-score", action="store_true", help="--fragments: ingest unscored")
+    parser.add_argument("--json", help="also write the raw results here")
+    args = parser.parse_args(argv)
+    if args.fragments:
+        print(fragments(args.fragments, args.workdir, score=not args.no_score))
+        return 0
+    free = shutil.disk_usage(os.path.dirname(os.path.abspath(args.workdir)) or "/").free
+    need = max(args.sizes) * DIM * 4 * 3.5
+    if free < need:
+        print(f"not enough disk: {free / 1e9:.0f} GB free, about {need / 1e9:.0f} GB needed", file=sys.stderr)
+        return 1
+    all_results = {}
+    for n in args.sizes:
+        all_results[n] = pipeline(n, args.workdir, keep=args.keep)
+        print(table(all_results), flush=True)
+        if args.json:
+            with open(args.json, "w") as fh:
+                json.dump({str(k): v for k, v in all_results.items()}, fh, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
