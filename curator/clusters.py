@@ -26,6 +26,7 @@ import pyarrow.compute as pc
 from . import progress as progress_mod
 from .errors import BadInput
 from .store import HIDDEN_PREFIX, SCAN_BATCH_ROWS, STORAGE_VERSION, Database, vectors, write_columns
+from .stats import curation_step
 
 DEFAULT_SAMPLE = 200_000
 _BLOCK = 8_192  # rows per matmul block
@@ -229,6 +230,7 @@ class ClusterResult:
         return "\n".join(lines)
 
 
+@curation_step
 def cluster(*, db=None, table: str = "embeddings", k: int, modality: str | None = None,
             seed: int = 0, sample_size: int | None = None, iterations: int = 25,
             quiet: bool = True) -> ClusterResult:

@@ -40,6 +40,7 @@ from .clusters import (
 )
 from .errors import BadInput
 from .store import SCAN_BATCH_ROWS, Database, vectors, write_columns
+from .stats import curation_step
 
 KEEP_POLICIES = ("least-conformity", "most-conformity", "best-alignment", "random")
 COS_TOL = 1e-6
@@ -356,6 +357,7 @@ class DedupeResult:
         return "\n".join(lines)
 
 
+@curation_step
 def dedupe(*, db=None, table: str = "embeddings", eps: float, modality: str | None = None,
            keep: str = "least-conformity", seed: int = 0, quiet: bool = True) -> DedupeResult:
     """Find near-duplicate groups (cosine ≥ 1 − eps) per modality; write ``dup_group`` and

@@ -512,13 +512,20 @@ def _checksums(folder: str) -> list[dict]:
 def _manifest(database, table, dataset, where, unit, fmt, selection, files, out) -> dict:
     from . import __version__
 
+    from .optimize import protect_version
+
     meta = TableMeta.from_schema(dataset.schema)
+    created = datetime.now(timezone.utc)
+    # A tag keeps the exported version from `curator optimize`'s pruning, so the manifest
+    # can always be reproduced from (table, version, predicate).
+    tag = protect_version(dataset, dataset.version,
+                          f"{os.path.basename(os.path.abspath(out))}-{created:%Y%m%dT%H%M%S}")
     return {
         "schema": MANIFEST_SCHEMA,
         "curator_version": __version__,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": created.isoformat(timespec="seconds"),
         "source": {"db": database.uri, "table": table, "table_version": dataset.version,
-                   "model": meta.model, "dim": meta.dim},
+                   "model": meta.model, "dim": meta.dim, "tag": tag},
         "predicate": where,
         "unit": unit,
         "format": fmt,

@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 
 from .errors import BadInput
-from .stats import StatsStore
+from .stats import carry_forward
 from .store import HIDDEN_PREFIX, STORAGE_VERSION, Database, writer_lock
 
 DEFAULT_RETENTION_DAYS = 7
@@ -34,7 +34,6 @@ HIDDEN_RETENTION = timedelta(hours=1)
 TARGET_ROWS_PER_FRAGMENT = 1 << 20
 EXPORT_TAG_PREFIX = "export-"
 # Transactions that move rows between fragments without changing any value.
-_LAYOUT_ONLY = {"Rewrite", "ReserveFragments", "BaseOperation", "CreateIndex"}
 
 
 @dataclass
@@ -164,24 +163,8 @@ def _optimize_indices(dataset) -> bool:
 
 
 def _move_stats_record(database: Database, table: str, read_version: int, dataset) -> bool:
-    """Point the statistics record at the compacted version when it described the old one.
-
-    Only when every commit since ``read_version`` merely moved rows (compaction, index
-    work); a concurrent write in between leaves the record alone (rebuilt on next use).
-    """
-    if dataset.version == read_version:
-        return False
-    store = StatsStore(database, table)
-    record = store.load()
-    if record is None or record.table_version != read_version:
-        return False
-    transactions = dataset.get_transactions(dataset.version - read_version)
-    for tx in transactions:
-        if tx is None or type(tx.operation).__name__ not in _LAYOUT_ONLY:
-            return False
-    record.table_version = dataset.version
-    store.save(record)
-    return True
+    """Point the statistics record at the compacted version (see stats.carry_forward)."""
+    return carry_forward(database, table, read_version, dataset)
 
 
 def _hidden_tables(database: Database, table: str) -> list[str]:

@@ -31,6 +31,7 @@ import pyarrow.compute as pc
 
 from .errors import BadInput
 from .store import SCAN_BATCH_ROWS, Database, update_columns
+from .stats import curation_step
 
 OUT_SCHEMA = pa.schema([("_rowid", pa.uint64()), ("rebalance_keep", pa.bool_())])
 CONFORMITY = "conformity"
@@ -77,6 +78,7 @@ class RebalanceResult:
         return "\n".join(lines)
 
 
+@curation_step
 def rebalance(*, db=None, table: str = "embeddings", cap: int, by: str = "cluster",
               bins: int = 20, modality: str | None = None, seed: int = 0) -> RebalanceResult:
     """Keep each row of a group of ``c`` rows with probability ``min(1, cap / c)``; writes

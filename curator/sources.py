@@ -105,7 +105,9 @@ def _parquet(source: Source, ids_only: bool) -> Iterator[pa.RecordBatch]:
     files = _parquet_files(source.path) if os.path.isdir(source.path) else [source.path]
     for path in files:
         try:
-            pf = pq.ParquetFile(path)
+            # No pre-buffering: it reads every row group up front (3 GB RSS for a 2 GB
+            # file, measured); a 16 MB read buffer keeps memory at one row group.
+            pf = pq.ParquetFile(path, pre_buffer=False, buffer_size=1 << 24)
         except Exception as exc:  # pyarrow raises several types for unreadable files
             raise BadInput(f"{path}: not a readable parquet file ({_first_line(exc)})") from None
         names = pf.schema_arrow.names

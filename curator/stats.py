@@ -314,8 +314,14 @@ class StatsStore:
             "hist": pa.array([s.hist for _, s in rows], pa.list_(pa.int64())),
         })
         mode = "overwrite" if self.db.has_table(self.current_name) else "create"
-        lance.write_dataset(table, self.db.table_uri(self.current_name), mode=mode,
-                            data_storage_version=STORAGE_VERSION)
+        written = lance.write_dataset(table, self.db.table_uri(self.current_name), mode=mode,
+                                      data_storage_version=STORAGE_VERSION)
+        # Old records are derived data (the history keeps what the bounds need): keep only
+        # the newest few versions instead of ~2.5 MB per modality per write.
+        if written.version % 16 == 0:
+            from datetime import timedelta
+
+            written.cleanup_old_versions(older_than=timedelta(seconds=60))
 
     def load(self) -> TableStats | None:
         """The stored current record, or None when there is none."""
@@ -361,6 +367,67 @@ def current(db: Database, table: str, dataset=None, *, rebuild_if_stale: bool = 
     if not rebuild_if_stale and stats is not None:
         return stats
     return rebuild(db, table, dataset, engine=engine)
+
+
+# Commits that leave the rows (and so the statistics) as they were: layout changes, and
+# updates of columns the statistics do not read.
+_LAYOUT_ONLY = {"Rewrite", "ReserveFragments", "BaseOperation", "CreateIndex"}
+_UNREAD_COLUMNS = ("cluster", "cluster_size", "dup_group", "is_duplicate", "rebalance_keep",
+                   "ref_conformity", "ref_conformity_est", "ref_uncertainty", "ref_loglik")
+
+
+def carry_forward(db: Database, table: str, read_version: int, dataset) -> bool:
+    """Point the statistics record at ``dataset.version`` when it described ``read_version``
+    and every commit since then left the rows alone (curation columns, compaction).
+
+    Without this, the next command would find the record behind the table and rebuild
+    the statistics as a new version, making every row look stale. Returns whether the
+    record moved.
+    """
+    if dataset.version == read_version:
+        return False
+    store = StatsStore(db, table)
+    record = store.load()
+    if record is None or record.table_version != read_version:
+        return False
+    unread = set()
+    for name in _UNREAD_COLUMNS:
+        try:
+            unread.add(dataset.lance_schema.field(name).id())
+        except (KeyError, ValueError, AttributeError):
+            continue
+    for tx in dataset.get_transactions(dataset.version - read_version):
+        kind = type(tx.operation).__name__ if tx is not None else None
+        if kind in _LAYOUT_ONLY:
+            continue
+        op = tx.operation
+        if (kind == "Update" and set(op.fields_modified or []) <= unread
+                and not op.new_fragments and not op.removed_fragment_ids):
+            continue
+        return False
+    record.table_version = dataset.version
+    store.save(record)
+    return True
+
+
+def curation_step(command):
+    """Decorator of commands that write only curation columns (cluster, dedupe, rebalance):
+    one writer of the table at a time, and the statistics record follows the new version."""
+    import functools
+
+    from .store import writer_lock
+
+    @functools.wraps(command)
+    def run(*, db=None, table: str = "embeddings", **options):
+        database = Database(db)
+        database.dataset(table)  # a missing table is an error before any lock is taken
+        with writer_lock(database, table):
+            before = database.dataset(table).version
+            result = command(db=db, table=table, **options)
+            carry_forward(database, table, before, database.dataset(table))
+        return result
+
+    return run
 
 
 def rebuild(db: Database, table: str, dataset=None, *, engine: str | None = None) -> TableStats:

@@ -106,3 +106,18 @@ def test_reference_of_another_dimension_or_model_is_an_error(tmp_path, db):
     with pytest.raises(SchemaMismatch):
         score_against(db=db, table="a", reference="c")
     assert Database(db).dataset("a").version == version
+
+
+def test_curation_commands_leave_statistics_current(ingested):
+    """cluster/dedupe/rebalance write curation columns only: no rebuild, nothing stale."""
+    from curator import cluster, dedupe, rebalance
+
+    before = describe(db=ingested)
+    cluster(db=ingested, k=4, seed=1)
+    dedupe(db=ingested, eps=0.001)
+    rebalance(db=ingested, cap=50, by="cluster", seed=1)
+    after = describe(db=ingested)
+    assert after["stats_version"] == before["stats_version"]
+    assert after["table_version"] == before["table_version"] + 3
+    assert all(m["max_staleness"] == 0.0 for m in after["modalities"].values())
+    assert refresh(db=ingested).rows == 0
