@@ -194,9 +194,42 @@ def _as_fixed_float32(column: pa.Array, path: str) -> pa.FixedSizeListArray:
 
 # -- numpy ---------------------------------------------------------------------------
 
-def _load_npy(path: str) -> np.ndarray:
+class NpyRows:
+    """Rows of a C-ordered .npy file read on demand with ``pread``: no mapping, so reading
+    a file larger than memory leaves neither it nor its pages in the process."""
+
+    def __init__(self, path: str):
+        with open(path, "rb") as fh:
+            major, _ = np.lib.format.read_magic(fh)
+            read_header = (np.lib.format.read_array_header_1_0 if major == 1
+                           else np.lib.format.read_array_header_2_0)
+            shape, fortran, dtype = read_header(fh)
+            self.offset = fh.tell()
+        if dtype.hasobject:
+            raise ValueError("object arrays are refused (they would need unpickling)")
+        if fortran and len(shape) > 1:
+            raise ValueError("Fortran-ordered arrays are not supported; save with C order")
+        self.path, self.shape, self.dtype, self.ndim = path, tuple(shape), dtype, len(shape)
+        row = int(np.prod(shape[1:], dtype=np.int64)) if len(shape) > 1 else 1
+        self.row_bytes = row * dtype.itemsize
+        expected = self.offset + self.row_bytes * (shape[0] if shape else 1)
+        if os.path.getsize(path) < expected:
+            raise ValueError(f"file is truncated ({os.path.getsize(path)} of {expected} bytes)")
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, rows: slice) -> np.ndarray:
+        start, stop, _ = rows.indices(len(self))
+        count = max(stop - start, 0)
+        with open(self.path, "rb") as fh:
+            data = os.pread(fh.fileno(), count * self.row_bytes, self.offset + start * self.row_bytes)
+        return np.frombuffer(data, dtype=self.dtype).reshape((count,) + self.shape[1:])
+
+
+def _load_npy(path: str) -> NpyRows:
     try:
-        array = np.load(path, mmap_mode="r", allow_pickle=False)
+        array = NpyRows(path)
     except ValueError as exc:
         raise BadInput(f"{path}: not a numeric .npy array ({_first_line(exc)})") from None
     except Exception as exc:
@@ -204,8 +237,8 @@ def _load_npy(path: str) -> np.ndarray:
     return _check_matrix(array, path)
 
 
-def _check_matrix(array: np.ndarray, path: str) -> np.ndarray:
-    if not isinstance(array, np.ndarray):
+def _check_matrix(array, path: str):
+    if not isinstance(array, (np.ndarray, NpyRows)):
         raise BadInput(f"{path}: not a numeric .npy array")
     if array.dtype.kind not in "fiu":
         raise BadInput(f"{path}: array of dtype {array.dtype}, expected floats")
