@@ -73,8 +73,10 @@ def read_index(dataset) -> RowIndex:
     sample = table.column("sample_id").combine_chunks().dictionary_encode()
     modality = table.column("modality").combine_chunks().dictionary_encode()
 
-    def as_float(name):
-        return table.column(name).to_numpy(zero_copy_only=False).astype(np.float64)
+    def as_float(name):  # stored dtype (float32, pair_dot float64); null = NaN
+        column = table.column(name)
+        dtype = np.float64 if column.type == pa.float64() else np.float32
+        return column.to_numpy(zero_copy_only=False).astype(dtype, copy=False)
 
     return RowIndex(
         rowid=table.column("_rowid").to_numpy(),
@@ -188,18 +190,25 @@ def score_rows(dataset, stats: TableStats, target: np.ndarray | None = None,
         **computed,
         "pair_dot": pair_dot,
     }
-    out, changed = {}, target.copy()
+    # Write only rows whose values change: the targets, plus (refresh) rows whose
+    # percentile or pair scores moved. Built at those positions only (bounded memory).
+    refreshable = {"uncertainty": scope, "conformity_mismatch": scope,
+                   "pair_dot": scope & needed, "alignment": scope & needed,
+                   "alignment_centered": scope & needed}
+    changed, fresh = target.copy(), {}
+    for name, allowed in refreshable.items():
+        values = new[name]
+        fresh[name] = allowed & ~target & np.isfinite(values)
+        changed |= fresh[name] & ~_same(values, index.old[name])
+    positions = np.flatnonzero(changed)
+    is_target = target[positions]
+    out = {}
     for name, values in new.items():
-        merged = np.where(target, values, index.old[name])
-        if name in ("uncertainty", "conformity_mismatch", "pair_dot", "alignment", "alignment_centered"):
-            fresh = scope & np.isfinite(values) & ~target
-            if name in ("alignment", "alignment_centered", "pair_dot"):
-                fresh &= needed
-            merged = np.where(fresh, values, merged)
-            changed |= fresh & ~_same(values, index.old[name])
-        out[name] = merged
-    versions = np.where(target, stats.version, index.stats_version)
-    new_dataset = (writer or write_scores)(dataset, index.rowid, changed, out, versions, message)
+        keep_old = ~is_target & ~fresh[name][positions] if name in fresh else ~is_target
+        out[name] = np.where(keep_old, index.old[name][positions], values[positions])
+    versions = np.where(is_target, stats.version, index.stats_version[positions])
+    new_dataset = (writer or write_scores)(dataset, index.rowid[positions],
+                                           np.ones(len(positions), bool), out, versions, message)
     return new_dataset, int(target.sum())
 
 
@@ -231,8 +240,10 @@ def compute_scalars(dataset, stats: TableStats, index: RowIndex, needed: np.ndar
     return scalars
 
 
-def _same(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return (a == b) | (np.isnan(a) & np.isnan(b))
+def _same(new: np.ndarray, old: np.ndarray) -> np.ndarray:
+    """Equal as stored (old float32 columns compare at float32), NaN equal to NaN."""
+    new = new.astype(old.dtype, copy=False)
+    return (new == old) | (np.isnan(new) & np.isnan(old))
 
 
 def _mismatch(index, uncertainty, image_of_sample, text) -> np.ndarray:

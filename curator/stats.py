@@ -164,6 +164,9 @@ def row_norms(X: np.ndarray) -> np.ndarray:
 
 
 def conformity_bins(values: np.ndarray) -> np.ndarray:
+    """Sketch bin of each conformity, taken at its stored (float32) precision, so a value
+    binned when scored and binned again from the table always lands in the same bin."""
+    values = np.asarray(values, np.float32).astype(np.float64)
     pos = (np.clip(values, HIST_LO, HIST_HI) - HIST_LO) / (HIST_HI - HIST_LO) * HIST_BINS
     return np.minimum(pos.astype(np.int64), HIST_BINS - 1)
 
