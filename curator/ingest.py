@@ -373,7 +373,7 @@ def _pair_dots(batch: pa.RecordBatch, X: np.ndarray) -> pa.Array:
         texts = np.flatnonzero(is_text & (codes >= 0))
         partner = image_at[codes[texts]]
         texts, partner = texts[partner >= 0], partner[partner >= 0]
-        out[texts] = np.einsum("ij,ij->i", X[texts], X[partner], dtype=np.float64)
+        out[texts] = np.einsum("ij,ij->i", X[texts], X[partner])  # float32: rel. error ~2e-7
     return pa.array(out, pa.float64(), mask=np.isnan(out))
 
 
