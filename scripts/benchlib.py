@@ -23,7 +23,9 @@ def child(code: str, env: dict | None = None, setup: str = "") -> dict:
         f"{code}\n"
         "out = dict(globals().get('RESULT', {}))\n"
         "out['seconds'] = time.perf_counter() - t0\n"
-        "out['peak_rss_mb'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024\n"
+        # VmHWM is this process's own peak (ru_maxrss would include the parent's at fork).
+        "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0]\n"
+        "out['peak_rss_mb'] = int(hwm.split()[1]) / 1024\n"
         "print('RESULT ' + json.dumps(out))\n"
     )
     proc = subprocess.run([sys.executable, "-c", wrapper], capture_output=True, text=True,
