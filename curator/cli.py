@@ -193,7 +193,7 @@ def cluster(obj, as_json, **options):
     """Spherical k-means concepts per modality: writes cluster and cluster_size."""
     from .clusters import cluster as run
 
-    emit(run(db=obj.db, table=obj.table, quiet=obj.quiet, **options), as_json)
+    emit(run(db=obj.db, table=obj.table, quiet=obj.quiet, engine=obj.engine, **options), as_json)
 
 
 @cli.command()
@@ -209,7 +209,7 @@ def dedupe(obj, as_json, **options):
     """Near-duplicate groups: writes dup_group and is_duplicate."""
     from .dedupe import dedupe as run
 
-    emit(run(db=obj.db, table=obj.table, quiet=obj.quiet, **options), as_json)
+    emit(run(db=obj.db, table=obj.table, quiet=obj.quiet, engine=obj.engine, **options), as_json)
 
 
 @cli.command()
@@ -226,7 +226,7 @@ def rebalance(obj, as_json, **options):
     """MetaCLIP-style frequency caps: writes rebalance_keep."""
     from .rebalance import rebalance as run
 
-    emit(run(db=obj.db, table=obj.table, **options), as_json)
+    emit(run(db=obj.db, table=obj.table, engine=obj.engine, **options), as_json)
 
 
 @cli.command()
@@ -261,7 +261,7 @@ def export(obj, as_json, **options):
     """Write the selected rows and a manifest.json that reproduces the export."""
     from .export import export as run
 
-    emit(run(db=obj.db, table=obj.table, **options), as_json)
+    emit(run(db=obj.db, table=obj.table, engine=obj.engine, **options), as_json)
 
 
 @cli.command()

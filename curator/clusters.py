@@ -23,10 +23,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from . import distributed_curation
 from . import progress as progress_mod
+from .engine import RAY, ensure_ray, resolve_engine
 from .errors import BadInput
-from .store import HIDDEN_PREFIX, SCAN_BATCH_ROWS, STORAGE_VERSION, Database, vectors, write_columns
 from .stats import curation_step
+from .store import HIDDEN_PREFIX, SCAN_BATCH_ROWS, STORAGE_VERSION, Database, vectors, write_columns
 
 DEFAULT_SAMPLE = 200_000
 _BLOCK = 8_192  # rows per matmul block
@@ -233,13 +235,18 @@ class ClusterResult:
 @curation_step
 def cluster(*, db=None, table: str = "embeddings", k: int, modality: str | None = None,
             seed: int = 0, sample_size: int | None = None, iterations: int = 25,
-            quiet: bool = True) -> ClusterResult:
+            quiet: bool = True, engine: str | None = None) -> ClusterResult:
     """Spherical k-means concepts per modality; writes ``cluster`` and ``cluster_size``.
 
     Trains on a seeded sample of ``sample_size`` rows per modality (default: all rows up
     to 200,000), assigns every row to its nearest centroid in one streaming pass, stores
-    the centroids as a new version and writes both columns in one commit.
+    the centroids as a new version and writes both columns in one commit. ``engine``
+    ``ray`` runs the assignment pass as one Ray task per fragment (same labels).
     """
+    assign = _assign_all
+    if resolve_engine(engine) == RAY:
+        ensure_ray()
+        assign = distributed_curation.assign_all
     started = time.time()
     if k is None or k < 1:
         raise BadInput("--k must be at least 1")
@@ -270,7 +277,7 @@ def cluster(*, db=None, table: str = "embeddings", k: int, modality: str | None 
         C, _ = spherical_kmeans(unit_rows(take_vectors(dataset, index.rowid[train_pos])), k,
                                 seed=seed, iterations=iterations)
         t1 = time.time()
-        stats = _assign_all(dataset, index, m, C, cluster_col, quiet)
+        stats = assign(dataset, index, m, C, cluster_col, quiet)
         centroids[m] = {"centroids": C, "seed": seed, "table_version": dataset.version}
         reports[m] = {**stats, "trained_on": len(train_pos), "train_seconds": round(t1 - t0, 3),
                       "assign_seconds": round(time.time() - t1, 3)}

@@ -29,6 +29,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from . import distributed_curation
 from . import progress as progress_mod
 from .clusters import (
     chosen_modalities,
@@ -38,9 +39,10 @@ from .clusters import (
     top_centroids,
     unit_rows,
 )
+from .engine import RAY, ensure_ray, resolve_engine
 from .errors import BadInput
-from .store import SCAN_BATCH_ROWS, Database, vectors, write_columns
 from .stats import curation_step
+from .store import SCAN_BATCH_ROWS, Database, vectors, write_columns
 
 KEEP_POLICIES = ("least-conformity", "most-conformity", "best-alignment", "random")
 COS_TOL = 1e-6
@@ -359,11 +361,17 @@ class DedupeResult:
 
 @curation_step
 def dedupe(*, db=None, table: str = "embeddings", eps: float, modality: str | None = None,
-           keep: str = "least-conformity", seed: int = 0, quiet: bool = True) -> DedupeResult:
+           keep: str = "least-conformity", seed: int = 0, quiet: bool = True,
+           engine: str | None = None) -> DedupeResult:
     """Find near-duplicate groups (cosine ≥ 1 − eps) per modality; write ``dup_group`` and
     ``is_duplicate`` in one commit. ``keep`` picks the member that stays:
     least-conformity (the most specific), most-conformity, best-alignment (nulls last) or
-    random (seeded); ties go to the smallest id."""
+    random (seeded); ties go to the smallest id. ``engine`` ``ray`` partitions and
+    searches on Ray (same pairs)."""
+    search = stream_pairs
+    if resolve_engine(engine) == RAY:
+        ensure_ray()
+        search = distributed_curation.stream_pairs
     started = time.time()
     _check_eps(eps)
     if keep not in KEEP_POLICIES:
@@ -383,8 +391,8 @@ def dedupe(*, db=None, table: str = "embeddings", eps: float, modality: str | No
     for m in mods:
         rows_m = index["modality"] == names.index(m)
         processed |= rows_m
-        (i, j, c), info = stream_pairs(dataset, lambda r: np.searchsorted(rowid, r), rowid[rows_m],
-                                       m, eps, seed=seed, quiet=quiet)
+        (i, j, c), info = search(dataset, lambda r: np.searchsorted(rowid, r), rowid[rows_m],
+                                 m, eps, seed=seed, quiet=quiet)
         label = components(n, i, j) if len(i) else np.arange(n)
         members = np.unique(np.concatenate([i, j]))
         group[members] = rowid[label[members]].astype(np.int64)  # smallest rowid: rowid sorted

@@ -104,7 +104,7 @@ def _fragment_scalars(uri: str, version: int, fragment_id: int, rowids: np.ndarr
                 batch, ids = batch.filter(pa.array(keep)), ids[keep]
         X = vectors(batch)
         out = {k: np.full(len(ids), np.nan) for k in keys}
-        out["norm"] = np.sqrt(np.einsum("ij,ij->i", X, X, dtype=np.float64))
+        out["norm"] = np.sqrt(np.einsum("ij,ij->i", X, X)).astype(np.float64)  # as rescore: float32
         mods = np.asarray(batch.column("modality").to_pylist(), dtype=object)
         for m in np.unique(mods):
             if m not in live:

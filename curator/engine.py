@@ -8,8 +8,11 @@ otherwise starts a local instance with ``$CURATOR_RAY_CPUS`` CPUs (default: all)
 Both engines give the same results: the same statistics to float tolerance, the same
 scores, the same decisions for the same seed.
 
+Commands on Ray: ``stats --rebuild``, ``refresh``/scoring (:mod:`curator.distributed`),
+``cluster``, ``dedupe``, ``rebalance`` and ``export`` (:mod:`curator.distributed_curation`).
+
 Ray is an optional extra (``pip install 'clip-curator[ray]'``), imported only here and
-in :mod:`curator.distributed`.
+in :mod:`curator.distributed` and :mod:`curator.distributed_curation`.
 """
 
 from __future__ import annotations

@@ -47,6 +47,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from . import distributed_curation
+from .engine import RAY, ensure_ray, resolve_engine
 from .errors import BadInput, CuratorError
 from .query import PAIRS_VIEW, _first_line, check_predicate
 from .schema import column_names
@@ -113,8 +115,11 @@ class Selection:
 
 def export(*, db=None, table: str = "embeddings", out, where: str | None = None,
            format: str = "parquet", unit: str = "row", overwrite: bool = False,
-           version: int | None = None, rows_per_file: int | None = None) -> ExportResult:
-    """Write the rows matching ``where`` (all rows when None) of ``table`` to ``out``."""
+           version: int | None = None, rows_per_file: int | None = None,
+           engine: str | None = None) -> ExportResult:
+    """Write the rows matching ``where`` (all rows when None) of ``table`` to ``out``.
+    ``engine`` ``ray`` reads the selected rows in Ray tasks (same files)."""
+    on_ray = resolve_engine(engine) == RAY
     started = time.time()
     if format not in FORMATS:
         raise BadInput(f"--format must be one of {', '.join(FORMATS)}")
@@ -136,7 +141,10 @@ def export(*, db=None, table: str = "embeddings", out, where: str | None = None,
     os.makedirs(parent, exist_ok=True)
     work = tempfile.mkdtemp(prefix=".curator-export-", dir=parent)
     try:
-        WRITERS[format](dataset, selection, work, rows_per_file)
+        if on_ray:
+            ensure_ray()
+        reader = distributed_curation.RayRows(dataset) if on_ray else dataset
+        WRITERS[format](reader, selection, work, rows_per_file)
         files = _checksums(work)
         manifest = _manifest(database, table, dataset, where, unit, format, selection, files, out)
         with open(os.path.join(work, MANIFEST), "w", encoding="utf-8") as fh:
@@ -225,7 +233,11 @@ def rows_by_id(dataset, rowids: np.ndarray, columns: list[str]):
     """
     if len(rowids) == 0:
         return
-    if len(rowids) < _TAKE_SHARE * dataset.count_rows():
+    dense = len(rowids) >= _TAKE_SHARE * dataset.count_rows()
+    if dense and hasattr(dataset, "rows_by_id"):  # the Ray engine's reader
+        yield from dataset.rows_by_id(rowids, columns)
+        return
+    if not dense:
         for start in range(0, len(rowids), SCAN_BATCH_ROWS):
             chunk = rowids[start:start + SCAN_BATCH_ROWS]
             for batch in dataset._take_rows(chunk.tolist(), columns=columns).to_batches():

@@ -29,9 +29,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from . import distributed_curation
+from .engine import RAY, ensure_ray, resolve_engine
 from .errors import BadInput
-from .store import SCAN_BATCH_ROWS, Database, update_columns
 from .stats import curation_step
+from .store import SCAN_BATCH_ROWS, Database, update_columns
 
 OUT_SCHEMA = pa.schema([("_rowid", pa.uint64()), ("rebalance_keep", pa.bool_())])
 CONFORMITY = "conformity"
@@ -80,9 +82,12 @@ class RebalanceResult:
 
 @curation_step
 def rebalance(*, db=None, table: str = "embeddings", cap: int, by: str = "cluster",
-              bins: int = 20, modality: str | None = None, seed: int = 0) -> RebalanceResult:
+              bins: int = 20, modality: str | None = None, seed: int = 0,
+              engine: str | None = None) -> RebalanceResult:
     """Keep each row of a group of ``c`` rows with probability ``min(1, cap / c)``; writes
-    ``rebalance_keep`` (true = kept) in one commit and returns counts before and after."""
+    ``rebalance_keep`` (true = kept) in one commit and returns counts before and after.
+    ``engine`` ``ray`` counts and decides per fragment on Ray (same decisions)."""
+    on_ray = resolve_engine(engine) == RAY
     if not isinstance(cap, (int, np.integer)) or cap < 1:
         raise BadInput("--cap must be an integer ≥ 1")
     if by == CONFORMITY and (not isinstance(bins, (int, np.integer)) or bins < 1):
@@ -93,12 +98,20 @@ def rebalance(*, db=None, table: str = "embeddings", cap: int, by: str = "cluste
     keyer = _Keyer(by, bins if by == CONFORMITY else None)
     if keyer.bins:
         keyer.ranges = _conformity_ranges(dataset, modality)
-    counts = _group_counts(dataset, keyer, modality)
+    if on_ray:
+        ensure_ray()
+    counts = (distributed_curation.group_counts if on_ray else _group_counts)(dataset, keyer, modality)
     if not counts:
         where = f" of modality {modality!r}" if modality else ""
         raise BadInput(f"no rows{where} in table {table!r} to rebalance")
     if by == "cluster" and all(key[1] is None for key in counts):
         raise BadInput("column cluster is empty: run `curator cluster` first, or use --by")
+
+    if on_ray:
+        new, kept = distributed_curation.rebalance_write(
+            dataset, keyer, counts, cap, seed, modality,
+            f"curator rebalance by {by} cap {cap} seed {seed}")
+        return _result(by, cap, seed, modality, keyer, counts, kept, read_version, new.version)
 
     kept: Counter = Counter()
 

@@ -196,3 +196,193 @@ def test_environment_selects_ray(ray_local, twins, monkeypatch):
     remote = refresh(db=twins[1])
     assert len(calls) == 1 and remote.rows == local.rows
     assert_same_scores(by_id(twins[0]), by_id(twins[1]))
+
+
+# -- curation: cluster, rebalance, export -------------------------------------------------
+
+def _uniform(seed: int, row_id: str) -> float:
+    """The rebalance rule, written out: top 53 bits of blake2b(seed:id), little endian."""
+    import hashlib
+
+    digest = hashlib.blake2b(f"{seed}:{row_id}".encode(), digest_size=8).digest()
+    return (int.from_bytes(digest, "little") >> 11) / float(1 << 53)
+
+
+def test_cluster_assignment_matches_local_and_brute_force(ray_local, twins, pairs_small):
+    from curator.clusters import CentroidStore, cluster
+
+    local = cluster(db=twins[0], k=5, seed=3)
+    remote = cluster(db=twins[1], k=5, seed=3, engine="ray")
+    assert remote.table_version == local.table_version == remote.table_version_read + 1
+    for m in ("image", "text"):
+        assert remote.modalities[m]["sizes"] == local.modalities[m]["sizes"]
+        assert remote.modalities[m]["rows"] == local.modalities[m]["rows"]
+        assert remote.modalities[m]["mean_cosine"] == pytest.approx(local.modalities[m]["mean_cosine"])
+    a, b = by_id(twins[0]), by_id(twins[1])
+    assert list(a["cluster"]) == list(b["cluster"])
+    assert list(a["cluster_size"]) == list(b["cluster_size"])
+    stored = CentroidStore(Database(twins[1]), "embeddings").latest()
+    order = np.argsort(pairs_small.ids)
+    for m in ("image", "text"):  # oracle: nearest stored centroid by cosine, sizes by count
+        rows = b["modality"] == m
+        X = pairs_small.vectors[order][rows].astype(np.float64)
+        C = stored[m][1].astype(np.float64)
+        expected = np.argmax((X / np.linalg.norm(X, axis=1, keepdims=True)) @ C.T, axis=1)
+        assert np.array_equal(b["cluster"][rows], expected)
+        assert np.array_equal(b["cluster_size"][rows], np.bincount(expected, minlength=5)[expected])
+
+
+@pytest.mark.parametrize("options", [{"by": "concept", "cap": 20, "seed": 5},
+                                     {"by": "conformity", "bins": 6, "cap": 30, "seed": 1,
+                                      "modality": "text"}])
+def test_rebalance_decides_as_local(ray_local, twins, options):
+    from curator.rebalance import rebalance
+
+    before = by_id(twins[1])
+    local = rebalance(db=twins[0], **options)
+    remote = rebalance(db=twins[1], engine="ray", **options)
+    assert remote.to_dict() == local.to_dict()
+    a, b = by_id(twins[0]), by_id(twins[1])
+    assert list(a["rebalance_keep"]) == list(b["rebalance_keep"])
+    # oracle: group counts by numpy, keep = u(seed, id) < min(1, cap / count)
+    decided = np.ones(len(b["id"]), bool) if "modality" not in options else b["modality"] == options["modality"]
+    if options["by"] == "concept":
+        key = np.char.add(b["modality"].astype(str), b["concept"].astype(str))
+    else:
+        key = np.array([f"{m}:{bin_}" for m, bin_ in _bins(b, options["bins"])])
+    _, inverse, counts = np.unique(key[decided], return_inverse=True, return_counts=True)
+    u = np.array([_uniform(options["seed"], i) for i in b["id"][decided]])
+    expected = u < np.minimum(1.0, options["cap"] / counts[inverse])
+    assert np.array_equal(b["rebalance_keep"][decided].astype(bool), expected)
+    assert remote.kept == int(expected.sum())
+    untouched = ~decided  # other modalities keep what they had
+    assert list(b["rebalance_keep"][untouched]) == list(before["rebalance_keep"][untouched])
+
+
+def _bins(columns: dict, bins: int):
+    out = []
+    conformity = columns["conformity"].astype(np.float64)
+    for m in np.unique(columns["modality"]):
+        rows = columns["modality"] == m
+        lo, hi = np.nanmin(conformity[rows]), np.nanmax(conformity[rows])
+        for i in np.flatnonzero(rows):
+            v = conformity[i]
+            out.append((i, m, None if np.isnan(v) else min(int((v - lo) / (hi - lo) * bins), bins - 1)))
+    return [(m, bin_) for _, m, bin_ in sorted(out)]
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "npy", "jsonl"])
+def test_export_writes_the_same_files(ray_local, twins, tmp_path, fmt, monkeypatch):
+    import glob
+    import json
+
+    from curator import distributed_curation
+    from curator.export import export
+
+    calls = []
+    original = distributed_curation.RayRows.rows_by_id
+    monkeypatch.setattr(distributed_curation.RayRows, "rows_by_id",
+                        lambda self, *a: calls.append(1) or original(self, *a))
+    where = "modality = 'image' OR concept < 3"
+    local = export(db=twins[0], out=str(tmp_path / "a"), where=where, format=fmt, rows_per_file=150)
+    remote = export(db=twins[1], out=str(tmp_path / "b"), where=where, format=fmt,
+                    rows_per_file=150, engine="ray")
+    assert remote.rows == local.rows and remote.counts == local.counts and remote.files == local.files > 2
+    files = []
+    for result in (local, remote):
+        with open(result.manifest) as fh:
+            files.append(json.load(fh)["files"])
+    assert files[0] == files[1]  # same paths, bytes and sha256
+    assert calls  # the rows were read by Ray tasks
+    if fmt == "parquet":  # oracle: the selected ids, by the predicate written in numpy
+        import pyarrow.parquet as pq
+
+        parts = sorted(glob.glob(str(tmp_path / "b" / "part-*.parquet")))
+        got = [i for p in parts for i in pq.read_table(p).column("id").to_pylist()]
+        b = by_id(twins[1])
+        chosen = (b["modality"] == "image") | (b["concept"] < 3)
+        assert sorted(got) == sorted(b["id"][chosen]) and len(got) == len(set(got))
+
+
+def test_export_bad_engine_writes_nothing(ray_local, twins, tmp_path):
+    from curator.export import export
+
+    with pytest.raises(CuratorError, match="unknown engine"):
+        export(db=twins[1], out=str(tmp_path / "c"), engine="spark")
+    assert not (tmp_path / "c").exists()
+
+
+def _brute_groups(columns: dict, vectors: np.ndarray, eps: float) -> dict[str, frozenset]:
+    """Oracle: id -> the ids of its near-duplicate component (all pairs, per modality)."""
+    out = {}
+    for m in np.unique(columns["modality"]):
+        rows = np.flatnonzero(columns["modality"] == m)
+        U = vectors[rows] / np.linalg.norm(vectors[rows], axis=1, keepdims=True)
+        linked = (U @ U.T) >= 1 - eps - 1e-6
+        label = np.arange(len(rows))
+        for _ in range(len(rows)):  # min-label propagation to a fixed point
+            new = np.where(linked, label[None, :], len(rows)).min(axis=1)
+            if np.array_equal(new, label):
+                break
+            label = new
+        for lab in np.unique(label):
+            members = rows[label == lab]
+            if len(members) > 1:
+                group = frozenset(columns["id"][members])
+                out.update({i: group for i in group})
+    return out
+
+
+@pytest.mark.parametrize("keep", ["least-conformity", "random"])
+def test_dedupe_partitioned_on_ray_matches_local(ray_local, twins, pairs_small, monkeypatch, keep):
+    """Small limits force the partitioned (spill) path on 1,200 rows: ~35 partitions."""
+    dedupe_module = sys.modules["curator.dedupe"]
+    monkeypatch.setattr(dedupe_module, "IN_MEMORY_ROWS", 100)
+    monkeypatch.setattr(dedupe_module, "EXACT_ROWS", 50)
+    from curator import distributed_curation
+
+    calls = []
+    original = distributed_curation.stream_pairs
+    monkeypatch.setattr(distributed_curation, "stream_pairs",
+                        lambda *a, **kw: calls.append(1) or original(*a, **kw))
+    eps = 0.002
+    local = dedupe_module.dedupe(db=twins[0], eps=eps, keep=keep, seed=2)
+    assert not calls
+    remote = dedupe_module.dedupe(db=twins[1], eps=eps, keep=keep, seed=2, engine="ray")
+    assert len(calls) == 2  # image and text searched through the Ray engine
+    assert remote.modalities["image"]["partitions"] > 10
+    assert remote.modalities == local.modalities
+    assert remote.table_version == local.table_version
+    a, b = by_id(twins[0]), by_id(twins[1])
+    np.testing.assert_array_equal(a["dup_group"], b["dup_group"])  # nulls read as NaN
+    np.testing.assert_array_equal(a["is_duplicate"], b["is_duplicate"])
+    order = np.argsort(pairs_small.ids)
+    expected = _brute_groups(b, pairs_small.vectors[order].astype(np.float64), eps)
+    assert len(expected) > 0
+    grouped = ~np.isnan(np.asarray(b["dup_group"], np.float64))
+    assert set(b["id"][grouped]) == set(expected)
+    for g in np.unique(b["dup_group"][grouped]):
+        members = frozenset(b["id"][b["dup_group"] == g])
+        assert all(expected[i] == members for i in members)
+        assert int((~b["is_duplicate"][b["dup_group"] == g].astype(bool)).sum()) == 1  # one kept
+
+
+def test_cli_passes_the_engine(ray_local, twins, monkeypatch):
+    import json
+
+    from click.testing import CliRunner
+
+    from curator import distributed_curation
+    from curator.cli import cli
+
+    calls = []
+    original = distributed_curation.rebalance_write
+    monkeypatch.setattr(distributed_curation, "rebalance_write",
+                        lambda *a: calls.append(1) or original(*a))
+    args = ["rebalance", "--by", "concept", "--cap", "25", "--seed", "4", "--json"]
+    local = CliRunner().invoke(cli, ["--db", twins[0]] + args)
+    remote = CliRunner().invoke(cli, ["--db", twins[1], "--engine", "ray"] + args)
+    assert local.exit_code == remote.exit_code == 0, remote.output
+    assert json.loads(remote.output) == json.loads(local.output) and calls == [1]
+    bad = CliRunner().invoke(cli, ["--db", twins[1], "--engine", "spark"] + args)
+    assert bad.exit_code == 1 and "unknown engine 'spark'" in bad.output
