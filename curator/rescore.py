@@ -68,8 +68,9 @@ def read_index(dataset) -> RowIndex:
     floats = [c for c in OUT_COLUMNS if c != "stats_version"]
     columns = ["sample_id", "modality", "stats_version"] + floats
     table = dataset.to_table(columns=columns, with_row_id=True)
-    order = np.argsort(table.column("_rowid").to_numpy(), kind="stable")
-    table = table.take(pa.array(order))
+    rowids = table.column("_rowid").to_numpy()
+    if len(rowids) > 1 and not (np.diff(rowids.astype(np.int64)) > 0).all():  # scans come sorted
+        table = table.take(pa.array(np.argsort(rowids, kind="stable")))
     sample = table.column("sample_id").combine_chunks().dictionary_encode()
     modality = table.column("modality").combine_chunks().dictionary_encode()
 
