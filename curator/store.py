@@ -226,27 +226,19 @@ def update_columns(dataset, compute: Callable, read_columns: list[str], *,
     nothing in that batch). Only the new column files are written; the vectors are not.
     Returns the new dataset version (the dataset unchanged when nothing was computed).
     """
-    import lance
+    def tables():
+        for fragment in dataset.get_fragments():
+            parts = []
+            for batch in fragment.to_batches(columns=read_columns, filter=filter, with_row_id=True,
+                                             batch_size=SCAN_BATCH_ROWS):
+                out = compute(batch)
+                if out is not None and out.num_rows:
+                    parts.append(pa.table(out.columns, schema=out_schema)
+                                 if not isinstance(out, pa.Table) else out.cast(out_schema))
+            if parts:
+                yield fragment, pa.concat_tables(parts)
 
-    updated, fields = [], set()
-    for fragment in dataset.get_fragments():
-        parts = []
-        for batch in fragment.to_batches(columns=read_columns, filter=filter, with_row_id=True,
-                                         batch_size=SCAN_BATCH_ROWS):
-            out = compute(batch)
-            if out is not None and out.num_rows:
-                parts.append(pa.table(out.columns, schema=out_schema) if not isinstance(out, pa.Table)
-                             else out.cast(out_schema))
-        if not parts:
-            continue
-        table = pa.concat_tables(parts)
-        metadata, modified = fragment.update_columns(table, left_on="_rowid")
-        updated.append(metadata)
-        fields.update(modified)
-    if not updated:
-        return dataset
-    operation = lance.LanceOperation.Update(updated_fragments=updated, fields_modified=sorted(fields))
-    return commit(dataset, operation, message)
+    return _commit_fragment_updates(dataset, tables(), message)
 
 
 def write_columns(dataset, rowids: np.ndarray, arrays: dict[str, pa.Array], message: str = ""):
@@ -256,19 +248,27 @@ def write_columns(dataset, rowids: np.ndarray, arrays: dict[str, pa.Array], mess
     (``fragment.update_columns`` joined on ``_rowid``); the vectors are never rewritten.
     Returns the new dataset (the same one when ``rowids`` is empty).
     """
-    import lance
-
     rowids = np.asarray(rowids, np.uint64)
     fragment_of = (rowids >> np.uint64(32)).astype(np.int64)
     schema = pa.schema([("_rowid", pa.uint64())] + [(name, a.type) for name, a in arrays.items()])
+
+    def tables():
+        for fragment in dataset.get_fragments():
+            sel = np.flatnonzero(fragment_of == fragment.fragment_id)
+            if len(sel):
+                take = pa.array(sel)
+                yield fragment, pa.table([pa.array(rowids[sel], pa.uint64())]
+                                         + [a.take(take) for a in arrays.values()], schema=schema)
+
+    return _commit_fragment_updates(dataset, tables(), message)
+
+
+def _commit_fragment_updates(dataset, tables, message: str):
+    """``fragment.update_columns`` for each (fragment, table keyed by _rowid); one commit."""
+    import lance
+
     updated, fields = [], set()
-    for fragment in dataset.get_fragments():
-        sel = np.flatnonzero(fragment_of == fragment.fragment_id)
-        if len(sel) == 0:
-            continue
-        take = pa.array(sel)
-        table = pa.table([pa.array(rowids[sel], pa.uint64())] + [a.take(take) for a in arrays.values()],
-                         schema=schema)
+    for fragment, table in tables:
         metadata, modified = fragment.update_columns(table, left_on="_rowid")
         updated.append(metadata)
         fields.update(modified)
