@@ -144,10 +144,11 @@ def stats(obj, as_json):
                f"dim {result['dim']}, stats version {result['stats_version']}, {result['rows']} rows")
     keys = ["n", "mean_norm", "norm_std", "norm_of_mean", "max_staleness", "stale_rows",
             "uncertainty_resolution", "loglik_floored_eigenvalues"]
-    click.echo("modality  " + "  ".join(f"{k:>14}" for k in keys))
-    for m, values in result["modalities"].items():
-        cells = [_fmt(values[k]) for k in keys]
-        click.echo(f"{m:<8}  " + "  ".join(f"{c:>14}" for c in cells))
+    rows = [[m] + [_fmt(values[k]) for k in keys] for m, values in result["modalities"].items()]
+    header = ["modality"] + keys
+    widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
+    for row in [header] + rows:
+        click.echo("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))))
 
 
 def _fmt(value) -> str:
