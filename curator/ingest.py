@@ -57,7 +57,7 @@ class IngestResult:
     seconds: float = 0.0
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {**asdict(self), "seconds": round(self.seconds, 3)}
 
     def summary(self) -> str:
         extra = "".join(f", {k} {v}" for k, v in (("skipped", self.skipped), ("replaced", self.replaced)) if v)
