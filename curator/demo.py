@@ -104,8 +104,9 @@ def _export_and_report(step, result, db, out, seed):
 
 
 def _line(result) -> str:
+    """A step's summary on one line (its first two lines joined)."""
     text = result.summary() if hasattr(result, "summary") else str(result)
-    return text.splitlines()[0] if text else ""
+    return "; ".join(line.strip() for line in text.splitlines()[:2])
 
 
 def _prepare(out: str) -> None:
