@@ -43,8 +43,8 @@ class RowIndex:
     """Scalar columns of every row, aligned by position (sorted by row id)."""
 
     rowid: np.ndarray  # uint64
-    sample: np.ndarray  # int64 code, -1 = no sample id
-    modality: np.ndarray  # int32 code into names
+    sample: np.ndarray  # int32 code, -1 = no sample id
+    modality: np.ndarray  # int16 code into names
     names: list[str]
     stats_version: np.ndarray  # int64, -1 = never scored
     old: dict  # stored value of every float score column, float64, NaN = null
@@ -65,27 +65,37 @@ class RowIndex:
 
 
 def read_index(dataset) -> RowIndex:
+    """The scalar columns of every row (no vectors), converted column by column so that
+    only one Arrow column and its numpy copy coexist (about 70 bytes a row at the end)."""
     floats = [c for c in OUT_COLUMNS if c != "stats_version"]
     columns = ["sample_id", "modality", "stats_version"] + floats
     table = dataset.to_table(columns=columns, with_row_id=True)
     rowids = table.column("_rowid").to_numpy()
     if len(rowids) > 1 and not (np.diff(rowids.astype(np.int64)) > 0).all():  # scans come sorted
         table = table.take(pa.array(np.argsort(rowids, kind="stable")))
-    sample = table.column("sample_id").combine_chunks().dictionary_encode()
-    modality = table.column("modality").combine_chunks().dictionary_encode()
+        rowids = table.column("_rowid").to_numpy()
 
-    def as_float(name):  # stored dtype (float32, pair_dot float64); null = NaN
-        column = table.column(name)
+    def pop(name):
+        nonlocal table
+        column = table.column(name).combine_chunks()
+        table = table.drop_columns([name])
+        return column
+
+    sample = pc.fill_null(pop("sample_id").dictionary_encode().indices, -1)
+    modality = pop("modality").dictionary_encode()
+    versions = pc.fill_null(pop("stats_version"), -1).to_numpy()
+    old = {}
+    for name in floats:  # stored dtype (float32; pair_dot float64); null = NaN
+        column = pop(name)
         dtype = np.float64 if column.type == pa.float64() else np.float32
-        return column.to_numpy(zero_copy_only=False).astype(dtype, copy=False)
-
+        old[name] = column.to_numpy(zero_copy_only=False).astype(dtype, copy=False)
     return RowIndex(
-        rowid=table.column("_rowid").to_numpy(),
-        sample=pc.fill_null(sample.indices, -1).to_numpy().astype(np.int64),
-        modality=modality.indices.to_numpy(zero_copy_only=False).astype(np.int32),
+        rowid=rowids,
+        sample=sample.to_numpy(zero_copy_only=False).astype(np.int32),
+        modality=modality.indices.to_numpy(zero_copy_only=False).astype(np.int16),
         names=[str(x) for x in modality.dictionary.to_pylist()],
-        stats_version=pc.fill_null(table.column("stats_version"), -1).to_numpy(),
-        old={name: as_float(name) for name in floats},
+        stats_version=versions,
+        old=old,
     )
 
 
@@ -177,6 +187,7 @@ def score_rows(dataset, stats: TableStats, target: np.ndarray | None = None,
         np.maximum(s.hist, 0, out=s.hist)
         sel = rows_m & scope & np.isfinite(conformity_now)
         uncertainty[sel] = s.cdf(conformity_now[sel])
+    del conformity_now
 
     computed = _pair_columns(index, stats, scalars, uncertainty, pair_dot, image_of_sample,
                              universe, image, text)
@@ -184,13 +195,14 @@ def score_rows(dataset, stats: TableStats, target: np.ndarray | None = None,
         everyone = _first_image(index, paired & (index.sample >= 0), image)
         computed["conformity_mismatch"] = _mismatch(index, uncertainty, everyone, text)
     new = {
-        "conformity": scalars["conformity"],
-        "conformity_est": scalars["conformity_est"],
+        "conformity": scalars.pop("conformity"),
+        "conformity_est": scalars.pop("conformity_est"),
         "uncertainty": uncertainty,
-        "loglik": scalars["loglik"],
+        "loglik": scalars.pop("loglik"),
         **computed,
         "pair_dot": pair_dot,
     }
+    del scalars, computed, uncertainty, pair_dot  # `new` holds what is still needed
     # Write only rows whose values change: the targets, plus (refresh) rows whose
     # percentile or pair scores moved. Built at those positions only (bounded memory).
     refreshable = {"uncertainty": scope, "conformity_mismatch": scope,
@@ -204,9 +216,14 @@ def score_rows(dataset, stats: TableStats, target: np.ndarray | None = None,
     positions = np.flatnonzero(changed)
     is_target = target[positions]
     out = {}
-    for name, values in new.items():
+    for name in list(new):  # column by column, each freed once taken (bounded memory)
+        values = new.pop(name)
         keep_old = ~is_target & ~fresh[name][positions] if name in fresh else ~is_target
-        out[name] = np.where(keep_old, index.old[name][positions], values[positions])
+        stored = index.old[name]
+        column = values[positions].astype(stored.dtype)
+        del values
+        np.copyto(column, stored[positions], where=keep_old)
+        out[name] = column
     versions = np.where(is_target, stats.version, index.stats_version[positions])
     new_dataset = (writer or write_scores)(dataset, index.rowid[positions],
                                            np.ones(len(positions), bool), out, versions, message)
@@ -329,14 +346,15 @@ def _pair_columns(index, stats, scalars, uncertainty, pair_dot, image_of_sample,
 def write_scores(dataset, rowids, target, columns: dict[str, np.ndarray], versions: np.ndarray,
                  message: str):
     """Write the score columns of the target rows in one commit (data evolution)."""
-    positions = np.flatnonzero(target)
+    every = bool(np.all(target))
+    positions = slice(None) if every else np.flatnonzero(target)
     arrays = {}
     for name, dtype in OUT_COLUMNS.items():
         if name == "stats_version":
             v = versions[positions]
-            arrays[name] = pa.array(v.astype(np.int64), pa.int64(), mask=v < 0)
+            arrays[name] = pa.array(v.astype(np.int64, copy=False), pa.int64(), mask=v < 0)
         else:
             values = columns[name][positions]
-            arrays[name] = pa.array(values.astype(dtype.to_pandas_dtype()), dtype,
+            arrays[name] = pa.array(values.astype(dtype.to_pandas_dtype(), copy=False), dtype,
                                     mask=~np.isfinite(values))
     return write_columns(dataset, rowids[positions], arrays, message)
