@@ -29,7 +29,7 @@ import pickle
 import numpy as np
 import pyarrow as pa
 
-from .rescore import OUT_COLUMNS, RowIndex
+from .rescore import OUT_COLUMNS, RowIndex, scalar_arrays
 from .scores import row_scores
 from .stats import TableStats
 from .store import SCAN_BATCH_ROWS, commit, vectors
@@ -139,12 +139,7 @@ def compute_scalars(dataset, stats: TableStats, index: RowIndex, needed: np.ndar
     """The per-row scalars of ``score_rows`` for the needed rows, one Ray task a fragment."""
     import ray
 
-    n = len(index.rowid)
-    scalars = {k: np.full(n, np.nan) for k in ("conformity", "conformity_est", "loglik", "norm")}
-    for m in stats.modalities:
-        scalars[f"dot_{m}"] = np.full(n, np.nan)
-    live = stats.nonempty()
-    whitening = {m: s.whitening() if s.n > 1 else None for m, s in live.items()}
+    scalars, live, whitening = scalar_arrays(stats, len(index.rowid))
     model = ray.put((live, whitening, sorted(live)))
     task = ray.remote(_fragment_scalars)
     wanted = index.rowid[needed]  # sorted: read_index orders rows by row id

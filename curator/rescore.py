@@ -230,18 +230,22 @@ def score_rows(dataset, stats: TableStats, target: np.ndarray | None = None,
     return new_dataset, int(target.sum())
 
 
+def scalar_arrays(stats: TableStats, n: int):
+    """NaN-filled per-row scalar arrays, the non-empty modalities and their whitenings."""
+    scalars = {k: np.full(n, np.nan) for k in ("conformity", "conformity_est", "loglik", "norm")}
+    for m in stats.modalities:
+        scalars[f"dot_{m}"] = np.full(n, np.nan)
+    live = stats.nonempty()
+    return scalars, live, {m: s.whitening() if s.n > 1 else None for m, s in live.items()}
+
+
 def compute_scalars(dataset, stats: TableStats, index: RowIndex, needed: np.ndarray) -> dict:
     """Per-row scalars of the needed rows from one pass over their vectors (NaN elsewhere).
 
     ``norm``, ``conformity``, ``conformity_est``, ``loglik`` and ``dot_M`` per modality M
     of ``stats``, float64 arrays aligned with ``index``.
     """
-    n = len(index.rowid)
-    scalars = {k: np.full(n, np.nan) for k in ("conformity", "conformity_est", "loglik", "norm")}
-    for m in stats.modalities:
-        scalars[f"dot_{m}"] = np.full(n, np.nan)
-    live = stats.nonempty()
-    whitening = {m: s.whitening() if s.n > 1 else None for m, s in live.items()}
+    scalars, live, whitening = scalar_arrays(stats, len(index.rowid))
     columns = ["modality", "embedding"]
     for rowids, batch in iter_rows(dataset, index.rowid[needed], columns):
         pos = index.positions(rowids)
