@@ -168,7 +168,9 @@ def score_rows(dataset, stats: TableStats, target: np.ndarray | None = None,
     # Pair dots that the ingest could not compute (partner arrived in another batch).
     pair_dot = index.pair_dot.copy()
     image_of_sample = _first_image(index, universe, image)
-    missing = universe & (index.modality == text) & np.isnan(pair_dot)
+    # ... or whose image is itself being scored (new, or replaced: the old dot is void).
+    missing = universe & (index.modality == text) & (np.isnan(pair_dot) | _image_is_target(
+        index, image_of_sample, target))
     if missing.any():
         _fill_pair_dots(dataset, index, missing, image_of_sample, pair_dot)
 
@@ -291,6 +293,14 @@ def _first_image(index: RowIndex, universe: np.ndarray, image: int) -> np.ndarra
     # Assign in reverse so the first image of a sample wins.
     image_at[index.sample[positions[::-1]]] = positions[::-1]
     return image_at
+
+
+def _image_is_target(index: RowIndex, image_at: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """Per row: its sample's image row is among the targets (False without an image)."""
+    has = index.sample >= 0
+    image = np.full(len(index.sample), -1, np.int64)
+    image[has] = image_at[index.sample[has]]
+    return (image >= 0) & target[np.maximum(image, 0)]
 
 
 def _partners(index: RowIndex, rows: np.ndarray, image_at: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

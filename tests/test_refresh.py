@@ -121,3 +121,26 @@ def test_curation_commands_leave_statistics_current(ingested):
     assert after["table_version"] == before["table_version"] + 3
     assert all(m["max_staleness"] == 0.0 for m in after["modalities"].values())
     assert refresh(db=ingested).rows == 0
+
+
+def test_replacing_an_image_renews_its_captions_pair_scores(tmp_path, db):
+    rng = np.random.default_rng(8)
+    I = (rng.normal(size=(6, 8)) + 1).astype(np.float32)
+    T = (rng.normal(size=(6, 8)) + 1).astype(np.float32)
+    path = tmp_path / "pairs.parquet"
+    pq.write_table(pa.table({"id": [f"i{k}" for k in range(6)] + [f"t{k}" for k in range(6)],
+                             "sample_id": [f"s{k}" for k in range(6)] * 2,
+                             "modality": ["image"] * 6 + ["text"] * 6,
+                             "embedding": pa.array(list(np.vstack([I, T])), pa.list_(pa.float32()))}), path)
+    ingest([str(path)], db=db)
+    J = (rng.normal(size=(1, 8)) - 2).astype(np.float32)  # a very different image for sample s2
+    new = tmp_path / "new.parquet"
+    pq.write_table(pa.table({"id": ["i2"], "sample_id": ["s2"], "modality": ["image"],
+                             "embedding": pa.array(list(J), pa.list_(pa.float32()))}), new)
+    ingest([str(new)], db=db, on_duplicate="replace")
+    refresh(db=db)
+    t = read_table(db).to_pydict()
+    row = t["id"].index("t2")
+    expected = float(J[0] @ T[2] / np.linalg.norm(J[0]) / np.linalg.norm(T[2]))
+    assert t["alignment"][row] == pytest.approx(expected, abs=2e-6)
+    assert t["alignment"][t["id"].index("i2")] == pytest.approx(expected, abs=2e-6)
