@@ -14,17 +14,35 @@ _os.environ.setdefault("LANCE_LOG", "error")
 
 __version__ = "0.1.0"
 
-from .clusters import ClusterResult, cluster  # noqa: E402
-from .dedupe import DedupeResult, dedupe  # noqa: E402
-from .errors import CuratorError  # noqa: E402
-from .export import ExportResult, export  # noqa: E402
-from .ingest import IngestResult, ingest  # noqa: E402
-from .rebalance import RebalanceResult, rebalance  # noqa: E402
-from .refresh import RefreshResult, refresh  # noqa: E402
-from .report import ReportResult, report  # noqa: E402
-from .stats import describe  # noqa: E402
-from .store import Database, tune_allocator  # noqa: E402
+from .clusters import ClusterResult, cluster
+from .dedupe import DedupeResult, dedupe
+from .errors import CuratorError
+from .export import ExportResult, export
+from .ingest import IngestResult, ingest
+from .rebalance import RebalanceResult, rebalance
+from .refresh import RefreshResult, refresh
+from .report import ReportResult, report
+from .stats import describe
+from .store import Database, tune_allocator
 
-__all__ = ["ClusterResult", "CuratorError", "Database", "DedupeResult", "cluster", "dedupe", "ExportResult", "IngestResult", "RebalanceResult",
-           "RefreshResult", "ReportResult", "describe", "export", "ingest", "rebalance", "refresh", "report", "tune_allocator",
-           "__version__"]
+__all__ = [
+           "ClusterResult",
+           "CuratorError",
+           "Database",
+           "DedupeResult",
+           "ExportResult",
+           "IngestResult",
+           "RebalanceResult",
+           "RefreshResult",
+           "ReportResult",
+           "__version__",
+           "cluster",
+           "dedupe",
+           "describe",
+           "export",
+           "ingest",
+           "rebalance",
+           "refresh",
+           "report",
+           "tune_allocator",
+]

@@ -523,7 +523,6 @@ def _checksums(folder: str) -> list[dict]:
 
 def _manifest(database, table, dataset, where, unit, fmt, selection, files, out) -> dict:
     from . import __version__
-
     from .optimize import protect_version
 
     meta = TableMeta.from_schema(dataset.schema)

@@ -30,12 +30,25 @@ from . import progress as progress_mod
 from . import stats as stats_mod
 from .errors import BadInput, CuratorError, DuplicateIds, SchemaMismatch
 from .rescore import read_index, score_rows
-from .schema import (CURATION_COLUMNS, DATASET_SCHEMA_VERSION, SCORE_COLUMNS, column_names,
-                     dataset_schema)
+from .schema import (
+    CURATION_COLUMNS,
+    DATASET_SCHEMA_VERSION,
+    SCORE_COLUMNS,
+    column_names,
+    dataset_schema,
+)
 from .sources import ColumnOptions, Source, open_sources
 from .stats import TableStats
-from .store import (STORAGE_VERSION, Database, TableMeta, check_table_name, groups, ids_present,
-                    vectors, writer_lock)
+from .store import (
+    STORAGE_VERSION,
+    Database,
+    TableMeta,
+    check_table_name,
+    groups,
+    ids_present,
+    vectors,
+    writer_lock,
+)
 
 ON_DUPLICATE = ("error", "skip", "replace")
 _NORM = "__curator_norm"

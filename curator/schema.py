@@ -7,7 +7,7 @@ declaration into an Arrow schema and checks existing tables against it.
 from __future__ import annotations
 
 import json
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import pyarrow as pa
@@ -29,7 +29,7 @@ def _schema_dirs() -> list[Path]:
     return [here / "_schemas", here.parent / "schemas"]
 
 
-@lru_cache(maxsize=None)
+@cache
 def load(name: str, version: int) -> dict:
     """The declaration ``schemas/{name}.v{version}.json`` (shipped in the wheel)."""
     for folder in _schema_dirs():

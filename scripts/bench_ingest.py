@@ -15,10 +15,8 @@ import argparse
 import os
 import shutil
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-
 from benchlib import child, clip_like, table
 
 PRELUDE = ""

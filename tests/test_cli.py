@@ -29,7 +29,7 @@ def test_contract_commands_match_cli_md():
         pytest.skip(f"{CLI_MD} not present")
     text = CLI_MD.read_text()
     section = text[text.index("## Commands"):text.index("## Sources")]
-    documented = set(re.findall(r"^\| `(\w+)[ `]", section, flags=re.M))
+    documented = set(re.findall(r"^\| `(\w+)[ `]", section, flags=re.MULTILINE))
     assert len(documented) >= 13
     assert documented <= set(cli.commands), documented - set(cli.commands)
 

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import importlib
+
 import lance
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
-import importlib
 
 dedupe_mod = importlib.import_module("curator.dedupe")  # the module (curator.dedupe is the function)
 from curator import ingest

@@ -10,8 +10,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
-
 from conftest import read_table
+
 from curator import ingest
 from curator.cli import cli
 from curator.errors import BadInput, DuplicateIds, SchemaMismatch

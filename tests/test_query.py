@@ -9,8 +9,8 @@ import polars as pl
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
-
 from conftest import read_table
+
 from curator.cli import cli
 from curator.errors import BadInput, CuratorError
 from curator.query import lazy, query

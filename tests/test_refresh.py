@@ -6,8 +6,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
 from conftest import brute_conformity, read_table
+
 from curator import ingest, refresh
 from curator.stats import describe
 from curator.store import Database

@@ -6,13 +6,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import brute_conformity, read_table
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import brute_conformity, read_table
 from curator import ingest, refresh
-from curator.stats import (ModalityStats, StatsStore, accumulate, current, describe,
-                           staleness_bound)
+from curator.stats import ModalityStats, StatsStore, accumulate, current, describe, staleness_bound
 from curator.store import Database
 
 
@@ -101,7 +100,7 @@ def _ingest_batch(tmp_path, db, X, mods, start, k):
 
 def _errors_and_bounds(db):
     """Per row: |stored − exact| conformity, and the bound its stats_version allows."""
-    from curator.stats import version_counts, staleness
+    from curator.stats import staleness, version_counts
 
     database = Database(db)
     t = read_table(db).to_pydict()
