@@ -287,9 +287,6 @@ def commit(dataset, operation, message: str = ""):
     )
 
 
-def now() -> float:
-    return time.time()
-
 
 @contextlib.contextmanager
 def writer_lock(database: Database, table: str, timeout: float = 3600.0):
