@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import io
 import json
 import logging
@@ -68,6 +67,7 @@ import numpy as np
 import pyarrow as pa
 
 from .errors import BadInput, DuplicateIds, MissingDependency, SchemaMismatch
+from .export import sha256  # the checksum the export manifest uses
 
 INSTALL_HINT = "encode needs torch and open_clip: pip install 'clip-curator[clip]'"
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
@@ -154,14 +154,6 @@ def _clean_tag(tag: str) -> str:
     return tag.lower().replace("-", "_")
 
 
-def _file_digest(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _looks_like_path(value: str) -> bool:
     return (os.sep in value or "/" in value or value.startswith(".")
             or value.lower().endswith(CHECKPOINT_EXTENSIONS))
@@ -184,7 +176,7 @@ def model_name_for(arch: str, pretrained: str | os.PathLike | None = None, seed:
         return f"open_clip:{arch}" if remote else f"open_clip:{arch}/random-init-seed-{seed}"
     pretrained = str(pretrained)
     if os.path.isfile(pretrained):
-        digest = _file_digest(pretrained)[:16]
+        digest = sha256(pretrained)[:16]
         return f"open_clip:{arch}/{os.path.basename(pretrained)}@sha256:{digest}"
     if remote:
         raise BadInput(f"{pretrained}: no such file or directory")

@@ -233,14 +233,7 @@ def _replaced_statistics(dataset, ids: set, dim: int) -> TableStats:
         hit = pc.is_in(batch.column("id"), value_set=value_set)
         if not pc.any(hit).as_py():
             continue
-        part = batch.filter(hit)
-        X = vectors(part)
-        conf = part.column("conformity").to_numpy(zero_copy_only=False).astype(np.float64)
-        for m, rows in groups(part.column("modality")):
-            sel = slice(None) if rows is None else rows
-            s = stats.get(m)
-            s.add(X[sel])
-            s.add_conformity(conf[sel])
+        stats.add_batch(batch.filter(hit))
     return stats
 
 

@@ -215,6 +215,16 @@ class TableStats:
             self.modalities[modality] = ModalityStats(self.dim)
         return self.modalities[modality]
 
+    def add_batch(self, batch) -> None:
+        """Add a batch's rows (``modality``, ``embedding``, ``conformity`` for the sketch)."""
+        X = vectors(batch)
+        conformity = batch.column("conformity").to_numpy(zero_copy_only=False).astype(np.float64)
+        for m, rows in groups(batch.column("modality")):
+            sel = slice(None) if rows is None else rows
+            s = self.get(m)
+            s.add(X[sel])
+            s.add_conformity(conformity[sel])
+
     def copy(self) -> TableStats:
         return TableStats(self.dim, self.version, self.table_version,
                           {m: s.copy() for m, s in self.modalities.items()})
@@ -349,13 +359,7 @@ def accumulate(dataset, dim: int, *, filter: str | None = None) -> TableStats:
     stats = TableStats(dim)
     columns = ["modality", "embedding", "conformity"]
     for batch in scan(dataset, columns, filter=filter):
-        X = vectors(batch)
-        conformity = batch.column("conformity").to_numpy(zero_copy_only=False).astype(np.float64)
-        for m, rows in groups(batch.column("modality")):
-            sel = slice(None) if rows is None else rows
-            s = stats.get(m)
-            s.add(X[sel])
-            s.add_conformity(conformity[sel])
+        stats.add_batch(batch)
     return stats
 
 
