@@ -1,48 +1,69 @@
-"""curator: curate image-text training data by the geometry of raw CLIP embeddings.
+"""curator: curate image–text training data by the geometry of raw CLIP embeddings.
 
-Library API (the CLI calls exactly these)::
+Every command of the ``curator`` CLI is a function of this package with the same name and
+the same keyword arguments as the command's options (see :mod:`curator.api`). A session:
 
-    import curator
-    curator.ingest(["pairs.parquet"], db="curator.lancedb")
-    curator.refresh(db="curator.lancedb")
-    curator.query("select modality, avg(conformity) from embeddings group by 1")
+    >>> import os, tempfile, curator
+    >>> from curator.synthetic import make_pairs
+    >>> folder = tempfile.mkdtemp()
+    >>> data = make_pairs(samples=200, dim=32, seed=0)
+    >>> sources = data.write_parquet(os.path.join(folder, "sources"), parts=2)
+    >>> db = os.path.join(folder, "curator.lancedb")
+    >>> sum(curator.ingest([path], db=db).rows for path in sources) == len(data)
+    True
+    >>> curator.stats(db=db)["modalities"]["image"]["n"] == int((data.modality == "image").sum())
+    True
+    >>> curator.refresh(db=db).rows > 0      # the first batch's rows were stale
+    True
+    >>> curator.refresh(db=db).rows          # nothing left to do
+    0
+    >>> rows = curator.query("select modality, count(*) as n from embeddings group by 1 order by 1", db=db)
+    >>> [r["modality"] for r in rows.to_pylist()]
+    ['image', 'text']
+
+Importing the package is cheap: each name is imported on first use.
 """
 
+import importlib as _importlib
 import os as _os
 
 _os.environ.setdefault("LANCE_LOG", "error")
 
 __version__ = "0.1.0"
 
-from .clusters import ClusterResult, cluster
-from .dedupe import DedupeResult, dedupe
-from .errors import CuratorError
-from .export import ExportResult, export
-from .ingest import IngestResult, ingest
-from .rebalance import RebalanceResult, rebalance
-from .refresh import RefreshResult, refresh
-from .report import ReportResult, report
-from .stats import describe
-from .store import Database, tune_allocator
+# name -> module that defines it (imported on first access)
+_NAMES = {
+    "ingest": "curator.io.ingest", "IngestResult": "curator.io.ingest",
+    "encode": "curator.io.encode", "EncodeResult": "curator.io.encode",
+    "stats": "curator.maintenance.stats",
+    "refresh": "curator.maintenance.refresh", "RefreshResult": "curator.maintenance.refresh",
+    "cluster": "curator.curation.clusters", "ClusterResult": "curator.curation.clusters",
+    "dedupe": "curator.curation.dedupe", "DedupeResult": "curator.curation.dedupe",
+    "rebalance": "curator.curation.rebalance", "RebalanceResult": "curator.curation.rebalance",
+    "query": "curator.io.query", "lazy": "curator.io.query",
+    "export": "curator.io.export", "ExportResult": "curator.io.export",
+    "report": "curator.views.report", "ReportResult": "curator.views.report",
+    "verify": "curator.maintenance.verify", "VerifyResult": "curator.maintenance.verify",
+    "optimize": "curator.maintenance.optimize", "OptimizeResult": "curator.maintenance.optimize",
+    "demo": "curator.pipeline", "DemoResult": "curator.pipeline",
+    "CuratorError": "curator.errors",
+    "Database": "curator.store.database", "tune_allocator": "curator.store.database",
+}
 
-__all__ = [
-           "ClusterResult",
-           "CuratorError",
-           "Database",
-           "DedupeResult",
-           "ExportResult",
-           "IngestResult",
-           "RebalanceResult",
-           "RefreshResult",
-           "ReportResult",
-           "__version__",
-           "cluster",
-           "dedupe",
-           "describe",
-           "export",
-           "ingest",
-           "rebalance",
-           "refresh",
-           "report",
-           "tune_allocator",
-]
+__all__ = sorted(_NAMES) + ["__version__"]
+
+
+def __getattr__(name: str):
+    module = _NAMES.get(name)
+    if module is None:
+        try:  # a subpackage or module: curator.synthetic, curator.geometry, …
+            return _importlib.import_module(f"{__name__}.{name}")
+        except ModuleNotFoundError:
+            raise AttributeError(f"module 'curator' has no attribute {name!r}") from None
+    value = getattr(_importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return __all__

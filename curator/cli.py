@@ -1,7 +1,9 @@
 """The ``curator`` command line: parse, call one library function, print. No logic here.
 
-Every command maps to a library function with the same keyword arguments; a
+Every command calls the function of the same name in :mod:`curator.api` with the same
+keyword arguments (imported when the command runs, so ``--help`` stays fast); a
 :class:`~curator.errors.CuratorError` becomes ``Error: …`` on stderr and exit code 1.
+Nothing in the package imports this module.
 """
 
 from __future__ import annotations
@@ -99,7 +101,7 @@ def cli(ctx, db, table, quiet, engine):
 @library_call
 def ingest(obj, sources, as_json, **options):
     """Add raw embeddings from parquet, .npy/.npz or clip-retrieval SOURCES."""
-    from .ingest import ingest as run
+    from .api import ingest as run
 
     emit(run(list(sources), db=obj.db, table=obj.table, quiet=obj.quiet, **options), as_json)
 
@@ -123,7 +125,7 @@ def ingest(obj, sources, as_json, **options):
 @library_call
 def encode(obj, sources, as_json, **options):
     """Encode images and captions with OpenCLIP into raw embeddings and ingest them."""
-    from .encode import encode as run
+    from .api import encode as run
 
     emit(run(list(sources), db=obj.db, table=obj.table, quiet=obj.quiet, **options), as_json)
 
@@ -134,29 +136,9 @@ def encode(obj, sources, as_json, **options):
 @library_call
 def stats(obj, as_json):
     """Per-modality statistics, including each modality's max_staleness."""
-    from .stats import describe
+    from .api import stats as run
 
-    result = describe(db=obj.db, table=obj.table)
-    if as_json:
-        emit(result, True)
-        return
-    click.echo(f"table {result['table']} (version {result['table_version']}), model {result['model']}, "
-               f"dim {result['dim']}, stats version {result['stats_version']}, {result['rows']} rows")
-    keys = ["n", "mean_norm", "norm_std", "norm_of_mean", "max_staleness", "stale_rows",
-            "uncertainty_resolution", "loglik_floored_eigenvalues"]
-    rows = [[m] + [_fmt(values[k]) for k in keys] for m, values in result["modalities"].items()]
-    header = ["modality"] + keys
-    widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
-    for row in [header] + rows:
-        click.echo("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))))
-
-
-def _fmt(value) -> str:
-    if value is None:
-        return "inf"
-    if isinstance(value, float):
-        return f"{value:.6g}"
-    return str(value)
+    emit(run(db=obj.db, table=obj.table), as_json)
 
 
 @cli.command()
@@ -169,22 +151,17 @@ def _fmt(value) -> str:
 @library_call
 def refresh(obj, tolerance, reference, as_json):
     """Rescore rows whose staleness bound exceeds --tolerance (or score against --reference)."""
-    if reference:
-        from .reference import score_against
+    from .api import refresh as run
 
-        emit(score_against(db=obj.db, table=obj.table, reference=reference, quiet=obj.quiet), as_json)
-        return
-    from .refresh import refresh as run
-
-    emit(run(db=obj.db, table=obj.table, tolerance=tolerance, quiet=obj.quiet, engine=obj.engine),
-         as_json)
+    emit(run(db=obj.db, table=obj.table, tolerance=tolerance, reference=reference, quiet=obj.quiet,
+             engine=obj.engine), as_json)
 
 
 @cli.command()
 @click.option("--k", "k", required=True, type=int, help="Clusters per modality.")
 @click.option("--modality", default=None, help="Only this modality (default: each).")
 @click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--sample", "sample_size", default=None, type=int,
+@click.option("--sample", default=None, type=int,
               help="Rows to train on (default: all up to 200,000).")
 @click.option("--iterations", default=25, show_default=True, type=int)
 @json_option
@@ -192,7 +169,7 @@ def refresh(obj, tolerance, reference, as_json):
 @library_call
 def cluster(obj, as_json, **options):
     """Spherical k-means concepts per modality: writes cluster and cluster_size."""
-    from .clusters import cluster as run
+    from .api import cluster as run
 
     emit(run(db=obj.db, table=obj.table, quiet=obj.quiet, engine=obj.engine, **options), as_json)
 
@@ -208,7 +185,7 @@ def cluster(obj, as_json, **options):
 @library_call
 def dedupe(obj, as_json, **options):
     """Near-duplicate groups: writes dup_group and is_duplicate."""
-    from .dedupe import dedupe as run
+    from .api import dedupe as run
 
     emit(run(db=obj.db, table=obj.table, quiet=obj.quiet, engine=obj.engine, **options), as_json)
 
@@ -225,24 +202,29 @@ def dedupe(obj, as_json, **options):
 @library_call
 def rebalance(obj, as_json, **options):
     """MetaCLIP-style frequency caps: writes rebalance_keep."""
-    from .rebalance import rebalance as run
+    from .api import rebalance as run
 
     emit(run(db=obj.db, table=obj.table, engine=obj.engine, **options), as_json)
 
 
 @cli.command()
 @click.argument("sql")
-@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json", "parquet"]),
+@click.option("--format", type=click.Choice(["table", "csv", "json", "parquet"]),
               default="table", show_default=True)
 @click.option("--out", type=click.Path(), help="Write the result to this file.")
+@json_option
 @click.pass_obj
 @library_call
-def query(obj, sql, fmt, out):
+def query(obj, sql, format, out, as_json):
     """Run one read-only DuckDB SQL query; every table is visible by name, plus `pairs`."""
-    from .query import query as run
-    from .query import write_result
+    from .api import query as run
+    from .io.query import render, rows_json
 
-    write_result(run(sql, db=obj.db, table=obj.table), fmt, out)
+    result = run(sql, db=obj.db, table=obj.table, format=format, out=out)
+    if as_json:
+        click.echo(json.dumps(rows_json(result, out), default=_jsonable))
+    elif not out:
+        click.echo(render(result, format), nl=False)
 
 
 @cli.command()
@@ -253,14 +235,14 @@ def query(obj, sql, fmt, out):
 @click.option("--unit", type=click.Choice(["row", "sample"]), default="row", show_default=True,
               help="sample: keep or drop whole samples.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing export folder.")
-@click.option("--table-version", "version", type=int, default=None,
+@click.option("--table-version", type=int, default=None,
               help="Export this table version (default: the latest).")
 @json_option
 @click.pass_obj
 @library_call
 def export(obj, as_json, **options):
     """Write the selected rows and a manifest.json that reproduces the export."""
-    from .export import export as run
+    from .api import export as run
 
     emit(run(db=obj.db, table=obj.table, engine=obj.engine, **options), as_json)
 
@@ -275,7 +257,7 @@ def export(obj, as_json, **options):
 @library_call
 def report(obj, as_json, **options):
     """HTML report of the double-ellipsoid geometry of the table."""
-    from .report import report as run
+    from .api import report as run
 
     emit(run(db=obj.db, table=obj.table, **options), as_json)
 
@@ -287,7 +269,7 @@ def report(obj, as_json, **options):
 @library_call
 def verify(obj, repair, as_json):
     """Recompute statistics and scores from the rows and report any drift."""
-    from .verify import verify as run
+    from .api import verify as run
 
     result = run(db=obj.db, table=obj.table, repair=repair)
     emit(result, as_json)
@@ -303,29 +285,29 @@ def verify(obj, repair, as_json):
 @library_call
 def optimize(obj, as_json, **options):
     """Compact fragments, prune old versions, update indexes."""
-    from .optimize import optimize as run
+    from .api import optimize as run
 
     emit(run(db=obj.db, table=obj.table, **options), as_json)
 
 
 @cli.command()
 @click.option("--out", default="curator-demo", show_default=True, type=click.Path())
-@click.option("--rows", "samples", default=4000, show_default=True, type=int,
-              help="Synthetic image-text samples (rows are ~4x this).")
+@click.option("--samples", "--rows", "samples", default=4000, show_default=True, type=int,
+              help="Synthetic image-text samples (rows are ~4x this; --rows is an old name).")
 @click.option("--seed", default=0, show_default=True, type=int)
 @json_option
 @click.pass_obj
 @library_call
 def demo(obj, as_json, **options):
     """The whole pipeline on seeded synthetic data, end to end, with a report."""
-    from .demo import demo as run
+    from .api import demo as run
 
     emit(run(quiet=obj.quiet, **options), as_json)
 
 
 def main(argv=None):
     """Console entry point: tune the allocator before Lance allocates, then run."""
-    from .store import tune_allocator
+    from .store.database import tune_allocator
 
     tune_allocator()
     cli.main(args=argv, prog_name="curator")

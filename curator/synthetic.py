@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from .store import fixed_list
+from .store.arrow import fixed_list
 
 
 @dataclass

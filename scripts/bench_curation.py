@@ -48,7 +48,7 @@ def generate(rows: int, folder: str, seed: int = 0, chunk: int = 100_000) -> str
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from curator.store import fixed_list
+    from curator.store.arrow import fixed_list
 
     os.makedirs(folder, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -105,8 +105,8 @@ def prepare(rows: int, src: str, db: str) -> dict:
 
 def phase_dedupe(db: str, eps: float, out: str) -> dict:
     """curator.dedupe on the table; saves the pairs (as row numbers from ids)."""
-    from curator import dedupe as dedupe_mod
-    from curator.store import Database
+    from curator.curation import dedupe as dedupe_mod
+    from curator.store.database import Database
 
     saved = {}
     original = dedupe_mod.stream_pairs
@@ -142,7 +142,8 @@ def row_numbers(dataset) -> np.ndarray:
 
 def load_matrix(db: str) -> tuple[np.ndarray, np.ndarray]:
     """All vectors in memory, (rows, row numbers): the reference's input."""
-    from curator.store import Database, vectors
+    from curator.store.arrow import vectors
+    from curator.store.database import Database
 
     ds = Database(db).dataset("embeddings")
     n = ds.count_rows()
@@ -195,7 +196,7 @@ def phase_semdedup(db: str, eps: float, k: int, out: str) -> dict:
 
 
 def phase_cluster(db: str, k: int) -> dict:
-    from curator import clusters
+    from curator.curation import clusters
 
     t = time.time()
     result = clusters.cluster(db=db, k=k, seed=0)
@@ -271,7 +272,7 @@ def main() -> None:
     p.add_argument("--work", default="/tmp/curator-bench")
     p.add_argument("--phase", nargs="*")
     args = p.parse_args()
-    from curator.store import tune_allocator
+    from curator.store.database import tune_allocator
 
     tune_allocator()
     if args.phase:
@@ -287,7 +288,7 @@ def main() -> None:
 
     import shutil
 
-    from curator.dedupe import auto_partitions
+    from curator.geometry.neighbours import auto_partitions
 
     work = os.path.join(args.work, str(args.rows))
     shutil.rmtree(work, ignore_errors=True)

@@ -24,7 +24,10 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from curator.encode import _autocast, _image_batches, encode, load_model, pick_device
+from curator.io.encode import encode
+from curator.io.encode.loader import image_batches as _image_batches
+from curator.io.encode.model import autocast as _autocast
+from curator.io.encode.model import load_model, pick_device
 
 
 def make_jpegs(folder: str, n: int, size=(400, 300), seed: int = 0) -> list[str]:

@@ -7,7 +7,7 @@ then times, in one run, medians of ``--repeat``:
 
 - raw: the fastest raw-library way of doing the same arithmetic (a Lance scan of the
   vectors plus the numpy products the computation needs), the baseline of the ratios;
-- statistics: ``curator.stats.accumulate`` (local) vs ``curator.distributed.accumulate``;
+- statistics: ``curator.engine.statistics.accumulate`` on the local and the Ray engine;
 - refresh: ``score_rows`` of every row with ``all_uncertainty`` (what ``refresh`` does
   when all rows are stale), local vs Ray; the Ray time split into the vector map, the
   driver's global step over scalars and the per-fragment writes.
@@ -30,7 +30,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from curator.store import fixed_list, tune_allocator
+from curator.store.arrow import fixed_list
+from curator.store.database import tune_allocator
 
 tune_allocator()
 
@@ -71,7 +72,7 @@ def timed(fn, repeat: int):
 
 def raw_stats(dataset) -> float:
     """Scan + the sums and the d x d product, numpy only."""
-    from curator.store import vectors
+    from curator.store.arrow import vectors
 
     total = 0.0
     for batch in dataset.to_batches(columns=["embedding"], batch_size=65_536):
@@ -83,7 +84,7 @@ def raw_stats(dataset) -> float:
 
 def raw_scores(dataset, W: np.ndarray, M: np.ndarray) -> float:
     """Scan + the products a rescoring needs: X @ [U, means] and the whitening X @ W."""
-    from curator.store import vectors
+    from curator.store.arrow import vectors
 
     total = 0.0
     for batch in dataset.to_batches(columns=["embedding"], batch_size=65_536):
@@ -104,12 +105,12 @@ def main(argv=None) -> None:
 
     import ray
 
-    from curator import distributed
-    from curator.ingest import ingest
-    from curator.rescore import read_index, score_rows
-    from curator.store import Database
+    from curator.engine import scoring
+    from curator.engine import statistics as stats_mod
+    from curator.engine.scoring import read_index, score_rows
+    from curator.io.ingest import ingest
+    from curator.store.database import Database
 
-    stats_mod = sys.modules["curator.stats"]
     work = tempfile.mkdtemp(prefix="bench_ray_")
     try:
         start = time.perf_counter()
@@ -133,27 +134,26 @@ def main(argv=None) -> None:
         rows["stats: raw scan + numpy"] = timed(lambda: raw_stats(dataset), args.repeat)[0]
         rows["stats: local engine"], local = timed(
             lambda: stats_mod.accumulate(dataset, args.dim), args.repeat)
-        distributed.accumulate(dataset, args.dim)  # first Ray Data run warms the workers
+        stats_mod.accumulate(dataset, args.dim, engine="ray")  # the first run warms the workers
         rows["stats: ray engine"], remote = timed(
-            lambda: distributed.accumulate(dataset, args.dim), args.repeat)
+            lambda: stats_mod.accumulate(dataset, args.dim, engine="ray"), args.repeat)
         worst = max(float(np.abs(remote.modalities[m].covariance - s.covariance).max()
                           / np.abs(s.covariance).max()) for m, s in local.nonempty().items())
 
         base = stats_mod.current(database, "embeddings", dataset)
         index = read_index(dataset)
-        index_bytes = sum(getattr(index, k).nbytes for k in ("rowid", "sample", "modality",
-                                                              "stats_version"))
-        index_bytes += sum(a.nbytes for a in index.old.values())
+        index_bytes = sum(getattr(index, k).nbytes for k in ("rowid", "sample", "modality"))
+        index_bytes += sum(a.nbytes for a in index.columns.values())
         live = base.nonempty()
         W = live["image"].whitening().matrix
         M = np.stack([live["image"].U, live["image"].mean, live["text"].mean], 1).astype(np.float32)
         rows["refresh: raw scan + numpy"] = timed(lambda: raw_scores(dataset, W, M), args.repeat)[0]
 
-        def rescore(score):
+        def rescore(engine):
             ds = database.dataset("embeddings")
-            return score(ds, base.copy(), None, read_index(ds), "bench", True)
+            return score_rows(ds, base.copy(), None, read_index(ds), "bench", True, engine=engine)
 
-        rows["refresh: local engine"] = timed(lambda: rescore(score_rows), args.repeat)[0]
+        rows["refresh: local engine"] = timed(lambda: rescore("local"), args.repeat)[0]
         parts = {"map": [], "write": []}
 
         def clocked(name, fn):
@@ -165,9 +165,9 @@ def main(argv=None) -> None:
                     parts[name].append(time.perf_counter() - start)
             return wrapper
 
-        distributed.compute_scalars = clocked("map", distributed.compute_scalars)
-        distributed.write_scores = clocked("write", distributed.write_scores)
-        rows["refresh: ray engine"] = timed(lambda: rescore(distributed.score_rows), args.repeat)[0]
+        scoring.compute_scalars = clocked("map", scoring.compute_scalars)
+        scoring.write_scores = clocked("write", scoring.write_scores)
+        rows["refresh: ray engine"] = timed(lambda: rescore("ray"), args.repeat)[0]
         ray_map, ray_write = statistics.median(parts["map"]), statistics.median(parts["write"])
         ray_driver = rows["refresh: ray engine"] - ray_map - ray_write
     finally:

@@ -26,8 +26,8 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from curator import ingest, tune_allocator
-from curator.export import export
-from curator.rebalance import rebalance
+from curator.curation.rebalance import rebalance
+from curator.io.export import export
 from curator.synthetic import make_pairs
 
 
@@ -82,7 +82,7 @@ def raw_parquet(uri: str, where: str, out: str) -> None:
 def raw_npy(uri: str, out: str) -> None:
     import lance
 
-    from curator.store import vectors
+    from curator.store.arrow import vectors
 
     t = lance.dataset(uri).to_table(columns=["id", "modality", "embedding"])
     np.save(os.path.join(out, "x.npy"), vectors(t))

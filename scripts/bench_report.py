@@ -24,12 +24,14 @@ from pathlib import Path
 
 import numpy as np
 
-from curator.store import SCAN_BATCH_ROWS, Database, tune_allocator, vectors
+from curator.store.arrow import vectors
+from curator.store.columns import SCAN_BATCH_ROWS
+from curator.store.database import Database, tune_allocator
 
 tune_allocator()
 
 from curator import ingest
-from curator.report import report
+from curator.views.report import report
 
 CHUNK = 100_000
 

@@ -33,7 +33,7 @@ GOAL_RSS = 2 << 30
 
 RAW_SCAN = """
 import sys, time
-from curator.store import tune_allocator
+from curator.store.database import tune_allocator
 tune_allocator()
 import lance
 ds = lance.dataset(sys.argv[1])
@@ -170,9 +170,9 @@ def fragments(k: int, workdir: str, rows: int = 100, score: bool = True) -> str:
     K ingests cheaper: the fragments left are the same."""
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     from curator import ingest
-    from curator.optimize import optimize
-    from curator.query import query
-    from curator.store import Database, tune_allocator
+    from curator.io.query import query
+    from curator.maintenance.optimize import optimize
+    from curator.store.database import Database, tune_allocator
 
     tune_allocator()
     root = os.path.join(workdir, f"frag{k}")

@@ -21,8 +21,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from curator import ingest, refresh
-from curator.report import report
-from curator.store import fixed_list
+from curator.store.arrow import fixed_list
+from curator.views.report import report
 
 DEFAULT_FEATURES = Path(__file__).resolve().parents[2] / "shared" / "data" / "coco500" / "features_clip.npy"
 

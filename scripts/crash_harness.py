@@ -42,12 +42,7 @@ DRIVER = (
     "import os, sys, numpy, pyarrow, lance, duckdb\n"
     "if os.environ.get('CURATOR_CRASH_PATCH'):\n"
     "    exec(open(os.environ['CURATOR_CRASH_PATCH']).read())\n"
-    "import curator, curator.cli, curator.verify\n"
-    "for m in ('curator.clusters', 'curator.dedupe', 'curator.rebalance'):\n"
-    "    try:\n"
-    "        __import__(m)\n"
-    "    except ImportError:\n"
-    "        pass\n"
+    "import curator, curator.cli, curator.api\n"
     "print('ready', flush=True)\n"
     "curator.cli.main(sys.argv[1:])\n"
 )
@@ -72,13 +67,13 @@ class Command:
 def commands(batch_path: str) -> dict[str, Command]:
     scores = ["conformity", "conformity_est", "uncertainty", "loglik", "stats_version"]
     return {
-        "ingest": Command("ingest", ["ingest", batch_path], "curator.ingest", adds_batch=True),
-        "refresh": Command("refresh", ["refresh"], "curator.refresh", columns=scores),
-        "cluster": Command("cluster", ["cluster", "--k", "4", "--seed", "0"], "curator.clusters",
+        "ingest": Command("ingest", ["ingest", batch_path], "curator.io.ingest", adds_batch=True),
+        "refresh": Command("refresh", ["refresh"], "curator.maintenance.refresh", columns=scores),
+        "cluster": Command("cluster", ["cluster", "--k", "4", "--seed", "0"], "curator.curation.clusters",
                            columns=["cluster", "cluster_size"]),
-        "dedupe": Command("dedupe", ["dedupe", "--eps", "0.02"], "curator.dedupe",
+        "dedupe": Command("dedupe", ["dedupe", "--eps", "0.02"], "curator.curation.dedupe",
                           columns=["dup_group", "is_duplicate"]),
-        "rebalance": Command("rebalance", ["rebalance", "--cap", "5", "--seed", "0"], "curator.rebalance",
+        "rebalance": Command("rebalance", ["rebalance", "--cap", "5", "--seed", "0"], "curator.curation.rebalance",
                              columns=["rebalance_keep"],
                              after=[["cluster", "--k", "4", "--seed", "0"]]),
     }
@@ -190,7 +185,7 @@ def classify(state: dict, before: dict, after: dict, columns: list[str]) -> str 
 
 
 def check_trial(db: str, cmd: Command, before: dict, after: dict, batch_ids: set) -> tuple[str, bool, list]:
-    from curator.verify import verify
+    from curator.maintenance.verify import verify
 
     problems = []
     try:

@@ -9,9 +9,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from curator import ingest
-from curator.clusters import CentroidStore, cluster, spherical_kmeans, top_centroids, unit_rows
+from curator.curation.clusters import cluster
 from curator.errors import CuratorError
-from curator.store import Database, fixed_list
+from curator.geometry.kmeans import spherical_kmeans, top_centroids, unit_rows
+from curator.store.arrow import fixed_list
+from curator.store.centroids import CentroidStore
+from curator.store.database import Database
 
 K = 6
 
@@ -119,7 +122,7 @@ def test_cluster_table(two_modalities):
 
 def test_sample_training_and_versions_kept(two_modalities):
     db, _ = two_modalities
-    first = cluster(db=db, k=K, seed=0, modality="image", sample_size=300, iterations=10)
+    first = cluster(db=db, k=K, seed=0, modality="image", sample=300, iterations=10)
     assert first.modalities["image"]["trained_on"] == 300
     second = cluster(db=db, k=3, seed=1, modality="text")
     assert second.centroid_version == 2
@@ -150,7 +153,7 @@ def test_ingest_without_centroids_leaves_cluster_null(two_modalities):
 
 
 @pytest.mark.parametrize("kwargs", [{"k": 0}, {"k": 5000}, {"k": 3, "modality": "audio"},
-                                    {"k": 3, "iterations": 0}, {"k": 10, "sample_size": 5}])
+                                    {"k": 3, "iterations": 0}, {"k": 10, "sample": 5}])
 def test_errors_leave_table_unchanged(two_modalities, kwargs):
     db, _ = two_modalities
     before = lance.dataset(f"{db}/embeddings.lance").version

@@ -17,9 +17,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from curator import ingest
-from curator.stats import StatsStore, accumulate
-from curator.store import Database
-from curator.verify import verify
+from curator.engine.statistics import accumulate
+from curator.maintenance.verify import verify
+from curator.store.database import Database
+from curator.store.statistics import StatsStore
 
 WRITERS = 3
 ROUNDS = 4  # ingests per writer, back to back, so that commits interleave
@@ -39,7 +40,7 @@ for path in sys.argv[4:]:
 
 READER = """
 import json, sys, time
-from curator.query import query
+from curator.io.query import query
 db, stop, batches = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
 import os
 seen, bad, reads = set(), [], 0

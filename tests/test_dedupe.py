@@ -10,10 +10,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-dedupe_mod = importlib.import_module("curator.dedupe")  # the module (curator.dedupe is the function)
+dedupe_mod = importlib.import_module("curator.curation.dedupe")
+neighbours = importlib.import_module("curator.geometry.neighbours")
 from curator import ingest
-from curator.dedupe import components, dedupe, near_duplicate_pairs
+from curator.curation.dedupe import dedupe
 from curator.errors import CuratorError
+from curator.geometry.neighbours import components, near_duplicate_pairs
 from curator.synthetic import make_pairs
 
 TOL = 1e-5  # float32 cosines against the float64 oracle
@@ -148,7 +150,7 @@ def test_dedupe_table_against_brute_force(deduped_db, planted, monkeypatch, keep
     data, _, exact = planted
     if streamed:  # force the spill-file path with several partitions
         monkeypatch.setattr(dedupe_mod, "IN_MEMORY_ROWS", 0)
-        monkeypatch.setattr(dedupe_mod, "EXACT_ROWS", 16)
+        monkeypatch.setattr(neighbours, "EXACT_ROWS", 16)
     before = lance.dataset(f"{deduped_db}/embeddings.lance").version
     result = dedupe(db=deduped_db, eps=EPS, keep=keep, seed=5)
     assert result.table_version_read == before and result.table_version == before + 1

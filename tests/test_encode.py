@@ -25,9 +25,10 @@ import lance
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from curator import encode as enc
-from curator.encode import EncodeResult, encode, load_model, model_name_for, pick_device
 from curator.errors import BadInput, DuplicateIds, MissingDependency, SchemaMismatch
+from curator.io import encode as enc
+from curator.io.encode import EncodeResult, encode
+from curator.io.encode.model import load_model, model_name_for, pick_device
 
 ARCH = "ViT-S-32-alt"
 NAME = "open_clip:ViT-S-32-alt/test-64px"

@@ -20,7 +20,7 @@ from conftest import read_table
 from curator import ingest
 from curator.cli import cli
 from curator.errors import CuratorError
-from curator.export import export
+from curator.io.export import export
 from curator.synthetic import make_pairs
 
 SCHEMAS = Path(__file__).resolve().parents[1] / "schemas"
@@ -268,7 +268,7 @@ def test_pinned_version_and_cli(ingested, tmp_path, pairs_small):
     table = table.set_column(0, "id", pa.array([f"new-{i}" for i in range(table.num_rows)]))
     pq.write_table(table, tmp_path / "extra.parquet")
     ingest([str(tmp_path / "extra.parquet")], db=ingested)
-    pinned = export(db=ingested, out=str(tmp_path / "old"), version=old)
+    pinned = export(db=ingested, out=str(tmp_path / "old"), table_version=old)
     assert pinned.rows == rows and pinned.table_version_read == old
     out = CliRunner().invoke(cli, ["--db", ingested, "export", "--out", str(tmp_path / "cli"),
                                    "--where", "modality = 'image'", "--json"])

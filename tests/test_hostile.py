@@ -184,7 +184,7 @@ def test_non_finite_and_zero_vectors(base, tmp_path, value):
 
 def _accepted_consistently(db, result):
     """An accepted extreme input must leave a consistent table with finite scores."""
-    from curator.verify import verify
+    from curator.maintenance.verify import verify
 
     assert result.exit_code == 0, result.output
     check = verify(db=db)
@@ -360,7 +360,7 @@ HOSTILE_WHERE = [
 
 @pytest.mark.parametrize("where", HOSTILE_WHERE)
 def test_export_where_is_one_predicate(base, tmp_path, where):
-    pytest.importorskip("curator.export")
+    pytest.importorskip("curator.io.export")
     out, dest = tmp_path / "leak.csv", tmp_path / "exp"
     before = state(base)
     result = run(["--db", base, "export", "--out", str(dest), "--where", where.format(out=out)])

@@ -15,7 +15,7 @@ from conftest import read_table
 from curator import ingest
 from curator.cli import cli
 from curator.errors import BadInput, DuplicateIds, SchemaMismatch
-from curator.store import Database
+from curator.store.database import Database
 
 
 def write_parquet(path, X, ids=None, modality="image", sample_ids=None, extra=None, list_type=None):
@@ -192,7 +192,7 @@ def test_skip_adds_only_new_rows(tmp_path, db):
 
 
 def test_replace_swaps_vectors_and_statistics(tmp_path, db):
-    from curator.stats import current
+    from curator.engine.statistics import current
 
     rng = np.random.default_rng(0)
     X = rng.normal(size=(20, 4)).astype(np.float32)
@@ -284,7 +284,7 @@ def test_bad_input_is_one_line_error_and_changes_nothing(tmp_path, db, case):
 
 
 def test_error_in_a_late_batch_leaves_no_partial_batch(tmp_path, db):
-    from curator import sources
+    from curator.io import sources
 
     rng = np.random.default_rng(0)
     X = rng.normal(size=(3 * sources.BATCH_ROWS // 64, 4)).astype(np.float32)

@@ -13,10 +13,12 @@ from click.testing import CliRunner
 
 from curator import ingest
 from curator.cli import cli
-from curator.optimize import optimize, protect_version
-from curator.stats import StatsStore, current
-from curator.store import Database
-from curator.verify import verify
+from curator.engine.statistics import current
+from curator.maintenance.optimize import optimize
+from curator.maintenance.verify import verify
+from curator.store.database import Database
+from curator.store.statistics import StatsStore
+from curator.store.versions import protect_version
 
 PARTS = 12
 

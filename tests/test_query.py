@@ -13,7 +13,7 @@ from conftest import read_table
 
 from curator.cli import cli
 from curator.errors import BadInput, CuratorError
-from curator.query import lazy, query
+from curator.io.query import lazy, query
 
 
 def test_sql_aggregates_equal_numpy(ingested):

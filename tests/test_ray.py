@@ -20,10 +20,11 @@ pytest.importorskip("ray.data")
 
 from conftest import brute_conformity, read_table
 
-from curator import engine
-from curator.store import Database
+from curator.engine import executor as engine
+from curator.engine import statistics as stats_module
+from curator.store.database import Database
+from curator.store.statistics import StatsStore
 
-stats_module = sys.modules["curator.stats"]  # curator.stats is the `stats` command
 SCORE_COLUMNS = ["conformity", "conformity_est", "uncertainty", "loglik", "alignment",
                  "alignment_centered", "conformity_mismatch", "pair_dot"]
 
@@ -35,6 +36,22 @@ def ray_local():
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     yield
     ray.shutdown()
+
+
+@pytest.fixture
+def ray_calls(monkeypatch):
+    """The names of the per-piece functions the Ray executor ran (a spy on its map)."""
+    from curator.engine.ray import RayExecutor
+
+    calls = []
+    original = RayExecutor.map
+
+    def spy(self, fn, jobs, **kw):
+        calls.append(fn.__name__)
+        return original(self, fn, jobs, **kw)
+
+    monkeypatch.setattr(RayExecutor, "map", spy)
+    return calls
 
 
 @pytest.fixture
@@ -92,7 +109,7 @@ def test_statistics_match_numpy_and_local(ray_local, twins, pairs_small):
     db = Database(twins[0])
     dataset = db.dataset("embeddings")
     assert len(dataset.get_fragments()) == 3
-    ray_stats = engine.accumulate(dataset, 32, engine="ray")
+    ray_stats = stats_module.accumulate(dataset, 32, engine="ray")
     local_stats = stats_module.accumulate(dataset, 32)
     assert sorted(ray_stats.nonempty()) == ["image", "text"]
     for m, s in ray_stats.nonempty().items():
@@ -110,7 +127,7 @@ def test_statistics_match_numpy_and_local(ray_local, twins, pairs_small):
 
 def test_filtered_statistics(ray_local, twins, pairs_small):
     dataset = Database(twins[0]).dataset("embeddings")
-    s = engine.accumulate(dataset, 32, filter="modality = 'text'", engine="ray")
+    s = stats_module.accumulate(dataset, 32, filter="modality = 'text'", engine="ray")
     assert list(s.nonempty()) == ["text"]
     assert s.modalities["text"].n == int((pairs_small.modality == "text").sum())
 
@@ -119,7 +136,7 @@ def test_rebuild_is_a_new_stats_version(ray_local, twins):
     local = stats_module.rebuild(Database(twins[0]), "embeddings")
     remote = stats_module.rebuild(Database(twins[1]), "embeddings", engine="ray")
     assert remote.version == local.version and remote.table_version == local.table_version
-    stored = stats_module.StatsStore(Database(twins[1]), "embeddings").load()
+    stored = StatsStore(Database(twins[1]), "embeddings").load()
     assert stored.version == remote.version
     for m, s in local.nonempty().items():
         np.testing.assert_allclose(stored.modalities[m].mean, s.mean, rtol=1e-9)
@@ -129,7 +146,7 @@ def test_rebuild_is_a_new_stats_version(ray_local, twins):
 # -- scores -------------------------------------------------------------------------------
 
 def test_refresh_gives_the_local_scores(ray_local, twins, pairs_small):
-    from curator.refresh import refresh
+    from curator.maintenance.refresh import refresh
 
     before = Database(twins[1]).dataset("embeddings").version
     local = refresh(db=twins[0])
@@ -152,7 +169,7 @@ def test_refresh_gives_the_local_scores(ray_local, twins, pairs_small):
 
 def test_score_a_scattered_subset(ray_local, twins):
     """Targets spread over fragments (the per-fragment filter path), same stats object."""
-    from curator.rescore import read_index, score_rows
+    from curator.engine.scoring import read_index, score_rows
 
     results = []
     for db, name in ((twins[0], "local"), (twins[1], "ray")):
@@ -162,10 +179,7 @@ def test_score_a_scattered_subset(ray_local, twins):
         index = read_index(dataset)
         target = np.zeros(len(index.rowid), bool)
         target[::7] = True
-        if name == "local":
-            new, rows = score_rows(dataset, stats, target, index, message="t")
-        else:
-            new, rows = engine.score_rows(dataset, stats, target, index, message="t", engine="ray")
+        new, rows = score_rows(dataset, stats, target, index, message="t", engine=name)
         assert new.version == dataset.version + 1
         results.append((rows, by_id(db), stats))
     (rows_a, a, stats_a), (rows_b, b, stats_b) = results
@@ -176,7 +190,7 @@ def test_score_a_scattered_subset(ray_local, twins):
 
 
 def test_bad_tolerance_changes_nothing(ray_local, twins):
-    from curator.refresh import refresh
+    from curator.maintenance.refresh import refresh
 
     dataset = Database(twins[1]).dataset("embeddings")
     with pytest.raises(BadInput):
@@ -184,17 +198,14 @@ def test_bad_tolerance_changes_nothing(ray_local, twins):
     assert Database(twins[1]).dataset("embeddings").version == dataset.version
 
 
-def test_environment_selects_ray(ray_local, twins, monkeypatch):
-    from curator import distributed
-    from curator.refresh import refresh
+def test_environment_selects_ray(ray_local, twins, monkeypatch, ray_calls):
+    from curator.maintenance.refresh import refresh
 
-    calls = []
-    original = distributed.score_rows
-    monkeypatch.setattr(distributed, "score_rows", lambda *a: calls.append(a) or original(*a))
     local = refresh(db=twins[0])
+    assert not ray_calls
     monkeypatch.setenv("CURATOR_ENGINE", "ray")
     remote = refresh(db=twins[1])
-    assert len(calls) == 1 and remote.rows == local.rows
+    assert "piece_scalars" in ray_calls and remote.rows == local.rows
     assert_same_scores(by_id(twins[0]), by_id(twins[1]))
 
 
@@ -209,7 +220,8 @@ def _uniform(seed: int, row_id: str) -> float:
 
 
 def test_cluster_assignment_matches_local_and_brute_force(ray_local, twins, pairs_small):
-    from curator.clusters import CentroidStore, cluster
+    from curator.curation.clusters import cluster
+    from curator.store.centroids import CentroidStore
 
     local = cluster(db=twins[0], k=5, seed=3)
     remote = cluster(db=twins[1], k=5, seed=3, engine="ray")
@@ -236,7 +248,7 @@ def test_cluster_assignment_matches_local_and_brute_force(ray_local, twins, pair
                                      {"by": "conformity", "bins": 6, "cap": 30, "seed": 1,
                                       "modality": "text"}])
 def test_rebalance_decides_as_local(ray_local, twins, options):
-    from curator.rebalance import rebalance
+    from curator.curation.rebalance import rebalance
 
     before = by_id(twins[1])
     local = rebalance(db=twins[0], **options)
@@ -272,17 +284,12 @@ def _bins(columns: dict, bins: int):
 
 
 @pytest.mark.parametrize("fmt", ["parquet", "npy", "jsonl"])
-def test_export_writes_the_same_files(ray_local, twins, tmp_path, fmt, monkeypatch):
+def test_export_writes_the_same_files(ray_local, twins, tmp_path, fmt, ray_calls):
     import glob
     import json
 
-    from curator import distributed_curation
-    from curator.export import export
+    from curator.io.export import export
 
-    calls = []
-    original = distributed_curation.RayRows.rows_by_id
-    monkeypatch.setattr(distributed_curation.RayRows, "rows_by_id",
-                        lambda self, *a: calls.append(1) or original(self, *a))
     where = "modality = 'image' OR concept < 3"
     local = export(db=twins[0], out=str(tmp_path / "a"), where=where, format=fmt, rows_per_file=150)
     remote = export(db=twins[1], out=str(tmp_path / "b"), where=where, format=fmt,
@@ -293,7 +300,7 @@ def test_export_writes_the_same_files(ray_local, twins, tmp_path, fmt, monkeypat
         with open(result.manifest) as fh:
             files.append(json.load(fh)["files"])
     assert files[0] == files[1]  # same paths, bytes and sha256
-    assert calls  # the rows were read by Ray tasks
+    assert "piece_rows" in ray_calls  # the rows were read by Ray tasks
     if fmt == "parquet":  # oracle: the selected ids, by the predicate written in numpy
         import pyarrow.parquet as pq
 
@@ -305,7 +312,7 @@ def test_export_writes_the_same_files(ray_local, twins, tmp_path, fmt, monkeypat
 
 
 def test_export_bad_engine_writes_nothing(ray_local, twins, tmp_path):
-    from curator.export import export
+    from curator.io.export import export
 
     with pytest.raises(CuratorError, match="unknown engine"):
         export(db=twins[1], out=str(tmp_path / "c"), engine="spark")
@@ -334,22 +341,20 @@ def _brute_groups(columns: dict, vectors: np.ndarray, eps: float) -> dict[str, f
 
 
 @pytest.mark.parametrize("keep", ["least-conformity", "random"])
-def test_dedupe_partitioned_on_ray_matches_local(ray_local, twins, pairs_small, monkeypatch, keep):
+def test_dedupe_partitioned_on_ray_matches_local(ray_local, twins, pairs_small, monkeypatch, keep,
+                                                 ray_calls):
     """Small limits force the partitioned (spill) path on 1,200 rows: ~35 partitions."""
-    dedupe_module = sys.modules["curator.dedupe"]
-    monkeypatch.setattr(dedupe_module, "IN_MEMORY_ROWS", 100)
-    monkeypatch.setattr(dedupe_module, "EXACT_ROWS", 50)
-    from curator import distributed_curation
+    import importlib
 
-    calls = []
-    original = distributed_curation.stream_pairs
-    monkeypatch.setattr(distributed_curation, "stream_pairs",
-                        lambda *a, **kw: calls.append(1) or original(*a, **kw))
+    dedupe_module = importlib.import_module("curator.curation.dedupe")
+    monkeypatch.setattr(dedupe_module, "IN_MEMORY_ROWS", 100)
+    monkeypatch.setattr(importlib.import_module("curator.geometry.neighbours"), "EXACT_ROWS", 50)
     eps = 0.002
     local = dedupe_module.dedupe(db=twins[0], eps=eps, keep=keep, seed=2)
-    assert not calls
+    assert not ray_calls
     remote = dedupe_module.dedupe(db=twins[1], eps=eps, keep=keep, seed=2, engine="ray")
-    assert len(calls) == 2  # image and text searched through the Ray engine
+    # image and text partitioned and searched by Ray tasks
+    assert ray_calls.count("piece_units") == 2 and ray_calls.count("search_partition") == 2
     assert remote.modalities["image"]["partitions"] > 10
     assert remote.modalities == local.modalities
     assert remote.table_version == local.table_version
@@ -367,22 +372,18 @@ def test_dedupe_partitioned_on_ray_matches_local(ray_local, twins, pairs_small, 
         assert int((~b["is_duplicate"][b["dup_group"] == g].astype(bool)).sum()) == 1  # one kept
 
 
-def test_cli_passes_the_engine(ray_local, twins, monkeypatch):
+def test_cli_passes_the_engine(ray_local, twins, ray_calls):
     import json
 
     from click.testing import CliRunner
 
-    from curator import distributed_curation
     from curator.cli import cli
 
-    calls = []
-    original = distributed_curation.rebalance_write
-    monkeypatch.setattr(distributed_curation, "rebalance_write",
-                        lambda *a: calls.append(1) or original(*a))
     args = ["rebalance", "--by", "concept", "--cap", "25", "--seed", "4", "--json"]
     local = CliRunner().invoke(cli, ["--db", twins[0]] + args)
     remote = CliRunner().invoke(cli, ["--db", twins[1], "--engine", "ray"] + args)
     assert local.exit_code == remote.exit_code == 0, remote.output
-    assert json.loads(remote.output) == json.loads(local.output) and calls == [1]
+    assert json.loads(remote.output) == json.loads(local.output)
+    assert ray_calls == ["piece_counts", "_map_fragment"]
     bad = CliRunner().invoke(cli, ["--db", twins[1], "--engine", "spark"] + args)
     assert bad.exit_code == 1 and "unknown engine 'spark'" in bad.output

@@ -15,8 +15,8 @@ from conftest import read_table
 
 from curator import ingest
 from curator.cli import cli
+from curator.curation.rebalance import rebalance
 from curator.errors import CuratorError
-from curator.rebalance import rebalance
 
 
 def _version(db):

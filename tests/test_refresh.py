@@ -9,8 +9,8 @@ import pytest
 from conftest import brute_conformity, read_table
 
 from curator import ingest, refresh
-from curator.stats import describe
-from curator.store import Database
+from curator.maintenance.stats import stats as describe
+from curator.store.database import Database
 
 
 def _batch(tmp_path, name, X, modality="image", prefix="r"):
@@ -72,7 +72,7 @@ def test_negative_tolerance_is_an_error(ingested):
 
 
 def test_reference_scoring_uses_the_other_tables_rows(tmp_path, db):
-    from curator.reference import score_against
+    from curator.maintenance.reference import score_against
 
     rng = np.random.default_rng(3)
     R = (rng.normal(size=(80, 6)) + 1).astype(np.float32)
@@ -94,7 +94,7 @@ def test_reference_scoring_uses_the_other_tables_rows(tmp_path, db):
 
 def test_reference_of_another_dimension_or_model_is_an_error(tmp_path, db):
     from curator.errors import SchemaMismatch
-    from curator.reference import score_against
+    from curator.maintenance.reference import score_against
 
     rng = np.random.default_rng(4)
     ingest([_batch(tmp_path, "a", rng.normal(size=(5, 6)).astype(np.float32))], db=db, table="a", model="m")

@@ -17,16 +17,17 @@ from conftest import brute_conformity, read_table
 
 from curator import ingest, refresh
 from curator.errors import BadInput, CuratorError, NoTable
-from curator.report import (
-    _ShiftedConformity,
+from curator.geometry.diagnostics import ShiftedConformity as _ShiftedConformity
+from curator.geometry.diagnostics import (
     divergences,
     effective_rank,
     linear_separability,
-    report,
     top_direction,
 )
-from curator.store import Database, fixed_list
+from curator.store.arrow import fixed_list
+from curator.store.database import Database
 from curator.synthetic import make_pairs
+from curator.views.report import report
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -204,18 +205,13 @@ def _write_clusters(db, synth):
     """Set ``cluster`` to the planted concept (test-only; the real column comes from cluster)."""
     import pyarrow.compute as pc
 
-    from curator.store import update_columns
+    from curator.engine.writes import write_columns
 
     concept = dict(zip(synth.ids.tolist(), synth.concept.tolist()))
     ds = Database(db).dataset("embeddings")
-    schema = pa.schema([("_rowid", pa.uint64()), ("cluster", pa.int32())])
-
-    def compute(batch):
-        ids = batch.column("id").to_pylist()
-        return pa.table({"_rowid": batch.column("_rowid"),
-                         "cluster": pa.array([concept[i] for i in ids], pa.int32())})
-
-    update_columns(ds, compute, ["id"], out_schema=schema)
+    rows = ds.to_table(columns=["id"], with_row_id=True)
+    labels = pa.array([concept[i] for i in rows.column("id").to_pylist()], pa.int32())
+    write_columns(ds, rows.column("_rowid").to_numpy(), {"cluster": labels})
     assert pc.max(read_table(db).column("cluster")).as_py() == synth.concept.max()
 
 

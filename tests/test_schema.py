@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from curator import schema
-from curator.store import Database
+from curator.store import schema
+from curator.store.database import Database
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -9,8 +9,9 @@ import pytest
 from conftest import brute_conformity, read_table
 
 from curator import ingest, refresh
-from curator.stats import current, describe
-from curator.store import Database
+from curator.engine.statistics import current
+from curator.maintenance.stats import stats as describe
+from curator.store.database import Database
 
 
 def by_id(db):

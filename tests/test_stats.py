@@ -11,8 +11,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from curator import ingest, refresh
-from curator.stats import ModalityStats, StatsStore, accumulate, current, describe, staleness_bound
-from curator.store import Database
+from curator.engine.statistics import accumulate, current
+from curator.geometry.bounds import staleness_bound
+from curator.geometry.sums import ModalityStats
+from curator.maintenance.stats import stats as describe
+from curator.store.database import Database
+from curator.store.statistics import StatsStore
 
 
 def make(X):
@@ -100,7 +104,7 @@ def _ingest_batch(tmp_path, db, X, mods, start, k):
 
 def _errors_and_bounds(db):
     """Per row: |stored − exact| conformity, and the bound its stats_version allows."""
-    from curator.stats import staleness, version_counts
+    from curator.engine.statistics import staleness, version_counts
 
     database = Database(db)
     t = read_table(db).to_pydict()
@@ -150,7 +154,7 @@ def test_bound_never_below_true_error_and_refresh_clears_it(tmp_path_factory, ba
 def test_bound_formula_is_zero_for_same_version_and_infinite_for_unknown():
     s = ModalityStats(3)
     s.add(np.eye(3, dtype=np.float32) + 1)
-    from curator.stats import HistoryEntry
+    from curator.geometry.bounds import HistoryEntry
 
     entry = HistoryEntry(1, "image", s.n, s.S.copy(), s.U.copy())
     assert staleness_bound(entry, s) == 0.0

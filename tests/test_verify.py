@@ -17,9 +17,10 @@ from conftest import brute_conformity, read_table
 
 from curator import ingest
 from curator.cli import cli
-from curator.stats import StatsStore
-from curator.store import Database, update_columns
-from curator.verify import SCORE_SLACK, verify
+from curator.engine.writes import write_columns
+from curator.maintenance.verify import SCORE_SLACK, verify
+from curator.store.database import Database
+from curator.store.statistics import StatsStore
 
 
 @pytest.fixture
@@ -52,17 +53,12 @@ def exact_conformity(db) -> dict[str, float]:
 def set_column(db, name, dtype, values_by_id: dict):
     """Overwrite one column of the given rows (data evolution, one commit)."""
     ds = lance.dataset(f"{db}/embeddings.lance")
-    schema = pa.schema([("_rowid", pa.uint64()), (name, dtype)])
-
-    def compute(batch):
-        ids = batch.column("id").to_pylist()
-        hit = [i for i, x in enumerate(ids) if x in values_by_id]
-        if not hit:
-            return None
-        return pa.table({"_rowid": batch.column("_rowid").take(hit),
-                         name: pa.array([values_by_id[ids[i]] for i in hit], dtype)}, schema=schema)
-
-    update_columns(ds, compute, ["id"], out_schema=schema, message="test corruption")
+    rows = ds.to_table(columns=["id"], with_row_id=True)
+    ids = rows.column("id").to_pylist()
+    hit = [i for i, x in enumerate(ids) if x in values_by_id]
+    rowids = rows.column("_rowid").to_numpy()[hit]
+    values = pa.array([values_by_id[ids[i]] for i in hit], dtype)
+    write_columns(ds, rowids, {name: values}, message="test corruption")
 
 
 def test_stale_rows_within_their_bound_are_consistent(unrefreshed):

@@ -1,0 +1,1 @@
+"""Curation decisions written as columns: concept clusters, near duplicates, rebalancing."""

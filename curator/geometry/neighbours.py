@@ -1,0 +1,180 @@
+"""Near-duplicate pairs among unit vectors: exact blocked search, k-means partitions with
+multi-probe, and connected components.
+
+Pairs with cos(x̂_i, x̂_j) ≥ 1 − ε. Small inputs are compared exactly (blocked float32
+matmul over all pairs). Larger ones are partitioned by spherical k-means: every row lives
+in its nearest centroid's partition and also probes its next ``probes − 1`` nearest
+partitions, but only those whose cosine is within 2·√(2ε) of its best one. Inside a
+partition the search is exact. Cosines are float32; a tolerance of 1e-6 makes exact
+duplicates count even with ε = 0. In-memory matrices only (the streaming search over a
+table lives in :mod:`curator.curation.dedupe`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import BadInput
+from .kmeans import spherical_kmeans, top_centroids, unit_rows
+
+COS_TOL = 1e-6
+EXACT_ROWS = 8_192  # at most this many rows: compare all pairs, no partitioning
+DEFAULT_PROBES = 2
+_BLOCK_ELEMENTS = 16 << 20  # score-matrix block: rows × columns
+
+
+def near_duplicate_pairs(X: np.ndarray, eps: float, *, partitions: int | None = None,
+                         probes: int = DEFAULT_PROBES, seed: int = 0, unit: bool = False
+                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """All pairs (i < j) of rows of ``X`` with cos(x̂_i, x̂_j) ≥ 1 − eps.
+
+    Returns (i, j, cos) arrays sorted by (i, j); cos in [1 − eps, 1]. ``partitions`` = 1
+    compares all pairs exactly; otherwise (default: exact up to 8,192 rows, else about
+    √(2n) partitions) k-means partitions with multi-probe are searched.
+    """
+    check_eps(eps)
+    U = np.ascontiguousarray(X, np.float32) if unit else unit_rows(X)
+    n = len(U)
+    k = partitions or auto_partitions(n)
+    if k <= 1 or n <= 1:
+        i, j, c = _block_pairs(U, np.arange(n), None, None, threshold(eps))
+        return sorted_unique(i, j, c)
+    planner = PartitionPlan.train(U, k, eps, probes=probes, seed=seed)
+    labels, keep = planner.assign(U)
+    parts = []
+    for c in range(planner.k):
+        primary = np.flatnonzero(labels[:, 0] == c)
+        if len(primary) == 0:
+            continue
+        secondary = np.flatnonzero(((labels[:, 1:] == c) & keep[:, 1:]).any(axis=1))
+        parts.append(partition_pairs(U[primary], primary, U[secondary], secondary,
+                                     threshold(eps)))
+    return sorted_unique(*concat_pairs(parts))
+
+
+def threshold(eps: float) -> float:
+    return 1.0 - eps - COS_TOL
+
+
+def auto_partitions(n: int) -> int:
+    """Partitions for n rows: none up to 8,192 rows, else about √(2n) (≤ 4,096)."""
+    if n <= EXACT_ROWS:
+        return 1
+    return int(min(4096, max(2, round(np.sqrt(2.0 * n)))))
+
+
+@dataclass
+class PartitionPlan:
+    """k-means centroids that partition unit vectors, and which probes can hold partners."""
+
+    centroids: np.ndarray
+    probes: int
+    margin: float
+
+    @property
+    def k(self) -> int:
+        return len(self.centroids)
+
+    @classmethod
+    def train(cls, U: np.ndarray, k: int, eps: float, *, probes: int, seed: int) -> PartitionPlan:
+        k = min(k, len(U))
+        rng = np.random.default_rng(seed)
+        size = min(len(U), max(20_000, 40 * k))
+        sample = U if size == len(U) else U[np.sort(rng.choice(len(U), size, replace=False))]
+        C, _ = spherical_kmeans(sample, k, seed=seed, iterations=8)
+        return cls(C, max(1, min(probes, k)), 2.0 * np.sqrt(2.0 * (eps + COS_TOL)) + 1e-5)
+
+    def assign(self, U: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(labels (n, p), usable (n, p)): the p nearest partitions; a probe is usable when
+        its cosine is within the margin of the best (column 0 is the home partition)."""
+        labels, cos = top_centroids(U, self.centroids, self.probes)
+        usable = cos >= cos[:, :1] - self.margin
+        return labels, usable
+
+
+def partition_pairs(Up: np.ndarray, pos_p: np.ndarray, Uq: np.ndarray, pos_q: np.ndarray,
+                    thr: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pairs within the home rows ``Up`` (each pair once) and between visiting rows ``Uq``
+    and the home rows, with cosine ≥ thr; positions are the global row numbers."""
+    i1, j1, c1 = _block_pairs(Up, pos_p, None, None, thr)
+    if len(Uq) == 0:
+        return i1, j1, c1
+    i2, j2, c2 = _block_pairs(Uq, pos_q, Up, pos_p, thr)
+    return np.concatenate([i1, i2]), np.concatenate([j1, j2]), np.concatenate([c1, c2])
+
+
+def _block_pairs(A, pos_a, B, pos_b, thr):
+    """Pairs of rows of A × B (or the upper triangle of A × A when B is None) above thr."""
+    out_i, out_j, out_c = [], [], []
+    same = B is None
+    if same:
+        B, pos_b = A, pos_a
+    if len(A) == 0 or len(B) == 0:
+        return empty_pairs()
+    rows = max(1, min(len(A), _BLOCK_ELEMENTS // max(1, len(B))))
+    for a in range(0, len(A), rows):
+        block = A[a:a + rows]
+        start = a if same else 0  # triangle: columns from the block's first row on
+        S = block @ B[start:].T
+        r, c = np.nonzero(S >= thr)
+        if same:
+            upper = c + start > r + a
+            r, c = r[upper], c[upper]
+        if len(r):
+            out_i.append(pos_a[a + r])
+            out_j.append(pos_b[start + c])
+            out_c.append(S[r, c])
+    if not out_i:
+        return empty_pairs()
+    return np.concatenate(out_i), np.concatenate(out_j), np.concatenate(out_c)
+
+
+def empty_pairs():
+    return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
+
+
+def concat_pairs(parts):
+    if not parts:
+        return empty_pairs()
+    return (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),
+            np.concatenate([p[2] for p in parts]))
+
+
+def sorted_unique(i, j, c):
+    i, j = np.asarray(i, np.int64), np.asarray(j, np.int64)
+    lo, hi = np.minimum(i, j), np.maximum(i, j)
+    keep = lo != hi
+    lo, hi, c = lo[keep], hi[keep], np.asarray(c, np.float32)[keep]
+    order = np.lexsort((hi, lo))
+    lo, hi, c = lo[order], hi[order], c[order]
+    first = np.r_[True, (lo[1:] != lo[:-1]) | (hi[1:] != hi[:-1])] if len(lo) else np.zeros(0, bool)
+    return lo[first], hi[first], np.minimum(c[first], 1.0)
+
+
+def check_eps(eps) -> None:
+    if eps is None or not 0 <= eps < 1:
+        raise BadInput(f"--eps must be in [0, 1) (near duplicates: cosine ≥ 1 − eps), got {eps}")
+
+
+def components(n: int, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+    """Component label (the smallest node of its component) of each of n nodes, given edges.
+
+    Union-find by vectorised min-label hooking and pointer jumping."""
+    labels = np.arange(n, dtype=np.int64)
+    i, j = np.asarray(i, np.int64), np.asarray(j, np.int64)
+    while len(i):
+        li, lj = labels[i], labels[j]
+        differ = li != lj
+        if not differ.any():
+            break
+        i, j, li, lj = i[differ], j[differ], li[differ], lj[differ]
+        np.minimum.at(labels, np.maximum(li, lj), np.minimum(li, lj))
+        while True:
+            jumped = labels[labels]
+            if np.array_equal(jumped, labels):
+                break
+            labels = jumped
+    return labels
+

@@ -1,0 +1,1 @@
+"""Data in and out: sources and ingest, OpenCLIP encode, SQL queries, export."""

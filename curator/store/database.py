@@ -1,0 +1,180 @@
+"""The curator database: a LanceDB directory holding dataset tables and their sidecars.
+
+A database is a LanceDB directory (or object-store URI): ``--db``, else ``$CURATOR_DB``,
+else ``./curator.lancedb``. Each dataset table is a Lance dataset ``NAME.lance``
+written with storage version 2.0 (measurably faster to write and scan here than 2.1);
+its schema metadata records the model, the dimension and the schema version. Curator's
+own bookkeeping (statistics, their history, centroids) lives in tables whose names
+start with ``_curator_`` and are hidden from ``table_names``.
+
+Score columns are written with Lance data evolution (:mod:`curator.store.columns`),
+which writes new column files and never rewrites the vectors.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import re
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+from ..errors import CuratorError, NoTable
+from .schema import DATASET_SCHEMA_VERSION
+
+DEFAULT_DB = "./curator.lancedb"
+DEFAULT_TABLE = "embeddings"
+STORAGE_VERSION = "2.0"
+HIDDEN_PREFIX = "_curator_"
+_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,127}$")
+
+_allocator_tuned = False
+
+
+def tune_allocator() -> bool:
+    """Keep freed memory in the process (glibc), so Lance's scans stop page-faulting.
+
+    Measured here: a Lance scan of 1M x 512 float32 goes from ~3 s to ~0.3-0.7 s. It keeps
+    freed memory in the process, which suits a CLI run; the CLI calls it at start, a
+    library user may opt in. Returns False where glibc is not available.
+    """
+    global _allocator_tuned
+    if _allocator_tuned:
+        return True
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    libc.mallopt(-8, 1)  # M_ARENA_MAX
+    libc.mallopt(-4, 0)  # M_MMAP_MAX
+    libc.mallopt(-1, 1 << 36)  # M_TRIM_THRESHOLD
+    _allocator_tuned = True
+    return True
+
+
+def resolve_db(db: str | os.PathLike | None) -> str:
+    """The database location: the argument, else ``$CURATOR_DB``, else ``./curator.lancedb``."""
+    location = str(db) if db else os.environ.get("CURATOR_DB") or DEFAULT_DB
+    if "://" in location:
+        return location.rstrip("/")
+    return os.path.abspath(os.path.expanduser(location))
+
+
+def check_table_name(name: str) -> str:
+    if not _NAME.match(name or "") or name.startswith(HIDDEN_PREFIX):
+        raise CuratorError(
+            f"invalid table name {name!r}: use letters, digits and underscores, starting with a letter"
+        )
+    return name
+
+
+@dataclass(frozen=True)
+class TableMeta:
+    """What a table records about its vectors."""
+
+    model: str
+    dim: int
+    schema_version: int
+
+    def to_metadata(self) -> dict[bytes, bytes]:
+        return {
+            b"curator.model": self.model.encode(),
+            b"curator.dim": str(self.dim).encode(),
+            b"curator.schema_version": str(self.schema_version).encode(),
+        }
+
+    @classmethod
+    def from_schema(cls, schema: pa.Schema) -> TableMeta:
+        md = schema.metadata or {}
+        return cls(
+            model=md.get(b"curator.model", b"unknown").decode(),
+            dim=int(md.get(b"curator.dim", b"0")),
+            schema_version=int(md.get(b"curator.schema_version", str(DATASET_SCHEMA_VERSION).encode())),
+        )
+
+
+class Database:
+    """A curator database (LanceDB directory or URI)."""
+
+    def __init__(self, db: str | os.PathLike | None = None):
+        self.uri = resolve_db(db)
+
+    def __repr__(self) -> str:
+        return f"Database({self.uri!r})"
+
+    @property
+    def is_local(self) -> bool:
+        return "://" not in self.uri
+
+    def table_uri(self, name: str) -> str:
+        return f"{self.uri}/{name}.lance"
+
+    def connect(self):
+        import lancedb
+
+        return lancedb.connect(self.uri)
+
+    def table_names(self, hidden: bool = False) -> list[str]:
+        """Dataset tables of the database, sorted; curator's own tables only with ``hidden``."""
+        if self.is_local and not os.path.isdir(self.uri):
+            return []
+        names = _list_table_names(self.connect())
+        return sorted(n for n in names if hidden or not n.startswith(HIDDEN_PREFIX))
+
+    def has_table(self, name: str) -> bool:
+        try:
+            self.dataset(name)
+            return True
+        except NoTable:
+            return False
+
+    def dataset(self, name: str, version: int | None = None):
+        """The Lance dataset of a table (latest version unless ``version``)."""
+        import lance
+
+        if self.is_local and not os.path.isdir(self.table_uri(name)):
+            raise NoTable(f"no table {name!r} in {self.uri}")
+        try:
+            return lance.dataset(self.table_uri(name), version=version)
+        except (ValueError, OSError, RuntimeError) as exc:
+            if version is not None and self.has_table(name):
+                raise CuratorError(f"table {name!r} has no version {version}") from exc
+            raise NoTable(f"no table {name!r} in {self.uri}") from exc
+
+    def table_meta(self, name: str) -> TableMeta:
+        return TableMeta.from_schema(self.dataset(name).schema)
+
+    def existing_ids(self, name: str, ids: list[str] | pa.Array) -> set[str]:
+        """The subset of ``ids`` already present in the table (one scan of the id column)."""
+        if not self.has_table(name):
+            return set()
+        wanted = pa.array(ids, pa.string()) if not isinstance(ids, pa.Array) else ids
+        return set(ids_present(self.dataset(name), wanted).to_pylist())
+
+
+def _list_table_names(conn) -> list[str]:
+    if hasattr(conn, "list_tables"):
+        try:
+            result = conn.list_tables()
+            names = getattr(result, "tables", result)
+            return list(names)
+        except Exception:  # older lancedb
+            pass
+    return list(conn.table_names())
+
+
+def ids_present(dataset, wanted: pa.Array) -> pa.Array:
+    """Values of ``wanted`` that occur in the table's ``id`` column, streaming the column."""
+    import pyarrow.compute as pc
+
+    found = []
+    value_set = pc.unique(wanted)
+    for batch in dataset.to_batches(columns=["id"], batch_size=262_144):
+        ids = batch.column(0)
+        hit = pc.is_in(ids, value_set=value_set)
+        if pc.any(hit).as_py():
+            found.append(pc.filter(ids, hit))
+    if not found:
+        return pa.array([], pa.string())
+    return pa.concat_arrays([a.cast(pa.string()) for a in found])

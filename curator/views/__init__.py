@@ -1,0 +1,1 @@
+"""What users look at: the geometry report (measures, figures, page)."""
