@@ -1,0 +1,70 @@
+"""The library mirrors the CLI: one function per command, the options' names as keywords;
+the package docstring's session runs; importing the package and ``--help`` stay light."""
+
+from __future__ import annotations
+
+import doctest
+import inspect
+import subprocess
+import sys
+
+import click
+import pytest
+
+import curator
+from curator import api
+from curator.cli import cli
+
+GLOBAL = {"db", "table", "quiet", "engine"}  # the group's options, keywords of every function
+PRINTING = {"as_json"}  # how the CLI prints, not what the library does
+# Keywords only the library has (objects a command line cannot pass), per command.
+LIBRARY_ONLY = {
+    "encode": {"model", "preprocess", "tokenizer", "model_name"},
+    "export": {"rows_per_file"},
+    "demo": {"dim"},
+}
+
+
+def test_every_command_is_an_api_function():
+    assert sorted(cli.commands) == sorted(api.COMMANDS) == sorted(api.__all__)
+
+
+@pytest.mark.parametrize("name", sorted(api.COMMANDS))
+def test_keywords_match_the_options(name):
+    command = cli.commands[name]
+    options = {p.name for p in command.params} - PRINTING
+    signature = inspect.signature(getattr(api, name))
+    keywords = set(signature.parameters) - GLOBAL - LIBRARY_ONLY.get(name, set())
+    assert options == keywords, (f"{name}: only the CLI has {sorted(options - keywords)}, "
+                                 f"only the library has {sorted(keywords - options)}")
+    for param in command.params:  # an option's default is the keyword's default
+        if param.name in PRINTING or isinstance(param, click.Argument):
+            continue
+        default = signature.parameters[param.name].default
+        given = param.default if _has_default(param) else (False if param.is_flag else None)
+        if default is inspect.Parameter.empty:
+            assert param.required, (name, param.name)
+        else:
+            assert given == default, (name, param.name, given, default)
+
+
+def _has_default(param) -> bool:
+    return param.default is not None and type(param.default).__name__ != "Sentinel"
+
+
+@pytest.mark.parametrize("name", sorted(api.COMMANDS))
+def test_package_names_are_the_api(name):
+    assert getattr(curator, name) is getattr(api, name)
+
+
+def test_package_docstring_session_runs():
+    failures, tried = doctest.testmod(curator, verbose=False, optionflags=doctest.ELLIPSIS)
+    assert tried >= 8 and failures == 0
+
+
+def test_help_imports_nothing_heavy():
+    code = ("import sys; from curator.cli import cli; "
+            "heavy = [m for m in ('numpy', 'pyarrow', 'lance', 'lancedb', 'duckdb', 'torch', "
+            "'matplotlib', 'polars', 'ray', 'curator.api') if m in sys.modules]; print(heavy)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
