@@ -89,3 +89,25 @@ def take_vectors(dataset, rowids: np.ndarray) -> np.ndarray:
     X = np.concatenate(parts)
     order = np.searchsorted(np.concatenate(got), unique)
     return X[order][inverse]
+
+
+def piece_matches(piece: Piece, predicate, columns: list[str]) -> np.ndarray:
+    """The predicate pass's per-piece function: ``_rowid`` of the piece's rows for which
+    ``predicate`` (a :class:`~curator.store.predicate.Predicate`) is true, sorted."""
+    found = [predicate.rowids(batch) for batch in piece.batches(columns, with_row_id=True)]
+    return np.sort(np.concatenate(found)).astype(np.uint64) if found else np.zeros(0, np.uint64)
+
+
+def where_rowids(dataset, predicate, *, engine: str | None = None) -> np.ndarray:
+    """Sorted ``_rowid`` of the rows of ``dataset`` for which ``predicate`` is true (all
+    rows when it is None); reads only the predicate's columns, one piece at a time."""
+    columns = list(predicate.columns) if predicate is not None else []
+    run = executor(engine)
+    if predicate is None:
+        parts = [np.sort(batch.column("_rowid").to_numpy()) for batch in dataset.to_batches(
+            columns=[], with_row_id=True, batch_size=SCAN_BATCH_ROWS * 16)]
+    else:
+        split = None if run.name == LOCAL else ROWS_PER_PIECE
+        parts = list(run.map(piece_matches, [(p, predicate, columns or ["modality"])
+                                             for p in pieces(dataset, split)]))
+    return np.sort(np.concatenate(parts)).astype(np.uint64) if parts else np.zeros(0, np.uint64)
