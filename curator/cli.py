@@ -143,18 +143,21 @@ def stats(obj, as_json):
 
 @cli.command()
 @click.option("--tolerance", default=0.0, show_default=True, type=float,
-              help="Rescore rows whose conformity error bound exceeds this.")
+              help="Rescore rows for which any counted column's staleness bound exceeds this.")
+@click.option("--columns", default=None,
+              help="Comma-separated score columns whose bounds count (default: all). Without "
+                   "loglik, rescored rows skip the whitening and hold no loglik.")
 @click.option("--reference", default=None,
               help="Instead: write ref_* scores against this table's statistics.")
 @json_option
 @click.pass_obj
 @library_call
-def refresh(obj, tolerance, reference, as_json):
-    """Rescore rows whose staleness bound exceeds --tolerance (or score against --reference)."""
+def refresh(obj, tolerance, columns, reference, as_json):
+    """Rescore rows whose staleness bounds exceed --tolerance (or score against --reference)."""
     from .api import refresh as run
 
-    emit(run(db=obj.db, table=obj.table, tolerance=tolerance, reference=reference, quiet=obj.quiet,
-             engine=obj.engine), as_json)
+    emit(run(db=obj.db, table=obj.table, tolerance=tolerance, columns=columns, reference=reference,
+             quiet=obj.quiet, engine=obj.engine), as_json)
 
 
 @cli.command()

@@ -30,14 +30,20 @@ def test_refresh_rescores_only_rows_above_tolerance(tmp_path, db):
     ingest([_batch(tmp_path, "b", B, prefix="b")], db=db)  # small change: small bound for A
     small = describe(db=db)["modalities"]["image"]["max_staleness"]
     ingest([_batch(tmp_path, "c", C, prefix="c")], db=db)  # large change: A and B far off
-    result = refresh(db=db, tolerance=1.0)  # bounds are < 1 here? then nothing to do
+    # bounds of conformity are < 1 here? then nothing to do (loglik's, in nats, are not)
+    result = refresh(db=db, tolerance=1.0, columns="conformity")
     bounds = describe(db=db)["modalities"]["image"]
     assert 0 < small < bounds["max_staleness"]
     if bounds["max_staleness"] <= 1.0:
         assert result.rows == 0
-    result = refresh(db=db, tolerance=0.0)
+    result = refresh(db=db, tolerance=0.0, columns="conformity")
     assert result.rows == 105  # A and B; C was scored with the current statistics
     assert describe(db=db)["modalities"]["image"]["max_staleness"] == 0.0
+    # Counting every column, C's percentiles were stale too (the sketch held A and B's
+    # stale conformities when C was scored); a full refresh leaves every bound at 0.
+    again = refresh(db=db, tolerance=0.0)
+    assert 0 < again.rows <= 205
+    assert all(v == 0.0 for v in describe(db=db)["modalities"]["image"]["staleness"].values())
     t = read_table(db).to_pydict()
     X = np.array(t["embedding"], np.float32)
     assert np.abs(np.array(t["conformity"]) - brute_conformity(X)).max() < 2e-5

@@ -23,11 +23,14 @@ TAKE_SHARE = 0.025  # at most this share of a fragment's rows: random access, el
 ROWS_PER_PIECE = 8 * SCAN_BATCH_ROWS  # rows of a fragment one task scans
 
 
-def piece_rows(piece: Piece, rowids: np.ndarray, columns: list[str], take: bool
+def piece_rows(piece: Piece, rowids: np.ndarray | None, columns: list[str], take: bool
                ) -> list[tuple[np.ndarray, pa.RecordBatch]]:
-    """The rows of ``piece`` whose ids are in the sorted ``rowids``, as (ids, batch) pairs
-    in row-id order; ``take``: read ``rowids`` (all in this piece) by random access."""
+    """The rows of ``piece`` whose ids are in the sorted ``rowids`` (every row when None),
+    as (ids, batch) pairs in row-id order; ``take``: read ``rowids`` (all in this piece)
+    by random access."""
     out = []
+    if rowids is None:
+        return [(b.column("_rowid").to_numpy(), b) for b in piece.batches(columns, with_row_id=True)]
     if take:
         dataset = piece.fragment._ds
         for start in range(0, len(rowids), SCAN_BATCH_ROWS):

@@ -1,306 +1,521 @@
-"""Scoring rows of a table against its statistics, written by Lance data evolution.
+"""Scoring rows at one statistics version, whole samples at a time, in one commit.
 
-One engine serves ``ingest`` (the rows just appended), ``refresh`` (the rows whose
-staleness bound exceeds a tolerance) and ``verify --repair``:
+Every score column of a row comes from one statistics version, recorded in the row's
+``stats_version`` in the same commit (the rule ``verify`` checks). ``ingest`` (new rows
+and the old rows of the samples they touch), ``refresh`` (stale rows) and ``verify
+--repair`` all score through :class:`Scoring`:
 
-1. the row index (:mod:`curator.engine.index`): sample ids, modalities, stored scores
-   and pair dots of every row, no vectors;
-2. one pass over the vectors of the target rows (plus the few partners of those rows
-   that are not targets), one task per piece (:func:`piece_scalars`): conformity, the
-   estimator, the log-likelihood and each row's dot with every modality mean;
-3. the uncertainty sketch updated by the targets' new conformity, uncertainty as its CDF;
-4. pair scores from scalars (``pair_dot`` = ⟨x_img, x_txt⟩ is stored on text rows);
-5. one commit that writes only the score columns of the changed rows
-   (:func:`curator.engine.writes.write_columns`).
+A. the vector pass: per row, from its vector and the statistics, ``conformity``,
+   ``conformity_est``, ``loglik`` and its dots with the image and text means; old rows
+   are read one piece at a time by the executor (:func:`piece_scalars`, so Ray runs the
+   same function), new rows are handed in by ingest as it streams its source. The
+   scalars go to a spill on disk (:mod:`curator.engine.spill`), not to RAM;
+B. the sketch: the scored rows' old conformity out, their new conformity in;
+C. pairs: for each caption its sample's first image (DuckDB over the spill); the raw
+   dot ⟨x_img, x_txt⟩ is reused when still valid, else computed from the two vectors;
+   pair scores from scalars (:func:`curator.geometry.scores.pair_scores`);
+D. assembly, ordered by row id: uncertainty (the sketch's CDF at the new conformity),
+   captions' pair scores, each image's best over its captions;
+E. one score file per fragment holding every score column (rows not scored keep their
+   stored values), attached to the fragment in place of the old score columns
+   (:func:`write_score_file`, run by the executor); the caller commits one ``Update``.
+
+Memory: one batch of vectors plus DuckDB's memory limit, whatever the table's size.
 """
 
 from __future__ import annotations
+
+import os
+import uuid
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pyarrow as pa
 
 from ..geometry.scores import IMAGE, TEXT, pair_scores, row_scores
-from ..geometry.sketch import conformity_bins
 from ..geometry.sums import TableStats
 from ..store.arrow import groups, vectors
-from ..store.columns import SCAN_BATCH_ROWS
+from ..store.columns import SCAN_BATCH_ROWS, commit
+from ..store.database import STORAGE_VERSION
 from .executor import LOCAL, executor
 from .fragments import Piece, pieces
-from .index import RowIndex
-from .index import read_index as read_row_index
 from .rows import TAKE_SHARE, piece_rows, take_vectors
-from .writes import write_columns
+from .spill import ScalarSpill, VectorSpill
 
-OUT_COLUMNS = {
-    "conformity": pa.float32(),
-    "conformity_est": pa.float32(),
-    "uncertainty": pa.float32(),
-    "loglik": pa.float32(),
-    "alignment": pa.float32(),
-    "alignment_centered": pa.float32(),
-    "conformity_mismatch": pa.float32(),
-    "pair_dot": pa.float64(),
-    "stats_version": pa.int64(),
-}
-SCORE_FLOATS = [c for c in OUT_COLUMNS if c != "stats_version"]
+SCORE_FIELDS = [
+    ("conformity", pa.float32()),
+    ("conformity_est", pa.float32()),
+    ("uncertainty", pa.float32()),
+    ("loglik", pa.float32()),
+    ("alignment", pa.float32()),
+    ("alignment_centered", pa.float32()),
+    ("conformity_mismatch", pa.float32()),
+    ("pair_dot", pa.float64()),
+    ("stats_version", pa.int64()),
+]
+SCORE_COLUMNS = [name for name, _ in SCORE_FIELDS]
+SCORE_SCHEMA = pa.schema(SCORE_FIELDS)
+NEW_BASE = 1 << 62  # keys of rows not yet in the table: NEW_BASE + position in the batch
+ROWS_PER_PIECE = 1 << 17
+READ_COLUMNS = ["modality", "embedding", "sample_id", "norm", "pair_dot", "conformity"]
 
-
-def read_index(dataset) -> RowIndex:
-    """The row index with the stored scores the scoring engine needs."""
-    return read_row_index(dataset, ["stats_version"] + SCORE_FLOATS)
-
-
-def score_rows(dataset, stats: TableStats, target: np.ndarray | None = None,
-               index: RowIndex | None = None, message: str = "curator score",
-               all_uncertainty: bool = False, *, engine: str | None = None):
-    """Rescore the rows selected by ``target`` (bool mask over ``index``) and commit.
-
-    ``stats`` must describe the table's rows (it is the version recorded on the rows);
-    its uncertainty sketches are updated in place. With ``all_uncertainty`` the
-    percentiles (and the mismatch built on them) of all other rows are recomputed from
-    their stored conformity too (scalars only, no vectors read). ``engine`` runs the
-    vector pass and the writes locally or on Ray. Returns (new dataset, rows rescored).
-    """
-    index = read_index(dataset) if index is None else index
-    if target is None:
-        target = np.ones(len(index.rowid), bool)
-    if not target.any():
-        return dataset, 0
-    n = len(index.rowid)
-    image, text = index.code(IMAGE), index.code(TEXT)
-    paired = (index.modality == image) | (index.modality == text)
-
-    # Rows of the samples touched by a target, which the pair scores need.
-    touched = np.unique(index.sample[target & paired & (index.sample >= 0)])
-    universe = paired & np.isin(index.sample, touched) & (index.sample >= 0)
-    needed = target | universe
-
-    scalars = compute_scalars(dataset, stats, index, needed, engine=engine)
-    live = stats.nonempty()
-
-    # Pair dots that the ingest could not compute (partner arrived in another batch).
-    pair_dot = index["pair_dot"].copy()
-    image_of_sample = _first_image(index, universe, image)
-    # ... or whose image is itself being scored (new, or replaced: the old dot is void).
-    missing = universe & (index.modality == text) & (np.isnan(pair_dot) | _image_is_target(
-        index, image_of_sample, target))
-    if missing.any():
-        _fill_pair_dots(dataset, index, missing, image_of_sample, pair_dot)
-
-    # Uncertainty: the sketch takes the targets' new conformity in place of their old.
-    # With ``all_uncertainty`` (refresh) every row's percentile is recomputed from its
-    # stored conformity, so no percentile is left behind a changed sketch.
-    conformity_now = np.where(needed, scalars["conformity"], index["conformity"])
-    scope = np.ones(n, bool) if all_uncertainty else needed
-    uncertainty = np.full(n, np.nan)
-    for m, s in live.items():
-        rows_m = index.modality == index.code(m)
-        old = index["conformity"][target & rows_m]
-        new = scalars["conformity"][target & rows_m]
-        np.subtract.at(s.hist, conformity_bins(old[np.isfinite(old)]), 1)
-        np.add.at(s.hist, conformity_bins(new[np.isfinite(new)]), 1)
-        np.maximum(s.hist, 0, out=s.hist)
-        sel = rows_m & scope & np.isfinite(conformity_now)
-        uncertainty[sel] = s.cdf(conformity_now[sel])
-    del conformity_now
-
-    computed = _pair_columns(index, stats, scalars, uncertainty, pair_dot, image_of_sample,
-                             universe, image, text)
-    if all_uncertainty:
-        everyone = _first_image(index, paired & (index.sample >= 0), image)
-        computed["conformity_mismatch"] = _mismatch(index, uncertainty, everyone, text)
-    new = {
-        "conformity": scalars.pop("conformity"),
-        "conformity_est": scalars.pop("conformity_est"),
-        "uncertainty": uncertainty,
-        "loglik": scalars.pop("loglik"),
-        **computed,
-        "pair_dot": pair_dot,
-    }
-    del scalars, computed, uncertainty, pair_dot  # `new` holds what is still needed
-    # Write only rows whose values change: the targets, plus (refresh) rows whose
-    # percentile or pair scores moved. Built at those positions only (bounded memory).
-    refreshable = {"uncertainty": scope, "conformity_mismatch": scope,
-                   "pair_dot": scope & needed, "alignment": scope & needed,
-                   "alignment_centered": scope & needed}
-    changed, fresh = target.copy(), {}
-    for name, allowed in refreshable.items():
-        values = new[name]
-        fresh[name] = allowed & ~target & np.isfinite(values)
-        changed |= fresh[name] & ~_same(values, index[name])
-    positions = np.flatnonzero(changed)
-    is_target = target[positions]
-    out = {}
-    for name in list(new):  # column by column, each freed once taken (bounded memory)
-        values = new.pop(name)
-        keep_old = ~is_target & ~fresh[name][positions] if name in fresh else ~is_target
-        stored = index[name]
-        column = values[positions].astype(stored.dtype)
-        del values
-        np.copyto(column, stored[positions], where=keep_old)
-        out[name] = column
-    versions = np.where(is_target, stats.version, index["stats_version"][positions])
-    new_dataset = write_scores(dataset, index.rowid[positions], out, versions, message, engine=engine)
-    return new_dataset, int(target.sum())
+SPILL_SCHEMA = pa.schema([
+    ("key", pa.int64()),  # _rowid of an existing row; NEW_BASE + position of a new one
+    ("sample_id", pa.string()),
+    ("modality", pa.string()),
+    ("norm", pa.float64()),
+    ("conformity", pa.float64()),
+    ("conformity_est", pa.float64()),
+    ("loglik", pa.float64()),
+    ("dot_image", pa.float64()),  # ⟨x, m_image⟩ at this version
+    ("dot_text", pa.float64()),  # ⟨x, m_text⟩
+    ("pair_dot", pa.float64()),  # ⟨x_img, x_txt⟩ on a caption, when known
+    ("dot_with", pa.int64()),  # the image key pair_dot was taken with (null: the stored one)
+    ("old_conformity", pa.float64()),  # what the sketch holds for this row now (null: nothing)
+])
+PAIR_SCHEMA = pa.schema([
+    ("text_key", pa.int64()), ("image_key", pa.int64()), ("pair_dot", pa.float64()),
+    ("alignment", pa.float64()), ("alignment_centered", pa.float64()),
+    ("conformity_mismatch", pa.float64()),
+])
 
 
-def scalar_arrays(stats: TableStats, n: int):
-    """NaN-filled per-row scalar arrays, the non-empty modalities and their whitenings."""
-    scalars = {k: np.full(n, np.nan) for k in ("conformity", "conformity_est", "loglik", "norm")}
-    for m in stats.modalities:
-        scalars[f"dot_{m}"] = np.full(n, np.nan)
-    live = stats.nonempty()
-    return scalars, live, {m: s.whitening() if s.n > 1 else None for m, s in live.items()}
+@dataclass
+class ScoreModel:
+    """What the vector pass needs of the statistics (shipped to Ray tasks once)."""
 
+    live: dict  # modality -> ModalityStats (sums only matter here)
+    whitening: dict  # modality -> Whitening or None
+    loglik: bool = True
 
-def piece_scalars(piece: Piece, rowids: np.ndarray, take: bool, model) -> dict:
-    """The pass's per-piece function: scalars of the rows ``rowids`` of one piece.
+    @classmethod
+    def of(cls, stats: TableStats, loglik: bool = True) -> ScoreModel:
+        live = stats.nonempty()
+        white = {m: (s.whitening() if s.n > 1 and loglik else None) for m, s in live.items()}
+        return cls(live, white, loglik)
 
-    Returns ``{"rowid", "norm", "conformity", "conformity_est", "loglik", "dot_M"…}``,
-    float64 arrays aligned with the returned row ids (NaN for modalities without
-    statistics).
-    """
-    live, whitening, names = model
-    keys = ["norm", "conformity", "conformity_est", "loglik"] + [f"dot_{m}" for m in names]
-    parts = {k: [] for k in ["rowid"] + keys}
-    for ids, batch in piece_rows(piece, rowids, ["modality", "embedding"], take):
-        X = vectors(batch)
-        out = {k: np.full(len(ids), np.nan) for k in keys}
-        out["norm"] = np.sqrt(np.einsum("ij,ij->i", X, X)).astype(np.float64)  # float32: 6x faster, 2e-7
-        for m, rows in groups(batch.column("modality")):
-            if m not in live:
+    def scalars(self, X: np.ndarray, norms: np.ndarray, modality: pa.Array) -> dict[str, np.ndarray]:
+        """conformity, conformity_est, loglik, dot_image, dot_text of rows X (NaN where a
+        modality has no statistics); ``norms`` are the rows' norms (float64)."""
+        n = len(X)
+        out = {k: np.full(n, np.nan) for k in ("conformity", "conformity_est", "loglik",
+                                                "dot_image", "dot_text")}
+        for m, rows in groups(modality):
+            if m not in self.live:
                 continue
             sel = slice(None) if rows is None else rows
-            for key, values in row_scores(X[sel], out["norm"][sel], m, live, whitening[m]).items():
-                out[key][sel] = values
-        parts["rowid"].append(ids)
-        for k in keys:
-            parts[k].append(out[k])
-    return {k: np.concatenate(v) if v else np.zeros(0) for k, v in parts.items()}
-
-
-def compute_scalars(dataset, stats: TableStats, index: RowIndex, needed: np.ndarray, *,
-                    engine: str | None = None) -> dict:
-    """Per-row scalars of the needed rows from one pass over their vectors (NaN elsewhere).
-
-    ``norm``, ``conformity``, ``conformity_est``, ``loglik`` and ``dot_M`` per modality M
-    of ``stats``, float64 arrays aligned with ``index``.
-    """
-    scalars, live, whitening = scalar_arrays(stats, len(index.rowid))
-    run = executor(engine)
-    model = run.put((live, whitening, sorted(stats.modalities)))
-    wanted = index.rowid[needed]  # sorted: the index orders rows by row id
-    fragment_of = (wanted >> np.uint64(32)).astype(np.int64)
-    split = None if run.name == LOCAL else 1 << 17
-    jobs = []
-    for piece in pieces(dataset, split):
-        fid = piece.fragment_id
-        lo, hi = np.searchsorted(fragment_of, [fid, fid + 1])
-        if lo == hi:
-            continue
-        take = hi - lo <= TAKE_SHARE * piece.fragment.physical_rows
-        if take and not (piece.offset == 0):
-            continue  # a sparse fragment is read once, by its first piece
-        jobs.append((piece, wanted[lo:hi], take, model))
-    for result in run.map(piece_scalars, jobs):
-        pos = index.positions(result.pop("rowid"))
-        for key, values in result.items():
-            scalars[key][pos] = values
-    return scalars
-
-
-def _same(new: np.ndarray, old: np.ndarray) -> np.ndarray:
-    """Equal as stored (old float32 columns compare at float32), NaN equal to NaN."""
-    new = new.astype(old.dtype, copy=False)
-    return (new == old) | (np.isnan(new) & np.isnan(old))
-
-
-def _mismatch(index, uncertainty, image_of_sample, text) -> np.ndarray:
-    """uncertainty(text) − uncertainty(image) on text rows; image rows: max over captions."""
-    n = len(index.rowid)
-    out = np.full(n, np.nan)
-    t, i = _partners(index, index.modality == text, image_of_sample)
-    if len(t) == 0:
+            scores = row_scores(X[sel], norms[sel], m, self.live, self.whitening.get(m))
+            for key in ("conformity", "conformity_est", "loglik"):
+                out[key][sel] = scores[key]
+            for name in (IMAGE, TEXT):
+                if f"dot_{name}" in scores:
+                    out[f"dot_{name}"][sel] = scores[f"dot_{name}"]
         return out
-    values = uncertainty[t] - uncertainty[i]
-    out[t] = values
-    best = np.full(n, -np.inf)
-    np.maximum.at(best, i, np.where(np.isnan(values), -np.inf, values))
-    out[np.isfinite(best)] = best[np.isfinite(best)]
+
+
+def spill_table(keys, sample_id, modality, norms, scalars: dict, pair_dot, dot_with,
+                old_conformity) -> pa.Table:
+    """One spill part (NaN → null, so DuckDB's aggregates skip them)."""
+    def f64(values):
+        values = np.asarray(values, np.float64)
+        return pa.array(values, pa.float64(), mask=~np.isfinite(values))
+
+    return pa.table([
+        pa.array(np.asarray(keys, np.int64), pa.int64()),
+        sample_id.cast(pa.string()), modality.cast(pa.string()),
+        f64(norms), f64(scalars["conformity"]), f64(scalars["conformity_est"]),
+        f64(scalars["loglik"]), f64(scalars["dot_image"]), f64(scalars["dot_text"]),
+        f64(pair_dot), dot_with, f64(old_conformity),
+    ], schema=SPILL_SCHEMA)
+
+
+def piece_scalars(piece: Piece, rowids: np.ndarray | None, take: bool, model: ScoreModel
+                  ) -> pa.Table:
+    """The vector pass's per-piece function for existing rows (``rowids``, or every row
+    of the piece when None): their spill part."""
+    parts = []
+    for ids, batch in piece_rows(piece, rowids, READ_COLUMNS, take):
+        X = vectors(batch)
+        norms = batch.column("norm").to_numpy(zero_copy_only=False).astype(np.float64)
+        missing = ~np.isfinite(norms)
+        if missing.any():  # an unscored row from an old table: no stored norm
+            norms[missing] = np.sqrt(np.einsum("ij,ij->i", X[missing], X[missing], dtype=np.float64))
+        scalars = model.scalars(X, norms, batch.column("modality"))
+        parts.append(spill_table(
+            ids.astype(np.int64), batch.column("sample_id"), batch.column("modality"), norms,
+            scalars, batch.column("pair_dot").to_numpy(zero_copy_only=False),
+            pa.nulls(len(ids), pa.int64()),
+            batch.column("conformity").to_numpy(zero_copy_only=False).astype(np.float64)))
+    return pa.concat_tables(parts) if parts else SPILL_SCHEMA.empty_table()
+
+
+@dataclass
+class Outcome:
+    """What a scoring transaction prepared: fragment metadata to commit, and counts."""
+
+    updated: list = field(default_factory=list)  # FragmentMetadata of existing fragments
+    new: list = field(default_factory=list)  # FragmentMetadata of new fragments (ingest)
+    removed: list = field(default_factory=list)  # fragment ids whose rows were all deleted
+    rows: int = 0  # rows scored
+
+    def commit(self, dataset, message: str):
+        """One commit: ``Update`` of the score columns (and appended, deleted rows)."""
+        import lance
+
+        if not (self.updated or self.new or self.removed):
+            return dataset
+        ids = [dataset.lance_schema.field(name).id() for name in SCORE_COLUMNS]
+        operation = lance.LanceOperation.Update(
+            removed_fragment_ids=self.removed, updated_fragments=self.updated,
+            new_fragments=self.new, fields_modified=ids)
+        return commit(dataset, operation, message)
+
+
+class Scoring:
+    """One scoring transaction at the version of ``stats`` (sums final; its sketch is
+    updated in place by :meth:`finish`)."""
+
+    def __init__(self, dataset, stats: TableStats, *, loglik: bool = True,
+                 engine: str | None = None):
+        self.dataset = dataset
+        self.stats = stats
+        self.model = ScoreModel.of(stats, loglik)
+        self.engine = engine
+        self.spill = ScalarSpill(SPILL_SCHEMA)
+        self.dim = stats.dim
+        self.new_vectors = VectorSpill(self.spill.folder, stats.dim)
+        self.deleted: dict[int, np.ndarray] = {}  # fragment id -> offsets of deleted rows
+        self.deleted_conformity: list[tuple[str, np.ndarray]] = []
+        self._con = None
+
+    @property
+    def con(self):
+        """This transaction's DuckDB connection (one per command: connecting costs)."""
+        if self._con is None:
+            from .spill import connect
+
+            self._con = connect(self.spill.folder)
+        self.spill.attach(self._con)
+        return self._con
+
+    # -- A: the vector pass ---------------------------------------------------------
+    def score_existing(self, chosen: dict[int, np.ndarray | None]) -> None:
+        """Add existing rows to the transaction: fragment id → their sorted row ids, or
+        None for every row of the fragment."""
+        if not chosen:
+            return
+        run = executor(self.engine)
+        model = run.put(self.model)
+        split = None if run.name == LOCAL else ROWS_PER_PIECE
+        jobs = []
+        for piece in pieces(self.dataset, split):
+            if piece.fragment_id not in chosen:
+                continue
+            rowids = chosen[piece.fragment_id]
+            take = rowids is not None and len(rowids) <= TAKE_SHARE * piece.fragment.physical_rows
+            if take and piece.offset != 0:
+                continue  # a sparse fragment is read once, by its first piece
+            jobs.append((piece, rowids, take, model))
+        for part in run.map(piece_scalars, jobs):
+            self.spill.add(part)
+
+    def add_new(self, positions: np.ndarray, batch: pa.RecordBatch, X: np.ndarray,
+                norms: np.ndarray, pair_dot: np.ndarray, dot_with: np.ndarray,
+                keep_vectors: np.ndarray | None = None) -> None:
+        """Add rows not yet in the table (ingest): ``positions`` in the append order,
+        their vectors, norms and in-batch pair dots (``dot_with``: key of the image each
+        dot was taken with, −1 for none); ``keep_vectors`` marks rows whose vector a later
+        pair dot needs."""
+        scalars = self.model.scalars(X, norms, batch.column("modality"))
+        keys = NEW_BASE + np.asarray(positions, np.int64)
+        with_key = pa.array(dot_with, pa.int64(), mask=np.asarray(dot_with) < 0)
+        self.spill.add(spill_table(keys, batch.column("sample_id"), batch.column("modality"),
+                                   norms, scalars, pair_dot, with_key, np.full(len(keys), np.nan)))
+        if keep_vectors is not None and keep_vectors.any():
+            self.new_vectors.add(keys[keep_vectors], X[keep_vectors])
+
+    def delete(self, rowids: np.ndarray, modality: np.ndarray, conformity: np.ndarray) -> None:
+        """Rows leaving the table in this commit (replaced): out of the sketch, and their
+        fragments get deletion vectors."""
+        rowids = np.asarray(rowids, np.uint64)
+        for fid, offsets in _split_by_fragment(rowids).items():
+            self.deleted[fid] = np.union1d(self.deleted.get(fid, np.zeros(0, np.int64)), offsets)
+        for m in np.unique(modality):
+            self.deleted_conformity.append((str(m), np.asarray(conformity)[modality == m]))
+
+    # -- B to E ----------------------------------------------------------------------
+    def finish(self, new_fragments: list | None = None, version: int | None = None) -> Outcome:
+        """Sketch, pairs, assembly and score files; returns what to commit. ``version``
+        is written to ``stats_version`` (default: the statistics' version)."""
+        version = self.stats.version if version is None else version
+        con = self.con
+        self._update_sketch(con)
+        pairs = ScalarSpill(PAIR_SCHEMA, os.path.join(self.spill.folder, "pairs"))
+        os.makedirs(pairs.folder, exist_ok=True)
+        self._pairs(con, pairs)
+        pairs.attach(con, "pairs")
+        return self._write(con, new_fragments or [], version)
+
+    def close(self) -> None:
+        if self._con is not None:
+            self._con.close()
+        self.new_vectors.close()
+        self.spill.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def _update_sketch(self, con) -> None:
+        for m, values in self.deleted_conformity:
+            if m in self.stats.modalities:
+                self.stats.modalities[m].add_conformity(values, sign=-1)
+        reader = con.sql("SELECT modality, conformity, old_conformity FROM spill").to_arrow_reader(1 << 17)
+        for batch in reader:
+            modality = batch.column(0).to_numpy(zero_copy_only=False)
+            new = batch.column(1).to_numpy(zero_copy_only=False).astype(np.float64)
+            old = batch.column(2).to_numpy(zero_copy_only=False).astype(np.float64)
+            for m in np.unique(modality):
+                s = self.stats.modalities.get(str(m))
+                if s is None:
+                    continue
+                rows = modality == m
+                s.add_conformity(old[rows], sign=-1)
+                s.add_conformity(new[rows], sign=1)
+        for s in self.stats.modalities.values():
+            np.maximum(s.hist, 0, out=s.hist)
+
+    def _uncertainty(self, modality: np.ndarray, conformity: np.ndarray) -> np.ndarray:
+        out = np.full(len(conformity), np.nan)
+        for m in np.unique(modality):
+            s = self.stats.modalities.get(str(m))
+            rows = (modality == m) & np.isfinite(conformity)
+            if s is not None and rows.any():
+                out[rows] = s.cdf(conformity[rows])
+        return out
+
+    def _pairs(self, con, pairs: ScalarSpill) -> None:
+        """Every caption with its sample's first image: pair dot and pair scores."""
+        if IMAGE not in self.stats.modalities or TEXT not in self.stats.modalities:
+            return
+        m_i, m_t = self.stats.modalities[IMAGE].mean, self.stats.modalities[TEXT].mean
+        query = f"""
+            WITH first_image AS (
+                SELECT sample_id, min(key) AS image_key FROM spill
+                WHERE modality = '{IMAGE}' AND sample_id IS NOT NULL GROUP BY sample_id)
+            SELECT t.key AS text_key, f.image_key, t.pair_dot, t.dot_with,
+                   t.norm AS nt, t.dot_image AS t_di, t.dot_text AS t_dt, t.conformity AS ct,
+                   i.norm AS ni, i.dot_image AS i_di, i.dot_text AS i_dt, i.conformity AS ci
+            FROM spill t JOIN first_image f ON t.sample_id = f.sample_id
+                 JOIN spill i ON i.key = f.image_key
+            WHERE t.modality = '{TEXT}'"""
+        for batch in con.sql(query).to_arrow_reader(1 << 16):
+            col = {name: batch.column(name) for name in batch.schema.names}
+            text_key = col["text_key"].to_numpy()
+            image_key = col["image_key"].to_numpy()
+            dot = col["pair_dot"].to_numpy(zero_copy_only=False).astype(np.float64)
+            with_null = col["dot_with"].is_null().to_numpy(zero_copy_only=False)
+            with_ = col["dot_with"].fill_null(-1).to_numpy()
+            valid = np.isfinite(dot) & np.where(with_null, image_key < NEW_BASE, with_ == image_key)
+            if not valid.all():
+                redo = ~valid
+                dot[redo] = self._dots(text_key[redo], image_key[redo])
+            f = {k: col[k].to_numpy(zero_copy_only=False).astype(np.float64)
+                 for k in ("nt", "t_di", "t_dt", "ct", "ni", "i_di", "i_dt", "ci")}
+            unc_t = self._uncertainty(np.full(len(dot), TEXT), f["ct"])
+            unc_i = self._uncertainty(np.full(len(dot), IMAGE), f["ci"])
+            scores = pair_scores(dot, f["ni"], f["nt"], f["i_di"], f["i_dt"], f["t_di"], f["t_dt"],
+                                 m_i, m_t, unc_i, unc_t)
+            pairs.add(pa.table([pa.array(text_key), pa.array(image_key), _f64(dot),
+                                _f64(scores["alignment"]), _f64(scores["alignment_centered"]),
+                                _f64(scores["conformity_mismatch"])], schema=PAIR_SCHEMA))
+
+    def _dots(self, text_keys: np.ndarray, image_keys: np.ndarray) -> np.ndarray:
+        """⟨x_img, x_txt⟩ from the two vectors: existing rows read by row id, new rows
+        from the vectors ingest spilled."""
+        return np.einsum("ij,ij->i", self._vectors(text_keys), self._vectors(image_keys),
+                         dtype=np.float64)
+
+    def _vectors(self, keys: np.ndarray) -> np.ndarray:
+        out = np.empty((len(keys), self.dim), np.float32)
+        new = keys >= NEW_BASE
+        if new.any():
+            out[new] = self.new_vectors.take(keys[new])
+        if (~new).any():
+            out[~new] = take_vectors(self.dataset, keys[~new].astype(np.uint64))
+        return out
+
+    def _write(self, con, new_fragments: list, version: int) -> Outcome:
+        outcome = Outcome()
+        query = """
+            SELECT s.key, s.modality, s.conformity, s.conformity_est, s.loglik,
+                   CASE WHEN s.modality = 'text' THEN p.pair_dot END AS pair_dot,
+                   coalesce(p.alignment, g.alignment) AS alignment,
+                   coalesce(p.alignment_centered, g.alignment_centered) AS alignment_centered,
+                   coalesce(p.conformity_mismatch, g.conformity_mismatch) AS conformity_mismatch
+            FROM spill s
+            LEFT JOIN pairs p ON p.text_key = s.key
+            LEFT JOIN (SELECT image_key, max(alignment) AS alignment,
+                              max(alignment_centered) AS alignment_centered,
+                              max(conformity_mismatch) AS conformity_mismatch
+                       FROM pairs GROUP BY image_key) g ON g.image_key = s.key
+            ORDER BY s.key"""
+        run = executor(self.engine)
+        jobs = _FragmentJobs(self.dataset, new_fragments, self.deleted, version)
+        for batch in con.sql(query).to_arrow_reader(1 << 16):
+            keys = batch.column("key").to_numpy()
+            modality = batch.column("modality").to_numpy(zero_copy_only=False)
+            values = {name: batch.column(name).to_numpy(zero_copy_only=False).astype(np.float64)
+                      for name in ("conformity", "conformity_est", "loglik", "pair_dot",
+                                   "alignment", "alignment_centered", "conformity_mismatch")}
+            values["uncertainty"] = self._uncertainty(modality, values["conformity"])
+            outcome.rows += len(keys)
+            jobs.add(keys, values)
+        for kind, metadata in run.map(_write_job, jobs.finish()):
+            if kind == "removed":
+                outcome.removed.append(metadata)
+            elif kind == "new":
+                outcome.new.append(metadata)
+            else:
+                outcome.updated.append(metadata)
+        return outcome
+
+
+def _f64(values) -> pa.Array:
+    values = np.asarray(values, np.float64)
+    return pa.array(values, pa.float64(), mask=~np.isfinite(values))
+
+
+def _split_by_fragment(rowids: np.ndarray) -> dict[int, np.ndarray]:
+    out = {}
+    fragment = (rowids >> np.uint64(32)).astype(np.int64)
+    for fid in np.unique(fragment):
+        out[int(fid)] = (rowids[fragment == fid] & np.uint64(0xFFFFFFFF)).astype(np.int64)
     return out
 
 
-def _first_image(index: RowIndex, universe: np.ndarray, image: int) -> np.ndarray:
-    """Array: sample code → position of its (first) image row within ``universe``, else -1."""
-    n_samples = int(index.sample.max()) + 1 if len(index.sample) else 0
-    image_at = np.full(max(n_samples, 1), -1, np.int64)
-    positions = np.flatnonzero(universe & (index.modality == image))
-    # Assign in reverse so the first image of a sample wins.
-    image_at[index.sample[positions[::-1]]] = positions[::-1]
-    return image_at
+class _FragmentJobs:
+    """Collects the assembled rows (ordered by key) into one write job per fragment."""
 
+    def __init__(self, dataset, new_fragments: list, deleted: dict, version: int):
+        self.dataset, self.version = dataset, version
+        self.deleted = dict(deleted)
+        self.new = new_fragments
+        starts = np.cumsum([0] + [f.physical_rows for f in new_fragments])
+        self.new_starts = starts
+        self.current: int | None = None
+        self.parts: list = []
+        self.ready: list = []
 
-def _image_is_target(index: RowIndex, image_at: np.ndarray, target: np.ndarray) -> np.ndarray:
-    """Per row: its sample's image row is among the targets (False without an image)."""
-    has = index.sample >= 0
-    image = np.full(len(index.sample), -1, np.int64)
-    image[has] = image_at[index.sample[has]]
-    return (image >= 0) & target[np.maximum(image, 0)]
+    def add(self, keys: np.ndarray, values: dict) -> None:
+        """Take assembled rows (ascending keys): existing rows go to their fragment
+        (``key >> 32``, offset ``key & 0xFFFFFFFF``), new rows to the new fragment that holds
+        their position (target ``−1 − j`` for new fragment j)."""
+        old = keys < NEW_BASE
+        position = keys - NEW_BASE
+        j = np.searchsorted(self.new_starts, position, side="right") - 1
+        target = np.where(old, keys >> 32, -1 - j)
+        offsets = np.where(old, keys & 0xFFFFFFFF, position - self.new_starts[np.maximum(j, 0)])
+        for tid in _runs(target):
+            rows = target == tid
+            if tid != self.current:
+                self._flush()
+                self.current = int(tid)
+            self.parts.append((offsets[rows].astype(np.int64), {k: v[rows] for k, v in values.items()}))
 
-
-def _partners(index: RowIndex, rows: np.ndarray, image_at: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(text positions, their image positions) for the text rows in ``rows`` with an image."""
-    t = np.flatnonzero(rows & (index.sample >= 0))
-    i = image_at[index.sample[t]]
-    keep = i >= 0
-    return t[keep], i[keep]
-
-
-def _fill_pair_dots(dataset, index, missing, image_of_sample, pair_dot) -> None:
-    text_pos, img_pos = _partners(index, missing, image_of_sample)
-    if len(text_pos) == 0:
-        return
-    for start in range(0, len(text_pos), SCAN_BATCH_ROWS):
-        t = text_pos[start:start + SCAN_BATCH_ROWS]
-        i = img_pos[start:start + SCAN_BATCH_ROWS]
-        Xt = take_vectors(dataset, index.rowid[t])
-        Xi = take_vectors(dataset, index.rowid[i])
-        pair_dot[t] = np.einsum("ij,ij->i", Xt, Xi, dtype=np.float64)
-
-
-def _pair_columns(index, stats, scalars, uncertainty, pair_dot, image_of_sample, universe,
-                  image, text) -> dict[str, np.ndarray]:
-    n = len(index.rowid)
-    out = {k: np.full(n, np.nan) for k in ("alignment", "alignment_centered", "conformity_mismatch")}
-    if IMAGE not in stats.modalities or TEXT not in stats.modalities:
-        return out
-    t, i = _partners(index, universe & (index.modality == text) & np.isfinite(pair_dot),
-                     image_of_sample)
-    if len(t) == 0:
-        return out
-    m_i, m_t = stats.modalities[IMAGE].mean, stats.modalities[TEXT].mean
-    scores = pair_scores(pair_dot[t], scalars["norm"][i], scalars["norm"][t],
-                         scalars[f"dot_{IMAGE}"][i], scalars[f"dot_{TEXT}"][i],
-                         scalars[f"dot_{IMAGE}"][t], scalars[f"dot_{TEXT}"][t],
-                         m_i, m_t, uncertainty[i], uncertainty[t])
-    for key, values in scores.items():
-        out[key][t] = values
-        best = np.full(n, -np.inf)
-        np.maximum.at(best, i, np.where(np.isnan(values), -np.inf, values))
-        has = np.isfinite(best)
-        out[key][has] = best[has]
-    return out
-
-
-def write_scores(dataset, rowids, columns: dict[str, np.ndarray], versions: np.ndarray,
-                 message: str, *, engine: str | None = None):
-    """Write the score columns of the rows ``rowids`` in one commit (data evolution)."""
-    arrays = {}
-    for name, dtype in OUT_COLUMNS.items():
-        if name == "stats_version":
-            arrays[name] = pa.array(versions.astype(np.int64, copy=False), pa.int64(), mask=versions < 0)
+    def _flush(self) -> None:
+        if self.current is None or not self.parts:
+            return
+        offsets = np.concatenate([p[0] for p in self.parts])
+        values = {k: np.concatenate([p[1][k] for p in self.parts]) for k in self.parts[0][1]}
+        self.parts = []
+        if self.current >= 0:
+            fragment = self.dataset.get_fragment(self.current)
+            self.ready.append(("old", fragment, offsets, values,
+                               self.deleted.pop(self.current, None), self.version))
         else:
-            values = columns[name]
-            arrays[name] = pa.array(values.astype(dtype.to_pandas_dtype(), copy=False), dtype,
-                                    mask=~np.isfinite(values))
-    return write_columns(dataset, rowids, arrays, message, engine=engine)
+            self.ready.append(("new", (self.dataset, self.new[-self.current - 1]), offsets, values,
+                               None, self.version))
+
+    def finish(self):
+        self._flush()
+        yield from self.ready
+        for fid, offsets in self.deleted.items():  # fragments with deleted rows only
+            yield ("delete", self.dataset.get_fragment(fid), np.zeros(0, np.int64), None, offsets,
+                   self.version)
+
+
+def _runs(values: np.ndarray):
+    """Distinct values of ``values`` in order of first appearance (it is sorted by key)."""
+    if len(values) == 0:
+        return []
+    starts = np.r_[True, values[1:] != values[:-1]]
+    return values[starts].tolist()
+
+
+def _write_job(kind, target, offsets, values, deleted, version):
+    """The write pass's per-fragment function (run by the executor)."""
+    if kind == "new":
+        dataset, metadata = target
+        return "new", write_score_file(dataset, metadata, offsets, values, version, new=True)
+    fragment = target
+    metadata = fragment.metadata
+    if deleted is not None and len(deleted):
+        metadata = fragment.delete_rows(deleted)
+        if metadata is None:
+            return "removed", fragment.fragment_id
+    if values is None:
+        return "updated", metadata
+    return "updated", write_score_file(fragment._ds, metadata, offsets, values, version,
+                                       fragment=fragment)
+
+
+def write_score_file(dataset, metadata, offsets: np.ndarray, values: dict, version: int, *,
+                     fragment=None, new: bool = False):
+    """Write one file with every score column for all ``metadata.physical_rows`` rows of a
+    fragment (rows at ``offsets`` get ``values`` and ``stats_version = version``; an
+    existing fragment's other rows keep their stored values) and return the fragment's
+    metadata with that file in place of the old score columns."""
+    import lance
+    from lance.file import LanceFileWriter
+
+    n = metadata.physical_rows
+    columns = {name: np.full(n, np.nan) for name in SCORE_COLUMNS if name != "stats_version"}
+    version_col = np.full(n, -1, np.int64)
+    if not new and len(offsets) < fragment.count_rows():
+        _stored(fragment, columns, version_col)
+    for name, array in columns.items():
+        array[offsets] = values[name]
+    version_col[offsets] = version
+    arrays = [pa.array(columns[name].astype(kind.to_pandas_dtype()), kind,
+                       mask=~np.isfinite(columns[name])) for name, kind in SCORE_FIELDS[:-1]]
+    arrays.append(pa.array(version_col, pa.int64(), mask=version_col < 0))
+    relative = f"scores-{uuid.uuid4().hex}.lance"
+    path = f"{dataset.uri.rstrip('/')}/data/{relative}"
+    with LanceFileWriter(path, SCORE_SCHEMA, version=STORAGE_VERSION) as writer:
+        writer.write_batch(pa.table(arrays, schema=SCORE_SCHEMA))
+    new_file = lance.fragment.DataFile.create(dataset, relative)
+    replaced = set(new_file.fields)
+    files = []
+    for data_file in metadata.files:
+        fields = [(-2 if f in replaced else f) for f in data_file.fields]
+        if all(f == -2 for f in fields):
+            continue  # every column of this file is superseded
+        if fields != list(data_file.fields):
+            data_file = lance.fragment.DataFile(
+                data_file._path, fields, data_file.column_indices, data_file.file_major_version,
+                data_file.file_minor_version, data_file.file_size_bytes, data_file.base_id)
+        files.append(data_file)
+    return replace(metadata, files=files + [new_file])
+
+
+def _stored(fragment, columns: dict, version_col: np.ndarray) -> None:
+    """Fill the arrays with the fragment's stored score columns, at physical offsets."""
+    for batch in fragment.to_batches(columns=SCORE_COLUMNS, with_row_id=True,
+                                     batch_size=SCAN_BATCH_ROWS * 4):
+        at = (batch.column("_rowid").to_numpy() & np.uint64(0xFFFFFFFF)).astype(np.int64)
+        for name in columns:
+            columns[name][at] = batch.column(name).to_numpy(zero_copy_only=False).astype(np.float64)
+        version_col[at] = batch.column("stats_version").fill_null(-1).to_numpy()

@@ -1,20 +1,30 @@
-"""Statistics of a table's rows: the accumulation pass, and the current record.
+"""Statistics of a table's rows: the accumulation pass, the current record, and the row
+groups (modality, stats_version) with the stored extremes every bound needs.
 
-The statistics are derived data: the table is the truth, and they are rebuilt from the
-rows whenever the stored record does not describe the table's current version.
+The statistics are derived data: the table is the truth. :func:`current` returns the
+stored record when it describes the table's version, carries it forward over commits
+that left the statistics columns alone, and otherwise rebuilds it from the rows; a
+rebuild whose sums equal those of a version the history holds (within float noise)
+keeps that version's number, so rows scored at it do not turn stale.
 """
 
 from __future__ import annotations
 
 import numpy as np
+import pyarrow as pa
 
-from ..geometry.bounds import staleness_bound
-from ..geometry.sums import ModalityStats, TableStats
+from ..geometry.bounds import HistoryEntry, RowGroup, centered_norms, table_bounds
+from ..geometry.sums import TableStats
 from ..store.arrow import groups, vectors
 from ..store.database import Database, TableMeta
 from ..store.statistics import StatsStore
+from ..store.versions import carry_forward
 from .executor import LOCAL, executor
 from .fragments import Piece, pieces
+
+STATS_COLUMNS = ["modality", "embedding", "conformity"]
+ROWS_PER_PIECE = 131_072  # rows per task on Ray (one partial statistics record each)
+SAME_SUMS_RTOL = 1e-9  # statistics equal within float noise are the same version
 
 
 def add_batch(stats: TableStats, batch) -> None:
@@ -26,10 +36,6 @@ def add_batch(stats: TableStats, batch) -> None:
         s = stats.get(m)
         s.add(X[sel])
         s.add_conformity(conformity[sel])
-
-
-STATS_COLUMNS = ["modality", "embedding", "conformity"]
-ROWS_PER_PIECE = 131_072  # rows per task on Ray (one partial statistics record each)
 
 
 def piece_stats(piece: Piece, dim: int, filter: str | None) -> TableStats:
@@ -54,11 +60,14 @@ def accumulate(dataset, dim: int, *, filter: str | None = None,
 
 def current(db: Database, table: str, dataset=None, *, rebuild_if_stale: bool = True,
             engine: str | None = None) -> TableStats:
-    """The statistics describing the table's current version, rebuilt from rows if needed."""
+    """The statistics describing the table's current version (see the module docstring)."""
     dataset = dataset or db.dataset(table)
     store = StatsStore(db, table)
     stats = store.load()
     if stats is not None and stats.table_version == dataset.version:
+        return stats
+    if stats is not None and carry_forward(db, table, stats.table_version, dataset):
+        stats.table_version = dataset.version
         return stats
     if not rebuild_if_stale and stats is not None:
         return stats
@@ -66,32 +75,90 @@ def current(db: Database, table: str, dataset=None, *, rebuild_if_stale: bool = 
 
 
 def rebuild(db: Database, table: str, dataset=None, *, engine: str | None = None) -> TableStats:
-    """Recompute statistics from the rows (the table is the truth), as a new stats version."""
+    """Recompute statistics from the rows (the table is the truth). The result keeps the
+    number of the history's version with the same sums and sketch, else is a new one."""
     dataset = dataset or db.dataset(table)
     store = StatsStore(db, table)
     stats = accumulate(dataset, TableMeta.from_schema(dataset.schema).dim, engine=engine)
-    stats.version = store.latest_version() + 1
     stats.table_version = dataset.version
-    store.append_history(stats)
+    same = _same_version(stats, store.history())
+    if same is not None:
+        stats.version = same
+    else:
+        stats.version = store.latest_version() + 1
+        store.append_history(stats)
     store.save(stats)
     return stats
 
 
-def version_counts(dataset) -> dict[tuple[str, int], int]:
-    """Rows per (modality, stats_version) (-1 = never scored), from a scalar scan."""
-    table = dataset.to_table(columns=["modality", "stats_version"])
-    grouped = table.group_by(["modality", "stats_version"]).aggregate([([], "count_all")])
-    out = {}
-    for m, v, c in zip(*(grouped.column(k).to_pylist() for k in ("modality", "stats_version", "count_all"))):
-        out[(m, -1 if v is None else int(v))] = int(c)
-    return out
+def _same_version(stats: TableStats, history: dict[tuple[int, str], HistoryEntry]) -> int | None:
+    """The newest version whose every modality has these sums (within float noise) and,
+    where its snapshot is kept, this sketch."""
+    live = stats.nonempty()
+    for version in sorted({v for v, _ in history}, reverse=True):
+        entries = {m: e for (v, m), e in history.items() if v == version and e.n > 0}
+        if set(entries) != set(live):
+            continue
+        if all(_close(entries[m], s) for m, s in live.items()):
+            return version
+    return None
 
 
-def staleness(stats: TableStats, history: dict, counts: dict) -> dict[tuple[str, int], float]:
-    """Bound on the conformity error of the rows of each (modality, stats_version)."""
-    out = {}
-    for (m, v), _ in counts.items():
-        current_m = stats.modalities.get(m) or ModalityStats(stats.dim)
-        out[(m, v)] = float("inf") if v < 0 else staleness_bound(history.get((v, m)), current_m)
-    return out
+def _close(entry: HistoryEntry, s) -> bool:
+    if entry.n != s.n:
+        return False
+    for a, b in ((entry.S, s.S), (entry.U, s.U)):
+        if np.linalg.norm(a - b) > SAME_SUMS_RTOL * max(np.linalg.norm(b), 1.0):
+            return False
+    if entry.snapshot is not None and not np.array_equal(entry.snapshot.hist, s.hist):
+        return False
+    return True
 
+
+# -- row groups and bounds -------------------------------------------------------------
+
+def row_groups(dataset, history: dict[tuple[int, str], HistoryEntry]) -> list[RowGroup]:
+    """Rows per (modality, stats_version), with the extremes of ‖x‖ and of ‖x − m_v‖, from
+    one scan of four scalar columns (never the vectors)."""
+    found: dict[tuple[str, int], RowGroup] = {}
+    columns = ["modality", "stats_version", "norm", "conformity_est", "loglik"]
+    for batch in dataset.to_batches(columns=columns, batch_size=1 << 18):
+        table = pa.table(batch)
+        version = table.column("stats_version").fill_null(-1).to_numpy()
+        modality = table.column("modality").to_numpy(zero_copy_only=False)
+        norm = table.column("norm").to_numpy(zero_copy_only=False).astype(np.float64)
+        est = table.column("conformity_est").to_numpy(zero_copy_only=False).astype(np.float64)
+        loglik = np.abs(table.column("loglik").to_numpy(zero_copy_only=False).astype(np.float64))
+        keys = np.char.add(modality.astype(str), np.char.add("\x00", version.astype(str)))
+        for key in np.unique(keys):
+            rows = keys == key
+            m, v = str(modality[rows][0]), int(version[rows][0])
+            g = found.setdefault((m, v), RowGroup(m, v, 0))
+            g.rows += int(rows.sum())
+            g.max_norm = max(g.max_norm, float(np.nanmax(norm[rows], initial=0.0)))
+            g.max_abs_loglik = max(g.max_abs_loglik, float(np.nanmax(loglik[rows], initial=0.0)))
+            entry = history.get((v, m))
+            ok = rows & np.isfinite(est)
+            if entry is None or entry.n == 0 or not ok.any():
+                if v >= 0 and (rows & ~np.isfinite(est)).any():
+                    g.max_centered = float("inf")
+                continue
+            low, high = centered_norms(norm[ok], est[ok], float(np.linalg.norm(entry.mean)))
+            g.min_centered = min(g.min_centered, float(low.min()))
+            g.max_centered = max(g.max_centered, float(high.max()))
+    return sorted(found.values(), key=lambda g: (g.modality, g.version))
+
+
+def referenced_versions(dataset) -> set[int]:
+    """The statistics versions some row's scores come from (one scalar scan)."""
+    found: set[int] = set()
+    for batch in dataset.to_batches(columns=["stats_version"], batch_size=1 << 20):
+        found.update(np.unique(batch.column(0).drop_null().to_numpy()).tolist())
+    return found
+
+
+def bounds(dataset, stats: TableStats, history: dict[tuple[int, str], HistoryEntry]
+           ) -> tuple[list[RowGroup], dict[tuple[str, int], dict[str, float]]]:
+    """(row groups, a bound for every score column of every group) at ``stats``."""
+    found = row_groups(dataset, history)
+    return found, table_bounds(found, history, stats.modalities, stats.version)

@@ -24,6 +24,7 @@ from .sums import ModalityStats
 from .whitening import Whitening
 
 IMAGE, TEXT = "image", "text"
+AT_MEAN = 1e-5  # ‖x − m‖² below this share of (‖x‖ + ‖m‖)²: at the mean, no direction
 
 
 def conformity(dot_unit_sum: np.ndarray, n: int, in_reference: bool = True) -> np.ndarray:
@@ -67,16 +68,21 @@ def pair_scores(pair_dot, norm_i, norm_t, dot_i_mi, dot_i_mt, dot_t_mi, dot_t_mt
 
     With raw dot ⟨x_i, x_t⟩, norms and dots with both means:
     ``cos(x_i−m_i, x_t−m_t) = (⟨x_i,x_t⟩ − ⟨x_i,m_t⟩ − ⟨m_i,x_t⟩ + ⟨m_i,m_t⟩) / (‖x_i−m_i‖·‖x_t−m_t‖)``
-    with ``‖x−m‖² = ‖x‖² − 2⟨x,m⟩ + ‖m‖²``.
+    with ``‖x−m‖² = ‖x‖² − 2⟨x,m⟩ + ‖m‖²``. A row at its modality's mean (‖x−m‖² below
+    ``AT_MEAN`` × (‖x‖ + ‖m‖)², where float32 leaves no digits, e.g. a modality of one
+    row) has no direction: its centred alignment is null (NaN).
     """
     pair_dot = np.asarray(pair_dot, np.float64)
     ni, nt = np.asarray(norm_i, np.float64), np.asarray(norm_t, np.float64)
     alignment = pair_dot / (ni * nt)
     numerator = pair_dot - dot_i_mt - dot_t_mi + float(m_image @ m_text)
-    ci = np.sqrt(np.maximum(ni * ni - 2 * dot_i_mi + float(m_image @ m_image), 0.0))
-    ct = np.sqrt(np.maximum(nt * nt - 2 * dot_t_mt + float(m_text @ m_text), 0.0))
+    mi2, mt2 = float(m_image @ m_image), float(m_text @ m_text)
+    ci2 = ni * ni - 2 * dot_i_mi + mi2
+    ct2 = nt * nt - 2 * dot_t_mt + mt2
+    defined = (ci2 > AT_MEAN * (ni + np.sqrt(mi2)) ** 2) & (ct2 > AT_MEAN * (nt + np.sqrt(mt2)) ** 2)
     with np.errstate(divide="ignore", invalid="ignore"):
-        centered = numerator / (ci * ct)
+        centered = np.where(defined, numerator / np.sqrt(np.maximum(ci2, 0.0) * np.maximum(ct2, 0.0)),
+                            np.nan)
     return {
         "alignment": np.clip(alignment, -1, 1),
         "alignment_centered": np.clip(centered, -1, 1),

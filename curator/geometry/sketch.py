@@ -13,6 +13,7 @@ import numpy as np
 
 HIST_BINS = 1 << 16  # conformity sketch: 65,536 bins over [-1, 1], width ~3.05e-5
 HIST_LO, HIST_HI = -1.0, 1.0
+BIN_WIDTH = (HIST_HI - HIST_LO) / HIST_BINS
 
 
 def conformity_bins(values: np.ndarray) -> np.ndarray:
@@ -42,3 +43,16 @@ def resolution(hist: np.ndarray) -> float:
     """Upper bound of the sketch's CDF error: the largest bin's share of rows, [0, 1]."""
     total = hist.sum()
     return float(hist.max() / total) if total > 0 else 0.0
+
+
+def sparse(hist: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(bins, counts) of the non-empty bins: how snapshots store a sketch."""
+    bins = np.flatnonzero(hist)
+    return bins.astype(np.int32), hist[bins].astype(np.int64)
+
+
+def dense(bins, counts) -> np.ndarray:
+    """The sketch from :func:`sparse`'s (bins, counts)."""
+    hist = np.zeros(HIST_BINS, np.int64)
+    hist[np.asarray(bins, np.int64)] = np.asarray(counts, np.int64)
+    return hist

@@ -1,18 +1,33 @@
-"""The ingest transaction: validate, append raw vectors, update statistics, score.
+"""The ingest transaction: validate, append raw vectors with their final scores, one commit.
 
 Guarantees: vectors are stored exactly as given (float32, never normalised); bad input
-raises a one-line :class:`BadInput` and leaves the table at its previous version (the
-append is one Lance commit that only happens after every batch passed validation);
-re-running with ``on_duplicate='skip'`` is a no-op. Memory is bounded by the batch size
-(plus the input's ids, which the duplicate check needs).
+raises a one-line :class:`BadInput` and leaves the table at its previous version; the new
+rows, their scores, the rescored rows of the samples they touch and any replaced rows
+land in ONE Lance commit; re-running with ``on_duplicate='skip'`` is a no-op. Memory is
+bounded by a batch (plus the input's ids, which the duplicate check needs, and DuckDB's
+memory limit for the scoring's global step).
 
-Steps: (1) read the ids alone and resolve duplicates; (2) stream the batches: validate,
-compute norms and in-batch pair dots, accumulate the batch's statistics, append in one
-commit; (3) statistics = previous + batch (a new stats version, recorded in the history
-first); the new rows are scored against them and their score columns written by Lance
-data evolution; the statistics record then names the table version it describes. A
-crash between (2) and (3) leaves valid rows with no scores (``stats_version`` null):
-the statistics are rebuilt from the rows on next open and ``refresh`` scores them.
+Sources are files, so they can be read more than once:
+
+0. the ids alone: duplicates within the input and against the table
+   (``--on-duplicate error|skip|replace``);
+1. the statistics pass: validation (dimension, model, NaN/Inf, zero or extreme norms)
+   and the batch's sums; statistics = previous − replaced rows + batch, a new version;
+2. the write pass: the rows are shaped to the table's schema and handed to Lance's
+   writer as uncommitted fragments while their scores at the new version are computed
+   (:class:`curator.engine.scoring.Scoring`: conformity, estimator, loglik, dots with the
+   means, in-batch pair dots), so reading, math and writing overlap;
+3. the scoring's global step (sketch, pairs, assembly) writes one score file per new
+   fragment and per existing fragment whose rows it rescored (image and text rows of
+   the samples the new rows join, rows of a modality that fell below two rows); replaced
+   rows get deletion vectors; then one ``Update`` commit. A source that changes between
+   the passes is an error (the row counts and sums are compared).
+
+History and snapshot of the new statistics version are written before the commit, the
+record after: a crash in between leaves a table whose statistics are rebuilt, with that
+version's number, on next use. With ``score=False`` (bulk loads) passes 1 and 2 are one
+pass and the rows are left unscored (``stats_version`` null) for one later ``refresh``.
+New rows join the stored concept clusters afterwards (a curation-column commit).
 """
 
 from __future__ import annotations
@@ -28,8 +43,10 @@ import pyarrow.compute as pc
 
 from .. import progress as progress_mod
 from ..curation.clusters import assign_new_rows
-from ..engine.scoring import read_index, score_rows
-from ..engine.statistics import add_batch, current
+from ..engine.rows import take_vectors
+from ..engine.scoring import NEW_BASE, Scoring
+from ..engine.statistics import current
+from ..engine.targets import choose
 from ..errors import BadInput, CuratorError, DuplicateIds, SchemaMismatch
 from ..geometry.sums import TableStats
 from ..store.arrow import groups, vectors
@@ -38,7 +55,6 @@ from ..store.database import (
     Database,
     TableMeta,
     check_table_name,
-    ids_present,
 )
 from ..store.lock import writer_lock
 from ..store.schema import (
@@ -52,11 +68,11 @@ from ..store.statistics import StatsStore
 from .sources import ColumnOptions, Source, open_sources
 
 ON_DUPLICATE = ("error", "skip", "replace")
-_NORM = "__curator_norm"
 MAX_ID_CHARS = 4096
-NORM_RANGE = (1e-12, 1e12)  # raw CLIP norms are ~1-100; outside this float32 moments break  # the validated norms travel with their batch under this name
+NORM_RANGE = (1e-12, 1e12)  # raw CLIP norms are ~1-100; outside this float32 moments break
 # Recomputed by curator, never taken from a source (an export carries them along).
 DERIVED = frozenset(SCORE_COLUMNS) | frozenset(CURATION_COLUMNS)
+PAIRED = ("image", "text")
 
 
 @dataclass
@@ -68,13 +84,16 @@ class IngestResult:
     stats_version: int
     skipped: int = 0
     replaced: int = 0
+    rescored: int = 0  # existing rows rescored whole (their samples gained or lost rows)
+    commits: int = 0
     seconds: float = 0.0
 
     def to_dict(self) -> dict:
         return {**asdict(self), "seconds": round(self.seconds, 3)}
 
     def summary(self) -> str:
-        extra = "".join(f", {k} {v}" for k, v in (("skipped", self.skipped), ("replaced", self.replaced)) if v)
+        extra = "".join(f", {k} {v}" for k, v in (("skipped", self.skipped), ("replaced", self.replaced),
+                                                  ("rescored", self.rescored)) if v)
         return (f"ingested {self.rows} rows{extra} in {self.seconds:.1f} s: table version "
                 f"{self.table_version}, statistics version {self.stats_version}")
 
@@ -107,190 +126,71 @@ def ingest_sources(sources: list[Source], *, db=None, table: str = "embeddings",
     if database.is_local:
         os.makedirs(database.uri, exist_ok=True)
     with writer_lock(database, table):
-        return _ingest_locked(sources, database, table, model, on_duplicate, score, quiet)
+        return _Ingest(sources, database, table, model, on_duplicate, score, quiet).run()
 
 
-def _ingest_locked(sources, database, table, model, on_duplicate, score, quiet) -> IngestResult:
-    import lance
+class _Ingest:
+    """One ingest, pass by pass (see the module docstring)."""
 
-    started = time.time()
-    exists = database.has_table(table)
-    dataset = database.dataset(table) if exists else None
-    meta = TableMeta.from_schema(dataset.schema) if exists else None
-    if meta is not None and model and meta.model != model:
-        raise SchemaMismatch(f"table {table!r} holds vectors of model {meta.model!r}, not {model!r}")
+    def __init__(self, sources, database, table, model, on_duplicate, score, quiet):
+        self.sources, self.database, self.table = sources, database, table
+        self.model, self.on_duplicate, self.score, self.quiet = model, on_duplicate, score, quiet
+        self.started = time.time()
+        self.dataset = database.dataset(table) if database.has_table(table) else None
+        self.meta = TableMeta.from_schema(self.dataset.schema) if self.dataset is not None else None
+        if self.meta is not None and model and self.meta.model != model:
+            raise SchemaMismatch(f"table {table!r} holds vectors of model {self.meta.model!r}, not {model!r}")
+        self.dim = self.meta.dim if self.meta else None
+        self.store = StatsStore(database, table)
 
-    input_ids, total_rows = _read_ids(sources)
-    skip_ids, replace_ids = _resolve_duplicates(dataset, input_ids, on_duplicate)
-    if total_rows - len(skip_ids) <= 0 and total_rows:
-        version = dataset.version
-        previous = current(database, table, dataset)
-        return IngestResult(0, version, previous.version, skipped=len(skip_ids),
-                            seconds=time.time() - started)
+    def run(self) -> IngestResult:
+        input_ids, total = _read_ids(self.sources)
+        self.skip, replaced = _resolve_duplicates(self.dataset, input_ids, self.on_duplicate)
+        new_rows = total - len(self.skip)
+        if new_rows <= 0 and total:
+            previous = current(self.database, self.table, self.dataset)
+            return IngestResult(0, self.dataset.version, previous.version, skipped=len(self.skip),
+                                seconds=time.time() - self.started)
+        self.skip_set = pa.array(sorted(self.skip), pa.string()) if self.skip else None
+        self.plan = _PairPlan()
+        previous = current(self.database, self.table, self.dataset) if self.dataset is not None else None
+        if not self.score:
+            return self._bulk(previous, replaced, new_rows)
+        batch_stats, first = self._statistics_pass(new_rows)
+        stats = previous.copy() if previous is not None else TableStats(self.dim)
+        removed = self._remove_replaced(stats, replaced)
+        stats.merge_from(batch_stats)
+        stats.version = self.store.latest_version() + 1
+        schema = self.dataset.schema if self.dataset is not None else _new_schema(first, self.dim, self.model)
+        return self._write_and_score(schema, stats, batch_stats, replaced, removed, previous, new_rows)
 
-    previous = current(database, table, dataset) if exists else None
-    writer = _BatchWriter(sources, meta, model, skip_ids, quiet, total_rows)
-    first = writer.peek_schema(dataset)
-    replaced_stats = _replaced_statistics(dataset, replace_ids, writer.dim) if replace_ids else None
-
-    reader = pa.RecordBatchReader.from_batches(first, writer.batches(first))
-    uri = database.table_uri(table)
-    try:
-        if replace_ids:
-            dataset = _merge_insert(dataset, reader)
-        else:
-            dataset = lance.write_dataset(reader, uri, mode="append" if exists else "create",
-                                          data_storage_version=STORAGE_VERSION,
-                                          max_rows_per_file=1 << 20)
-    except Exception:
-        if writer.error is not None:  # raised inside the stream; Lance wraps it
-            raise writer.error from None
-        raise
-    finally:
-        writer.close()
-    if writer.rows == 0:
-        return IngestResult(0, dataset.version, previous.version if previous else 0,
-                            skipped=len(skip_ids), seconds=time.time() - started)
-
-    new_stats = previous.copy() if previous is not None else TableStats(writer.dim)
-    if replaced_stats is not None:
-        for m, s in replaced_stats.modalities.items():
-            new_stats.modalities[m] = new_stats.get(m).subtract(s)
-    for m, s in writer.stats.modalities.items():
-        new_stats.modalities[m] = new_stats.get(m).merge(s)
-    dataset = score_new_rows(database, table, dataset, new_stats, score=score)
-    return IngestResult(writer.rows, dataset.version, new_stats.version, skipped=len(skip_ids),
-                        replaced=len(replace_ids), seconds=time.time() - started)
-
-
-def score_new_rows(database: Database, table: str, dataset, stats: TableStats, score: bool = True):
-    """Give ``stats`` a new version, score the never-scored rows with it, save it."""
-    store = StatsStore(database, table)
-    stats.version = store.latest_version() + 1
-    store.append_history(stats)
-    if score:
-        index = read_index(dataset)
-        target = index["stats_version"] < 0
-        dataset, _ = score_rows(dataset, stats, target, index,
-                                message=f"curator score v{stats.version}")
-        dataset = assign_new_rows(database, table, dataset)
-    stats.table_version = dataset.version
-    store.save(stats)
-    return dataset
-
-
-# -- duplicates --------------------------------------------------------------------
-
-def _read_ids(sources: list[Source]) -> tuple[pa.Array, int]:
-    parts = []
-    for source in sources:
-        for batch in source.batches(columns="ids"):
-            ids = batch.column("id")
-            if ids.null_count:
-                raise BadInput(f"{source.path}: {ids.null_count} rows have no id")
-            lengths = pc.utf8_length(ids).to_numpy(zero_copy_only=False)
-            if (lengths == 0).any():
-                raise BadInput(f"{source.path}: {int((lengths == 0).sum())} empty ids")
-            if (lengths > MAX_ID_CHARS).any():
-                raise BadInput(f"{source.path}: ids longer than {MAX_ID_CHARS} characters")
-            parts.append(ids)
-    ids = pa.concat_arrays(parts) if parts else pa.array([], pa.string())
-    return ids, len(ids)
-
-
-def _resolve_duplicates(dataset, ids: pa.Array, on_duplicate: str) -> tuple[set, set]:
-    if len(ids) and pc.count_distinct(ids).as_py() != len(ids):
-        counts = pc.value_counts(ids)
-        dup = [v["values"] for v in counts.to_pylist() if v["counts"] > 1][:3]
-        raise DuplicateIds(f"duplicate ids within the input: {', '.join(map(repr, dup))}")
-    if dataset is None or len(ids) == 0:
-        return set(), set()
-    present = ids_present(dataset, ids)
-    if len(present) == 0:
-        return set(), set()
-    found = set(present.to_pylist())
-    if on_duplicate == "error":
-        sample = ", ".join(repr(x) for x in sorted(found)[:3])
-        raise DuplicateIds(f"{len(found)} ids already in the table (e.g. {sample}); "
-                           "use --on-duplicate skip or replace")
-    return (found, set()) if on_duplicate == "skip" else (set(), found)
-
-
-def _replaced_statistics(dataset, ids: set, dim: int) -> TableStats:
-    stats = TableStats(dim)
-    value_set = pa.array(sorted(ids), pa.string())
-    for batch in dataset.to_batches(columns=["id", "modality", "embedding", "conformity"],
-                                    batch_size=16_384):
-        hit = pc.is_in(batch.column("id"), value_set=value_set)
-        if not pc.any(hit).as_py():
-            continue
-        add_batch(stats, batch.filter(hit))
-    return stats
-
-
-def _merge_insert(dataset, reader):
-    builder = dataset.merge_insert("id").when_matched_update_all().when_not_matched_insert_all()
-    builder.execute(reader)
-    return dataset.__class__(dataset.uri)
-
-
-# -- the streaming writer ------------------------------------------------------------
-
-class _BatchWriter:
-    """Validates source batches and shapes them to the table schema, accumulating stats."""
-
-    def __init__(self, sources, meta, model, skip_ids, quiet, total_rows):
-        self.sources, self.meta, self.model = sources, meta, model
-        self.skip = pa.array(sorted(skip_ids), pa.string()) if skip_ids else None
-        self.dim = meta.dim if meta else None
-        self.stats = None
-        self.rows = 0
-        self.error = None
-        self._iter = self._validated()
-        self._first = None
-        self._bar = progress_mod.bar("ingest", total_rows, quiet=quiet)
-
-    def close(self):
-        self._bar.close()
-
-    def peek_schema(self, dataset) -> pa.Schema:
-        """The schema of the append: the table's, or the declared columns + source metadata."""
+    # -- pass 1: validation and statistics --------------------------------------------
+    def _statistics_pass(self, new_rows: int) -> tuple[TableStats, pa.RecordBatch]:
+        stats, first = None, None
+        bar = progress_mod.bar("statistics", new_rows, quiet=self.quiet)
+        position = 0
         try:
-            self._first = next(self._iter)
-        except StopIteration:
-            raise BadInput("the input holds no rows") from None
-        batch = self._first
-        if dataset is not None:
-            return dataset.schema
-        model = self.model or "unknown"
-        metadata_fields = [f for f in batch.schema if f.name not in column_names() and f.name != _NORM]
-        table_meta = TableMeta(model, self.dim, DATASET_SCHEMA_VERSION).to_metadata()
-        return dataset_schema(self.dim, metadata_fields, table_meta)
+            for index, (batch, norms) in enumerate(self._validated()):
+                if stats is None:
+                    stats, first = TableStats(self.dim), batch
+                _accumulate(stats, batch, norms)
+                self.plan.add(batch, position, index)
+                position += batch.num_rows
+                bar.advance(batch.num_rows)
+        finally:
+            bar.close()
+        if stats is None:
+            raise BadInput("the input holds no rows")
+        return stats, first
 
-    def batches(self, schema: pa.Schema) -> Iterator[pa.RecordBatch]:
-        self.stats = TableStats(self.dim)
-        pending = [self._first] if self._first is not None else []
-        try:
-            for batch in _chain(pending, self._iter):
-                shaped = self._shape(batch, schema)
-                self._accumulate(shaped)
-                self.rows += shaped.num_rows
-                self._bar.advance(batch.num_rows)
-                yield shaped
-        except CuratorError as exc:
-            self.error = exc
-            raise
-
-    def _validated(self) -> Iterator[pa.RecordBatch]:
+    def _validated(self) -> Iterator[tuple[pa.RecordBatch, np.ndarray]]:
+        """Source batches without skipped ids, validated; with their float64 norms."""
         for source in self.sources:
             for batch in source.batches():
-                if self.skip is not None:
-                    keep = pc.invert(pc.is_in(batch.column("id"), value_set=self.skip))
-                    batch = batch.filter(keep)
-                if batch.num_rows == 0:
-                    continue
-                norms = self._validate(batch, source.path)
-                yield batch.append_column(_NORM, pa.array(norms.astype(np.float32)))
+                if self.skip_set is not None:
+                    batch = batch.filter(pc.invert(pc.is_in(batch.column("id"), value_set=self.skip_set)))
+                if batch.num_rows:
+                    yield batch, self._validate(batch, source.path)
 
     def _validate(self, batch: pa.RecordBatch, path: str) -> np.ndarray:
         """Check one batch; returns the float64 norms of its vectors."""
@@ -312,11 +212,9 @@ class _BatchWriter:
                                      f"the table takes {expected or models[0]!r} only")
             self.model = self.model or models[0]
         X = vectors(batch)
-        # One pass: NaN/Inf make the float64 norm non-finite; zero vectors give 0.
-        norms = np.sqrt(np.einsum("ij,ij->i", X, X, dtype=np.float64))
+        norms = np.sqrt(np.einsum("ij,ij->i", X, X, dtype=np.float64))  # NaN/Inf → non-finite
         if not np.isfinite(norms).all():
-            bad = int((~np.isfinite(norms)).sum())
-            raise BadInput(f"{path}: {bad} vectors hold NaN or Inf values")
+            raise BadInput(f"{path}: {int((~np.isfinite(norms)).sum())} vectors hold NaN or Inf values")
         if not (norms > 0).all():
             raise BadInput(f"{path}: {int((norms <= 0).sum())} zero vectors (no direction)")
         outside = (norms < NORM_RANGE[0]) | (norms > NORM_RANGE[1])
@@ -325,55 +223,381 @@ class _BatchWriter:
                            f"[{NORM_RANGE[0]:g}, {NORM_RANGE[1]:g}] (their squares over- or underflow float32)")
         return norms
 
-    def _shape(self, batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
-        X = vectors(batch)
-        n = batch.num_rows
-        given = {"norm": batch.column(_NORM), "pair_dot": _pair_dots(batch, X)}
-        arrays = []
-        for f in schema:
-            if f.name in given:
-                arrays.append(given[f.name].cast(f.type))
-            elif f.name in batch.schema.names and f.name not in DERIVED:
-                try:
-                    arrays.append(batch.column(f.name).cast(f.type))
-                except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-                    raise BadInput(f"column {f.name!r} has type {batch.schema.field(f.name).type}, "
-                                   f"the table holds {f.type}") from None
-            else:
-                arrays.append(pa.nulls(n, f.type))
-        extra = [c for c in batch.schema.names if c not in schema.names and c not in ("model", _NORM)]
-        if extra:
-            raise BadInput(f"columns not in table: {', '.join(extra)} (ingest them into a new table)")
-        return pa.RecordBatch.from_arrays(arrays, schema=schema)
-
-    def _accumulate(self, batch: pa.RecordBatch) -> None:
-        X = vectors(batch)
-        norms = batch.column("norm").to_numpy()
-        for m, rows in groups(batch.column("modality")):
+    def _remove_replaced(self, stats: TableStats, replaced: pa.Table) -> TableStats | None:
+        """Take the replaced rows out of the statistics' sums (their vectors, read by row id)."""
+        if replaced.num_rows == 0:
+            return None
+        removed = TableStats(self.dim)
+        rowids = replaced.column("_rowid").to_numpy()
+        order = np.argsort(rowids)
+        X = take_vectors(self.dataset, rowids[order])
+        modality = replaced.column("modality").take(pa.array(order))
+        for m, rows in groups(modality):
             sel = slice(None) if rows is None else rows
-            self.stats.get(m).add(X[sel], norms[sel])
+            removed.get(m).add(X[sel])
+        for m, s in removed.modalities.items():
+            stats.modalities[m] = stats.get(m).subtract(s)
+        return removed
+
+    # -- pass 2 and the scoring's global step -------------------------------------------
+    def _write_and_score(self, schema, stats, batch_stats, replaced, removed, previous, new_rows):
+        import lance
+
+        written = TableStats(self.dim)
+        scoring = Scoring(self.dataset, stats)
+        keep = self.plan.keep_vectors(self.dataset, new_rows, replaced, scoring.con)
+        try:
+            def shaped():
+                position = 0
+                bar = progress_mod.bar("ingest", new_rows, quiet=self.quiet)
+                try:
+                    for batch, norms in self._validated():
+                        X = vectors(batch)
+                        _accumulate(written, batch, norms, second_moment=False)
+                        out = _shape(batch, schema, norms)
+                        positions = position + np.arange(batch.num_rows)
+                        pair_dot, dot_with = _pair_dots(batch, X, positions)
+                        scoring.add_new(positions, out, X, norms, pair_dot, dot_with,
+                                        keep_vectors=keep[positions])
+                        position += batch.num_rows
+                        bar.advance(batch.num_rows)
+                        yield out
+                finally:
+                    bar.close()
+
+            reader = pa.RecordBatchReader.from_batches(schema, shaped())
+            fragments = _write_fragments(reader, self.database.table_uri(self.table), schema)
+            _check_unchanged(written, batch_stats)
+            if self.dataset is None:  # a new table: an empty version 1, then this commit
+                self.dataset = lance.write_dataset(schema.empty_table(), self.database.table_uri(self.table),
+                                                   schema=schema, data_storage_version=STORAGE_VERSION)
+                scoring.dataset = self.dataset
+            touched = _touched_samples(scoring, replaced)
+            shrunk = [m for m, s in stats.modalities.items()
+                      if s.n < 2 and previous is not None and previous.get(m).n >= 2]
+            deleted = replaced.column("_rowid").to_numpy() if replaced.num_rows else None
+            chosen = choose(self.dataset, samples=touched, modalities=shrunk, exclude=deleted,
+                            con=scoring.con)
+            scoring.score_existing(chosen)
+            if deleted is not None:
+                scoring.delete(deleted, replaced.column("modality").to_numpy(zero_copy_only=False),
+                               replaced.column("conformity").to_numpy(zero_copy_only=False))
+            outcome = scoring.finish(fragments)
+        finally:
+            scoring.close()
+            self.plan.close()
+        self.store.append_history(stats)
+        dataset = outcome.commit(self.dataset, f"curator ingest v{stats.version}")
+        stats.table_version = dataset.version
+        self.store.save(stats)
+        commits = 1
+        clustered = assign_new_rows(self.database, self.table, dataset)
+        if clustered.version != dataset.version:
+            from ..store.versions import carry_forward
+
+            carry_forward(self.database, self.table, dataset.version, clustered)
+            commits += 1
+        return IngestResult(new_rows, clustered.version, stats.version, skipped=len(self.skip),
+                            replaced=replaced.num_rows, rescored=outcome.rows - new_rows,
+                            commits=commits, seconds=time.time() - self.started)
+
+    def _bulk(self, previous, replaced, new_rows) -> IngestResult:
+        """``score=False``: one pass that validates, sums and appends unscored rows."""
+        import lance
+
+        first = None
+        batch_stats = TableStats(self.dim) if self.dim else None
+        schema_box = {}
+
+        def shaped():
+            nonlocal first, batch_stats
+            for batch, norms in self._validated():
+                if first is None:
+                    first = batch
+                    batch_stats = batch_stats or TableStats(self.dim)
+                    schema_box["schema"] = (self.dataset.schema if self.dataset is not None
+                                            else _new_schema(first, self.dim, self.model))
+                _accumulate(batch_stats, batch, norms)
+                yield _shape(batch, schema_box["schema"], norms)
+
+        stream = shaped()
+        try:
+            head = next(stream)
+        except StopIteration:
+            raise BadInput("the input holds no rows") from None
+        schema = schema_box["schema"]
+
+        def chained():
+            yield head
+            yield from stream
+
+        fragments = _write_fragments(pa.RecordBatchReader.from_batches(schema, chained()),
+                                     self.database.table_uri(self.table), schema)
+        if self.dataset is None:
+            self.dataset = lance.write_dataset(schema.empty_table(), self.database.table_uri(self.table),
+                                               schema=schema, data_storage_version=STORAGE_VERSION)
+        stats = previous.copy() if previous is not None else TableStats(self.dim)
+        self._remove_replaced(stats, replaced)
+        stats.merge_from(batch_stats)
+        if replaced.num_rows:  # their stored conformity leaves the sketch
+            for m in np.unique(replaced.column("modality").to_numpy(zero_copy_only=False)):
+                rows = replaced.column("modality").to_numpy(zero_copy_only=False) == m
+                values = replaced.column("conformity").to_numpy(zero_copy_only=False)[rows]
+                stats.get(str(m)).add_conformity(values, sign=-1)
+        stats.version = self.store.latest_version() + 1
+        self.store.append_history(stats)
+        updated, removed_ids = [], []
+        if replaced.num_rows:
+            from ..engine.scoring import _split_by_fragment
+
+            for fid, offsets in _split_by_fragment(replaced.column("_rowid").to_numpy()).items():
+                metadata = self.dataset.get_fragment(fid).delete_rows(offsets)
+                (removed_ids.append(fid) if metadata is None else updated.append(metadata))
+        from ..store.columns import commit
+
+        operation = lance.LanceOperation.Update(removed_fragment_ids=removed_ids,
+                                                updated_fragments=updated, new_fragments=fragments)
+        dataset = commit(self.dataset, operation, "curator ingest (unscored)")
+        stats.table_version = dataset.version
+        self.store.save(stats)
+        return IngestResult(new_rows, dataset.version, stats.version, skipped=len(self.skip),
+                            replaced=replaced.num_rows, commits=1,
+                            seconds=time.time() - self.started)
 
 
-def _pair_dots(batch: pa.RecordBatch, X: np.ndarray) -> pa.Array:
-    """⟨x_img, x_txt⟩ for text rows whose sample's image is in the same batch."""
+# -- helpers ------------------------------------------------------------------------
+
+def _write_fragments(reader, uri: str, schema: pa.Schema) -> list:
+    """Lance's writer over the shaped stream: uncommitted fragments (an error raised in
+    the stream comes back as itself, not wrapped)."""
+    from lance.fragment import write_fragments
+
+    try:
+        return write_fragments(reader, uri, schema=schema, data_storage_version=STORAGE_VERSION,
+                               max_rows_per_file=1 << 20)
+    except Exception as exc:
+        inner = exc
+        while inner is not None and not isinstance(inner, CuratorError):
+            inner = inner.__cause__ or inner.__context__
+        if isinstance(inner, CuratorError):
+            raise inner from None
+        raise
+
+
+def _new_schema(first: pa.RecordBatch, dim: int, model: str | None) -> pa.Schema:
+    """The schema of a new table: the declared columns, then the source's metadata."""
+    metadata_fields = [f for f in first.schema if f.name not in column_names() and f.name != "model"]
+    table_meta = TableMeta(model or "unknown", dim, DATASET_SCHEMA_VERSION).to_metadata()
+    return dataset_schema(dim, metadata_fields, table_meta)
+
+
+def _shape(batch: pa.RecordBatch, schema: pa.Schema, norms: np.ndarray) -> pa.RecordBatch:
+    """The batch in the table's schema: its norms, its metadata, null score columns."""
     n = batch.num_rows
-    out = np.full(n, np.nan)
+    arrays = []
+    for f in schema:
+        if f.name == "norm":
+            arrays.append(pa.array(norms.astype(np.float32), pa.float32()))
+        elif f.name in batch.schema.names and f.name not in DERIVED:
+            try:
+                arrays.append(batch.column(f.name).cast(f.type))
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                raise BadInput(f"column {f.name!r} has type {batch.schema.field(f.name).type}, "
+                               f"the table holds {f.type}") from None
+        else:
+            arrays.append(pa.nulls(n, f.type))
+    extra = [c for c in batch.schema.names if c not in schema.names and c != "model"]
+    if extra:
+        raise BadInput(f"columns not in table: {', '.join(extra)} (ingest them into a new table)")
+    return pa.RecordBatch.from_arrays(arrays, schema=schema)
+
+
+def _accumulate(stats: TableStats, batch: pa.RecordBatch, norms: np.ndarray,
+                second_moment: bool = True) -> None:
+    X = vectors(batch)
+    for m, rows in groups(batch.column("modality")):
+        sel = slice(None) if rows is None else rows
+        s = stats.get(m)
+        if second_moment:
+            s.add(X[sel], norms[sel].astype(np.float32))
+        else:  # the write pass only checks the source did not change: n and S
+            s.n += len(X[sel])
+            s.S += X[sel].sum(axis=0, dtype=np.float64)
+
+
+def _check_unchanged(written: TableStats, counted: TableStats) -> None:
+    for m in set(written.modalities) | set(counted.modalities):
+        a, b = written.get(m), counted.get(m)
+        if a.n != b.n or not np.allclose(a.S, b.S, rtol=1e-9, atol=1e-9):
+            raise BadInput("the source changed between reading its statistics and writing its "
+                           "rows; nothing was written")
+
+
+def _pair_dots(batch: pa.RecordBatch, X: np.ndarray, positions: np.ndarray
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """⟨x_img, x_txt⟩ for captions whose sample's first image of the batch is in it, and
+    the key of that image (−1 where none)."""
+    n = batch.num_rows
+    dots = np.full(n, np.nan)
+    with_ = np.full(n, -1, np.int64)
     sample = batch.column("sample_id")
-    if sample.null_count < n:
-        codes = pc.fill_null(sample.dictionary_encode().indices, -1).to_numpy(zero_copy_only=False)
+    if sample.null_count == n:
+        return dots, with_
+    codes = pc.fill_null(sample.dictionary_encode().indices, -1).to_numpy(zero_copy_only=False)
+    modality = batch.column("modality")
+    is_image = pc.equal(modality, "image").to_numpy(zero_copy_only=False)
+    is_text = pc.equal(modality, "text").to_numpy(zero_copy_only=False)
+    image_at = np.full(codes.max() + 2, -1, np.int64)
+    images = np.flatnonzero(is_image & (codes >= 0))[::-1]  # reversed: the first image wins
+    image_at[codes[images]] = images
+    texts = np.flatnonzero(is_text & (codes >= 0))
+    partner = image_at[codes[texts]]
+    texts, partner = texts[partner >= 0], partner[partner >= 0]
+    dots[texts] = np.einsum("ij,ij->i", X[texts], X[partner])  # float32: rel. error ~2e-7
+    with_[texts] = NEW_BASE + positions[partner]
+    return dots, with_
+
+
+def _touched_samples(scoring: Scoring, replaced: pa.Table) -> pa.Array:
+    """Sample ids of the new image/text rows and of the replaced rows."""
+    found = scoring.con.sql("SELECT DISTINCT sample_id FROM spill WHERE sample_id IS NOT NULL "
+                            "AND modality IN ('image', 'text')").to_arrow_table().column(0)
+    parts = [found.combine_chunks().cast(pa.string())]
+    if replaced.num_rows:
+        parts.append(pc.drop_null(replaced.column("sample_id")).combine_chunks().cast(pa.string()))
+    return pc.unique(pa.concat_arrays(parts))
+
+
+class _PairPlan:
+    """Which new rows' vectors a pair dot will need after the write pass, from the ids
+    pass-1 saw (position, batch, sample, modality of every new image and caption) and
+    the table's existing images and captions of the same samples.
+
+    A caption's dot taken within its batch is the right one when its sample's first
+    image (the first existing image, else the first new one) is in that batch; otherwise
+    the caption's vector is kept. A first image is kept when a caption of its sample lies
+    outside its batch (an existing caption, or one in another batch). Kept vectors go to
+    the scoring's vector spill (disk, not memory); typical sources (a sample's rows
+    together) keep none.
+    """
+
+    SCHEMA = pa.schema([("position", pa.int64()), ("batch", pa.int64()),
+                        ("sample_id", pa.string()), ("modality", pa.string())])
+
+    def __init__(self):
+        from ..engine.spill import ScalarSpill
+
+        self.rows = ScalarSpill(self.SCHEMA)
+        self.batches = 0
+
+    def add(self, batch: pa.RecordBatch, position: int, index: int) -> None:
+        self.batches = max(self.batches, index + 1)
         modality = batch.column("modality")
-        is_image = pc.equal(modality, "image").to_numpy(zero_copy_only=False)
-        is_text = pc.equal(modality, "text").to_numpy(zero_copy_only=False)
-        image_at = np.full(codes.max() + 2, -1, np.int64)
-        images = np.flatnonzero(is_image & (codes >= 0))[::-1]  # reversed: the first image wins
-        image_at[codes[images]] = images
-        texts = np.flatnonzero(is_text & (codes >= 0))
-        partner = image_at[codes[texts]]
-        texts, partner = texts[partner >= 0], partner[partner >= 0]
-        out[texts] = np.einsum("ij,ij->i", X[texts], X[partner])  # float32: rel. error ~2e-7
-    return pa.array(out, pa.float64(), mask=np.isnan(out))
+        paired = pc.and_(pc.is_in(modality, value_set=pa.array(list(PAIRED))),
+                         batch.column("sample_id").is_valid())
+        if not pc.any(paired).as_py():
+            return
+        chosen = np.flatnonzero(paired.to_numpy(zero_copy_only=False))
+        self.rows.add(pa.table([pa.array(position + chosen, pa.int64()),
+                                pa.array(np.full(len(chosen), index), pa.int64()),
+                                batch.column("sample_id").take(pa.array(chosen)).cast(pa.string()),
+                                modality.take(pa.array(chosen)).cast(pa.string())],
+                               schema=self.SCHEMA))
+
+    def keep_vectors(self, dataset, rows: int, replaced: pa.Table, con) -> np.ndarray:
+        """Which of the ``rows`` new rows' vectors to keep (existing rows being replaced
+        are not partners any more), with DuckDB connection ``con``."""
+        keep = np.zeros(rows, bool)
+        if self.rows.rows == 0 or (dataset is None and self.batches == 1):
+            return keep  # one batch into a new table: every pair met in its batch
+        self.rows.attach(con, "plan")
+        try:
+            if dataset is not None:
+                reader = dataset.scanner(columns=["sample_id", "modality"], batch_size=1 << 17,
+                                         filter="modality IN ('image', 'text') AND sample_id IS NOT NULL",
+                                         with_row_id=True).to_reader()
+                con.from_arrow(reader).create_view("scan", replace=True)
+                con.from_arrow(replaced.select(["_rowid"])).create_view("replaced", replace=True)
+                con.execute("CREATE OR REPLACE TEMP TABLE old AS SELECT DISTINCT sample_id, modality FROM scan "
+                            "WHERE sample_id IN (SELECT sample_id FROM plan) "
+                            "AND _rowid NOT IN (SELECT _rowid FROM replaced)")
+            else:
+                con.execute("CREATE OR REPLACE TEMP TABLE old (sample_id VARCHAR, modality VARCHAR)")
+            found = con.execute("""
+                WITH first_new AS (
+                    SELECT sample_id, arg_min(batch, position) AS batch, min(position) AS position
+                    FROM plan WHERE modality = 'image' GROUP BY sample_id),
+                old_image AS (SELECT DISTINCT sample_id FROM old WHERE modality = 'image'),
+                old_text AS (SELECT DISTINCT sample_id FROM old WHERE modality = 'text'),
+                captions AS (
+                    SELECT s.position FROM plan s
+                    LEFT JOIN first_new f USING (sample_id)
+                    WHERE s.modality = 'text'
+                      AND (s.sample_id IN (SELECT sample_id FROM old_image)
+                           OR (f.batch IS NOT NULL AND f.batch <> s.batch))),
+                images AS (
+                    SELECT f.position FROM first_new f
+                    WHERE f.sample_id NOT IN (SELECT sample_id FROM old_image)
+                      AND (f.sample_id IN (SELECT sample_id FROM old_text)
+                           OR EXISTS (SELECT 1 FROM plan s WHERE s.sample_id = f.sample_id
+                                      AND s.modality = 'text' AND s.batch <> f.batch)))
+                SELECT position FROM captions UNION SELECT position FROM images""").fetchnumpy()
+        finally:
+            con.execute("DROP VIEW IF EXISTS plan")
+        keep[np.asarray(found["position"], np.int64)] = True
+        return keep
+
+    def close(self) -> None:
+        self.rows.close()
 
 
-def _chain(first, rest):
-    yield from first
-    yield from rest
+# -- duplicates --------------------------------------------------------------------
+
+def _read_ids(sources: list[Source]) -> tuple[pa.Array, int]:
+    parts = []
+    for source in sources:
+        for batch in source.batches(columns="ids"):
+            ids = batch.column("id")
+            if ids.null_count:
+                raise BadInput(f"{source.path}: {ids.null_count} rows have no id")
+            lengths = pc.utf8_length(ids).to_numpy(zero_copy_only=False)
+            if (lengths == 0).any():
+                raise BadInput(f"{source.path}: {int((lengths == 0).sum())} empty ids")
+            if (lengths > MAX_ID_CHARS).any():
+                raise BadInput(f"{source.path}: ids longer than {MAX_ID_CHARS} characters")
+            parts.append(ids)
+    ids = pa.concat_arrays(parts) if parts else pa.array([], pa.string())
+    return ids, len(ids)
+
+
+_REPLACED = pa.schema([("id", pa.string()), ("modality", pa.string()), ("sample_id", pa.string()),
+                       ("conformity", pa.float32()), ("_rowid", pa.uint64())])
+
+
+def _resolve_duplicates(dataset, ids: pa.Array, on_duplicate: str) -> tuple[set, pa.Table]:
+    """(ids to skip, the existing rows to replace: id, modality, sample_id, conformity,
+    _rowid)."""
+    if len(ids) and pc.count_distinct(ids).as_py() != len(ids):
+        counts = pc.value_counts(ids)
+        dup = [v["values"] for v in counts.to_pylist() if v["counts"] > 1][:3]
+        raise DuplicateIds(f"duplicate ids within the input: {', '.join(map(repr, dup))}")
+    if dataset is None or len(ids) == 0:
+        return set(), _REPLACED.empty_table()
+    value_set = pc.unique(ids)
+    found = []
+    for batch in dataset.to_batches(columns=["id", "modality", "sample_id", "conformity"],
+                                    with_row_id=True, batch_size=262_144):
+        hit = pc.is_in(batch.column("id"), value_set=value_set)
+        if pc.any(hit).as_py():
+            found.append(pa.Table.from_batches([batch.filter(hit)]).select(_REPLACED.names).cast(_REPLACED))
+    if not found:
+        return set(), _REPLACED.empty_table()
+    present = pa.concat_tables(found)
+    names = set(present.column("id").to_pylist())
+    if on_duplicate == "error":
+        sample = ", ".join(repr(x) for x in sorted(names)[:3])
+        raise DuplicateIds(f"{len(names)} ids already in the table (e.g. {sample}); "
+                           "use --on-duplicate skip or replace")
+    if on_duplicate == "skip":
+        return names, _REPLACED.empty_table()
+    return set(), present

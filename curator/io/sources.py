@@ -398,6 +398,7 @@ def _clip_retrieval(source: Source, ids_only: bool) -> Iterator[pa.RecordBatch]:
             samples = _meta_column(part, ("sample_id", "key"))
             if samples is None:
                 samples = pa.array([f"{key}:{i}" for i in range(start, stop)], pa.string())
+            lines = []
             for modality, matrix in (("image", img), ("text", txt)):
                 if matrix is None:
                     continue
@@ -410,7 +411,30 @@ def _clip_retrieval(source: Source, ids_only: bool) -> Iterator[pa.RecordBatch]:
                     columns["embedding"] = fixed_list(np.asarray(matrix[start:stop], dtype=np.float32))
                     if part is not None:
                         columns.update(_line_metadata(part, modality, columns))
-                yield pa.RecordBatch.from_pydict(columns)
+                lines.append(pa.RecordBatch.from_pydict(columns))
+            # The image and text rows of these lines in one batch, so each pair meets in
+            # it (ingest takes their dot there); metadata one modality lacks is null.
+            yield _stack(lines)
+
+
+def _stack(batches: list[pa.RecordBatch]) -> pa.RecordBatch:
+    if len(batches) == 1:
+        return batches[0]
+    names = list(dict.fromkeys(n for b in batches for n in b.schema.names))
+    kinds = {}
+    for b in batches:
+        for f in b.schema:
+            kinds.setdefault(f.name, f.type)
+    arrays = []
+    for name in names:
+        parts = [b.column(name) if name in b.schema.names else pa.nulls(b.num_rows, kinds[name])
+                 for b in batches]
+        try:
+            arrays.append(pa.concat_arrays([p.cast(kinds[name]) for p in parts]))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            raise BadInput(f"metadata column {name!r} has different types for images and "
+                           "captions") from None
+    return pa.RecordBatch.from_arrays(arrays, names=names)
 
 
 def _line_metadata(part: pa.Table, modality: str, taken) -> dict[str, pa.Array]:

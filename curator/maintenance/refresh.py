@@ -1,23 +1,32 @@
-"""``refresh``: rescore exactly the rows whose staleness bound exceeds a tolerance.
+"""``refresh``: rescore the rows for which any column's staleness bound exceeds a tolerance.
 
-One streaming pass over the vectors of those rows; only the score columns are written
-(Lance data evolution, one commit). Afterwards ``max_staleness`` is 0 for tolerance 0.
+Rows are grouped by (modality, stats_version); ``stats`` bounds every score column of
+every group (:mod:`curator.geometry.bounds`). ``refresh --tolerance t`` rescores whole
+the groups with a bound above ``t`` (``--columns`` chooses which columns' bounds count),
+together with the other image and text rows of their samples, at a new statistics
+version, in one commit that writes only score columns (one score file per fragment).
+Rescoring changes the uncertainty sketch, which loosens the uncertainty bound of the
+rows left alone; refresh repeats (rarely needed) until every counted bound is ≤ ``t``.
+
+``--columns`` without ``loglik`` also skips the whitening product, the one O(n·d²) part:
+the rescored rows then hold no ``loglik`` (null), never one of another version.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-
-import numpy as np
+from dataclasses import asdict, dataclass, field
 
 from ..engine.executor import resolve_engine
-from ..engine.scoring import read_index, score_rows
-from ..engine.statistics import current
+from ..engine.scoring import Scoring
+from ..engine.statistics import bounds, current
+from ..engine.targets import choose
 from ..errors import BadInput
-from ..geometry.bounds import staleness_bound
+from ..geometry.bounds import COLUMNS
 from ..store.database import Database
 from ..store.lock import writer_lock
 from ..store.statistics import StatsStore
+
+MAX_ROUNDS = 4
 
 
 @dataclass
@@ -26,8 +35,12 @@ class RefreshResult:
     table_version_read: int
     table_version: int
     stats_version: int
-    max_staleness_before: float | None
+    max_staleness_before: float | None  # the conformity bound, as `stats` reports it
     tolerance: float
+    columns: list[str] = field(default_factory=lambda: list(COLUMNS))
+    staleness_before: dict = field(default_factory=dict)  # column -> largest bound before
+    staleness_after: dict = field(default_factory=dict)  # column -> largest bound after
+    rounds: int = 0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -37,15 +50,18 @@ class RefreshResult:
         if not self.rows and self.table_version == self.table_version_read:
             return (f"nothing to refresh at tolerance {self.tolerance:g} (max staleness {before}); "
                     f"table unchanged at version {self.table_version}")
-        return (f"rescored {self.rows} rows whose bound exceeded {self.tolerance:g} (max staleness was "
-                f"{before}, now within the tolerance) against statistics version {self.stats_version}: "
-                f"table version {self.table_version_read} -> {self.table_version}")
+        worst = max((v for v in self.staleness_after.values() if v is not None), default=0.0)
+        return (f"rescored {self.rows} rows whose bounds exceeded {self.tolerance:g} (conformity "
+                f"staleness was {before}; every counted bound now ≤ {worst:.3g}) at statistics "
+                f"version {self.stats_version}: table version {self.table_version_read} -> "
+                f"{self.table_version}")
 
 
 def refresh(*, db=None, table: str = "embeddings", tolerance: float = 0.0,
-            reference: str | None = None, quiet: bool = True,
+            columns: str | None = None, reference: str | None = None, quiet: bool = True,
             engine: str | None = None) -> RefreshResult:
-    """Rescore rows whose conformity error bound exceeds ``tolerance`` (≥ 0).
+    """Rescore rows for which the bound of any of ``columns`` (comma-separated; default
+    all score columns) exceeds ``tolerance`` (≥ 0).
 
     With ``reference``, write instead the ``ref_*`` columns scored against that table's
     statistics (:func:`curator.maintenance.reference.score_against`).
@@ -55,38 +71,80 @@ def refresh(*, db=None, table: str = "embeddings", tolerance: float = 0.0,
         from .reference import score_against
 
         return score_against(db=db, table=table, reference=reference, quiet=quiet, engine=engine)
-    if not tolerance >= 0:
+    if not isinstance(tolerance, (int, float)) or not tolerance >= 0:
         raise BadInput("--tolerance must be a number ≥ 0")
+    counted = parse_columns(columns)
     engine = resolve_engine(engine)
     database = Database(db)
     database.dataset(table)  # a missing table is an error before any lock is taken
     with writer_lock(database, table):
-        return _refresh_locked(database, table, tolerance, engine)
+        return _refresh_locked(database, table, float(tolerance), counted, engine)
 
 
-def _refresh_locked(database: Database, table: str, tolerance: float,
-                    engine: str = "local") -> RefreshResult:
+def parse_columns(columns) -> list[str]:
+    """The score columns named in ``columns`` (comma-separated, or a list); all when None."""
+    if columns is None or columns == "":
+        return list(COLUMNS)
+    names = [c.strip() for c in (columns.split(",") if isinstance(columns, str) else columns)]
+    unknown = [c for c in names if c not in COLUMNS]
+    if unknown or not names:
+        raise BadInput(f"--columns: unknown score column {unknown[0] if unknown else ''!r} "
+                       f"(choose from {', '.join(COLUMNS)})")
+    return [c for c in COLUMNS if c in names]
+
+
+def _refresh_locked(database: Database, table: str, tolerance: float, counted: list[str],
+                    engine: str) -> RefreshResult:
+    store = StatsStore(database, table)
     dataset = database.dataset(table)
     read_version = dataset.version
-    stats = current(database, table, dataset, engine=engine)
-    history = StatsStore(database, table).history()
-    index = read_index(dataset)
-    bound_of = {}
-    for code, m in enumerate(index.names):
-        current_m = stats.modalities.get(m)
-        for v in np.unique(index["stats_version"][index.modality == code]).tolist():
-            if v < 0 or current_m is None:
-                bound_of[(code, v)] = float("inf")
-            else:
-                bound_of[(code, v)] = staleness_bound(history.get((v, m)), current_m)
-    worst = max(bound_of.values(), default=0.0)
-    target = np.zeros(len(index.rowid), bool)
-    for (code, v), bound in bound_of.items():
-        if bound > tolerance:
-            target |= (index.modality == code) & (index["stats_version"] == v)
-    dataset, rows = score_rows(dataset, stats, target, index, all_uncertainty=True,
-                                      message=f"curator refresh v{stats.version}", engine=engine)
-    stats.table_version = dataset.version
-    StatsStore(database, table).save(stats)
-    return RefreshResult(rows, read_version, dataset.version, stats.version,
-                         None if not np.isfinite(worst) else worst, tolerance)
+    result = None
+    rows = 0
+    for round_ in range(1, MAX_ROUNDS + 1):
+        stats = current(database, table, dataset, engine=engine)
+        history = store.history()
+        found, bound_of = bounds(dataset, stats, history)
+        worst = _worst(bound_of, COLUMNS)
+        if result is None:
+            result = RefreshResult(0, read_version, read_version, stats.version,
+                                   worst["conformity"], tolerance, counted, worst)
+        stale = [(g.modality, g.version) for g in found
+                 if any(bound_of[(g.modality, g.version)][c] > tolerance for c in counted)]
+        if not stale:
+            result.staleness_after = worst
+            break
+        chosen = choose(dataset, groups=stale)
+        stats.version = store.latest_version() + 1
+        with Scoring(dataset, stats, loglik="loglik" in counted, engine=engine) as scoring:
+            scoring.score_existing(chosen)
+            outcome = scoring.finish()
+        store.append_history(stats)
+        dataset = outcome.commit(dataset, f"curator refresh v{stats.version}")
+        stats.table_version = dataset.version
+        store.save(stats)
+        rows += outcome.rows
+        result.rounds = round_
+        result.stats_version = stats.version
+    prune(database, table, dataset)
+    result.rows = rows
+    result.table_version = dataset.version
+    return result
+
+
+def prune(database: Database, table: str, dataset) -> None:
+    """Drop the snapshots of versions no row references any more."""
+    from ..engine.statistics import referenced_versions
+
+    store = StatsStore(database, table)
+    record = store.load()
+    keep = referenced_versions(dataset) | ({record.version} if record is not None else set())
+    store.prune_snapshots(keep)
+
+
+def _worst(bound_of: dict, columns) -> dict:
+    out = {}
+    for c in columns:
+        values = [b[c] for b in bound_of.values()]
+        worst = max(values, default=0.0)
+        out[c] = None if worst == float("inf") else worst
+    return out

@@ -2,13 +2,11 @@
 
 The table is the truth; statistics and score columns are derived from it. ``verify``
 streams the table twice (bounded memory): first it recomputes every modality's sums
-with :func:`curator.stats.accumulate` and compares them with the stored statistics
-record; then, with the recomputed sums, it computes every row's exact conformity and
-compares it with the stored one. A row scored under stats version ``v`` may differ
-from the exact value by at most the staleness bound of ``v`` (geometry.md) plus a
-float32 allowance of ``SCORE_SLACK``; more than that is drift. It also checks the
-stored ``norm`` and ``conformity_est`` (the estimator as of the row's own version,
-from the history's ``S`` and ``n``).
+(:func:`curator.engine.statistics.accumulate`) and compares them with the stored
+record; then (:mod:`curator.maintenance.checks`) every row's every score column is
+compared with its exact value now (within the bound ``stats`` reports for its
+(modality, version) group plus float32 allowance) and with its value at the row's own
+statistics version (a row is never written with scores of two versions).
 
 Drift kinds (``VerifyResult.issues``, each ``{kind, modality, rows, detail}``):
 
@@ -19,17 +17,21 @@ Drift kinds (``VerifyResult.issues``, each ``{kind, modality, rows, detail}``):
 - ``sketch``: the uncertainty sketch does not count the stored conformity values;
 - ``unscored``: rows never scored (``stats_version`` null);
 - ``unknown_version``: rows scored with a stats version absent from the history;
-- ``conformity``: rows whose stored conformity differs from exact by more than
-  their bound (+ ``SCORE_SLACK``);
-- ``conformity_est`` / ``norm``: stored values that do not match the row's vector.
+- ``conformity``, ``conformity_est``, ``uncertainty``, ``loglik``, ``alignment``,
+  ``alignment_centered``, ``conformity_mismatch``: stored values further from the exact
+  value than their bound;
+- ``mixed_version``: a stored value that is not the one of the row's own version, or a
+  caption and its image at different versions;
+- ``pair_dot`` (a seeded sample of captions) and ``norm``: stored values that do not
+  match the vectors.
 
 A stale record (``record_table_version`` ≠ the table's version, sums still right) is
-reported as a warning only: it is consistent, and the next command rebuilds it.
+reported as a warning only: it is consistent, and the next command moves or rebuilds it.
 
-``repair=True`` rebuilds the statistics from the rows when they drifted
-(:func:`curator.stats.rebuild`, a new stats version), refreshes the record otherwise,
-and rescores exactly the drifted rows (:func:`curator.rescore.score_rows`) in one
-commit, so that a second ``verify`` is clean. Without drift it writes nothing.
+``repair=True`` rebuilds the statistics from the rows when they drifted, refreshes the
+record otherwise, and rescores the drifted rows (whole samples) at a new statistics
+version in one commit, so that a second ``verify`` is clean. Without drift it writes
+nothing.
 """
 
 from __future__ import annotations
@@ -38,21 +40,18 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
-import pyarrow.compute as pc
 
-from ..engine.scoring import read_index, score_rows
-from ..engine.statistics import accumulate, rebuild
-from ..geometry.bounds import staleness_bound
-from ..geometry.sums import TableStats, row_norms
-from ..store.arrow import vectors
-from ..store.columns import SCAN_BATCH_ROWS
+from ..engine.scoring import Scoring
+from ..engine.statistics import accumulate, bounds, rebuild
+from ..engine.targets import choose
+from ..geometry.sums import TableStats
 from ..store.database import Database, TableMeta
 from ..store.lock import writer_lock
 from ..store.statistics import StatsStore
+from .checks import check_rows
+from .refresh import prune
 
 SCORE_SLACK = 2e-5  # float32 storage and float32 dot products
-EST_TOLERANCE = 1e-4  # |stored conformity_est − cos(x, m_v)|
-NORM_RTOL = 1e-5
 SUM_RTOL = 1e-6  # relative drift allowed in S, U, a, b (float64 summation order)
 COV_RTOL = 1e-3  # relative Frobenius drift allowed in the covariance (float32 products)
 EXAMPLES = 5  # example ids kept per issue
@@ -83,6 +82,7 @@ class VerifyResult:
     issues: list[Issue] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     max_conformity_error: float = 0.0  # largest |stored − exact| over scored rows
+    max_errors: dict = field(default_factory=dict)  # column -> largest |stored − exact now|
     repaired: bool = False
     rows_rescored: int = 0
     table_version_after: int | None = None
@@ -100,7 +100,8 @@ class VerifyResult:
             "rows": self.rows, "stats_version": self.stats_version,
             "record_table_version": self.record_table_version,
             "issues": [i.to_dict() for i in self.issues], "warnings": list(self.warnings),
-            "max_conformity_error": self.max_conformity_error, "repaired": self.repaired,
+            "max_conformity_error": self.max_conformity_error, "max_errors": self.max_errors,
+            "repaired": self.repaired,
             "rows_rescored": self.rows_rescored, "table_version_after": self.table_version_after,
             "stats_version_after": self.stats_version_after, "seconds": self.seconds,
         }
@@ -147,14 +148,34 @@ def _verify(database: Database, table: str, repair: bool, started: float) -> Ver
                           record.table_version if record else None)
 
     stats_drift = _check_stats(result, record, truth, history)
-    drifted_rowids = _check_rows(result, dataset, truth, history)
+    bound_of = None
+    if record is not None and not stats_drift:
+        _, bound_of = bounds(dataset, record, history)
+    findings = check_rows(dataset, truth, record, history, bound_of)
+    for (kind, m), k in sorted(findings.counts.items()):
+        result.issues.append(Issue(kind, m, k, _DETAIL.get(kind, _DETAIL["column"]),
+                                   findings.examples[(kind, m)]))
+    result.max_conformity_error = findings.max_error.get("conformity", 0.0)
+    result.max_errors = dict(findings.max_error)
     if record is not None and record.table_version != dataset.version:
         result.warnings.append(f"statistics record describes table version {record.table_version}, "
-                               f"the table is at {dataset.version} (rebuilt on next use)")
+                               f"the table is at {dataset.version} (moved or rebuilt on next use)")
     if repair and (result.issues or result.warnings):
-        _repair(result, database, table, dataset, record, truth, stats_drift, drifted_rowids)
+        _repair(result, database, table, dataset, record, truth, stats_drift, findings.to_fix())
     result.seconds = time.time() - started
     return result
+
+
+_DETAIL = {
+    "unscored": "never scored (stats_version is null)",
+    "unknown_version": "scored with a stats version the history does not hold",
+    "mixed_version": "a stored score is not the value of the row's own statistics version "
+                     "(or a caption and its image were scored at different versions)",
+    "pair_dot": "stored image-caption dot differs from the two vectors' dot",
+    "norm": "stored norm differs from the vector's norm",
+    "column": "stored value differs from the exact value by more than its staleness bound "
+              "+ float32 allowance",
+}
 
 
 # -- statistics ---------------------------------------------------------------------------
@@ -222,114 +243,9 @@ def _sketch_problem(got: np.ndarray, want: np.ndarray) -> str | None:
     return None
 
 
-# -- rows -----------------------------------------------------------------------------------
-
-class _RowCheck:
-    """Accumulates per-kind drift counts, example ids and the row ids to rescore."""
-
-    def __init__(self):
-        self.counts: dict[tuple[str, str], int] = {}
-        self.examples: dict[tuple[str, str], list] = {}
-        self.rowids: list[np.ndarray] = []
-        self.max_error = 0.0
-
-    def flag(self, kind: str, modality: str, mask: np.ndarray, ids, rowids) -> None:
-        k = int(mask.sum())
-        if not k:
-            return
-        key = (kind, modality)
-        self.counts[key] = self.counts.get(key, 0) + k
-        room = EXAMPLES - len(self.examples.setdefault(key, []))
-        if room > 0:
-            self.examples[key] += [ids[i] for i in np.flatnonzero(mask)[:room]]
-        self.rowids.append(rowids[mask])
-
-
-def _check_rows(result: VerifyResult, dataset, truth: TableStats, history: dict) -> np.ndarray:
-    """Stream the rows and compare stored scores with exact ones; returns drifted row ids."""
-    check = _RowCheck()
-    live = truth.nonempty()
-    columns = ["id", "modality", "embedding", "norm", "conformity", "conformity_est", "stats_version"]
-    for batch in dataset.to_batches(columns=columns, with_row_id=True, batch_size=SCAN_BATCH_ROWS):
-        X = vectors(batch)
-        rowids = batch.column("_rowid").to_numpy()
-        ids = batch.column("id").to_pylist()
-        mods = np.asarray(batch.column("modality").to_pylist(), dtype=object)
-        version = pc.fill_null(batch.column("stats_version"), -1).to_numpy().astype(np.int64)
-        stored = _floats(batch, "conformity")
-        est = _floats(batch, "conformity_est")
-        norm_stored = _floats(batch, "norm")
-        norms = row_norms(X).astype(np.float64)
-        for m in np.unique(mods):
-            rows = mods == m
-            _check_modality(check, str(m), rows, X, norms, norm_stored, version, stored, est,
-                            live.get(str(m)), history, ids, rowids)
-    for (kind, m), k in sorted(check.counts.items()):
-        result.issues.append(Issue(kind, m, k, _DETAIL[kind], check.examples[(kind, m)]))
-    result.max_conformity_error = check.max_error
-    return np.unique(np.concatenate(check.rowids)) if check.rowids else np.zeros(0, np.uint64)
-
-
-_DETAIL = {
-    "unscored": "never scored (stats_version is null)",
-    "unknown_version": "scored with a stats version the history does not hold",
-    "conformity": f"stored conformity differs from exact by more than the staleness bound + {SCORE_SLACK}",
-    "conformity_est": f"stored conformity_est differs from cos(x, mean) of its version by > {EST_TOLERANCE}",
-    "norm": "stored norm differs from the vector's norm",
-}
-
-
-def _floats(batch, name: str) -> np.ndarray:
-    return batch.column(name).to_numpy(zero_copy_only=False).astype(np.float64)
-
-
-def _check_modality(check, m, rows, X, norms, norm_stored, version, stored, est, truth_m,
-                    history, ids, rowids) -> None:
-    bad_norm = rows & ~(np.abs(norm_stored - norms) <= NORM_RTOL * norms)
-    check.flag("norm", m, bad_norm, ids, rowids)
-    unscored = rows & (version < 0)
-    check.flag("unscored", m, unscored, ids, rowids)
-    if truth_m is None:
-        return
-    scored = rows & (version >= 0)
-    inv = 1.0 / norms
-    dots_u = (X[scored] @ truth_m.U.astype(np.float32)).astype(np.float64) * inv[scored]
-    if truth_m.n >= 2:
-        exact_c = (dots_u - 1.0) / (truth_m.n - 1)
-    else:
-        exact_c = np.full(len(dots_u), np.nan)
-    pos = np.flatnonzero(scored)
-    for v in np.unique(version[scored]).tolist():
-        at = version[pos] == v
-        sel = pos[at]
-        entry = history.get((v, m))
-        mask = np.zeros(len(rows), bool)
-        if entry is None:
-            mask[sel] = True
-            check.flag("unknown_version", m, mask, ids, rowids)
-            continue
-        bound = staleness_bound(entry, truth_m) + SCORE_SLACK
-        err = np.abs(stored[sel] - exact_c[at])
-        both_nan = np.isnan(stored[sel]) & np.isnan(exact_c[at])
-        err = np.where(both_nan, 0.0, err)
-        finite = np.isfinite(err)
-        if finite.any():
-            check.max_error = max(check.max_error, float(err[finite].max()))
-        mask[sel] = ~(err <= bound)
-        check.flag("conformity", m, mask, ids, rowids)
-        if entry.n >= 1:
-            mean_v = entry.S / entry.n
-            mean_norm = float(np.linalg.norm(mean_v))
-            cos = (X[sel] @ mean_v.astype(np.float32)).astype(np.float64) * inv[sel] / mean_norm
-            bad = ~(np.abs(est[sel] - cos) <= EST_TOLERANCE) & ~(np.isnan(est[sel]) & np.isnan(cos))
-            mask_est = np.zeros(len(rows), bool)
-            mask_est[sel] = bad
-            check.flag("conformity_est", m, mask_est, ids, rowids)
-
-
 # -- repair ---------------------------------------------------------------------------------
 
-def _repair(result, database, table, dataset, record, truth, stats_drift, drifted_rowids) -> None:
+def _repair(result, database, table, dataset, record, truth, stats_drift, drifted) -> None:
     store = StatsStore(database, table)
     if stats_drift or record is None:
         stats = rebuild(database, table, dataset)
@@ -338,30 +254,21 @@ def _repair(result, database, table, dataset, record, truth, stats_drift, drifte
         for m, s in truth.modalities.items():  # the sketch counts what the rows hold
             if m in stats.modalities:
                 stats.modalities[m].hist = s.hist.copy()
-    index = read_index(dataset)
-    target = np.isin(index.rowid, drifted_rowids)
-    if stats_drift:
-        # Rows whose stored conformity no longer fits the rebuilt statistics' bound.
-        target |= _outside_bound(index, stats, store.history())
-    dataset, rescored = score_rows(dataset, stats, target, index,
-                                   message=f"curator verify --repair v{stats.version}")
+    chosen = choose(dataset, rows=drifted) if len(drifted) else {}
+    if chosen:
+        stats.version = store.latest_version() + 1
+        with Scoring(dataset, stats) as scoring:
+            scoring.score_existing(chosen)
+            outcome = scoring.finish()
+        store.append_history(stats)
+        dataset = outcome.commit(dataset, f"curator verify --repair v{stats.version}")
+        result.rows_rescored = outcome.rows
     stats.table_version = dataset.version
     store.save(stats)
+    prune(database, table, dataset)
     result.repaired = True
-    result.rows_rescored = rescored
     result.table_version_after = dataset.version
     result.stats_version_after = stats.version
-
-
-def _outside_bound(index, stats: TableStats, history: dict) -> np.ndarray:
-    """Rows of stats versions not in the history (their staleness cannot be bounded)."""
-    out = np.zeros(len(index.rowid), bool)
-    for code, m in enumerate(index.names):
-        rows = index.modality == code
-        for v in np.unique(index["stats_version"][rows]).tolist():
-            if v >= 0 and (v, m) not in history:
-                out |= rows & (index["stats_version"] == v)
-    return out
 
 
 __all__ = ["SCORE_SLACK", "Issue", "VerifyResult", "verify"]

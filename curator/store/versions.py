@@ -12,22 +12,45 @@ from .statistics import StatsStore
 EXPORT_TAG_PREFIX = "export-"
 
 
-# Commits that leave the rows (and so the statistics) as they were: layout changes, and
-# updates of columns the statistics do not read.
-_LAYOUT_ONLY = {"Rewrite", "ReserveFragments", "BaseOperation", "CreateIndex"}
+# Commits that leave the rows (and so the statistics) as they were: layout changes.
+_LAYOUT_ONLY = {"Rewrite", "ReserveFragments", "BaseOperation", "CreateIndex", "UpdateConfig"}
+# The columns the statistics record is made of: sums of the vectors per modality, and the
+# sketch of stored conformity. A commit that writes none of them keeps the record true.
+STATISTICS_COLUMNS = ("modality", "embedding", "conformity")
 
 
-_UNREAD_COLUMNS = ("cluster", "cluster_size", "dup_group", "is_duplicate", "rebalance_keep",
-                   "ref_conformity", "ref_conformity_est", "ref_uncertainty", "ref_loglik")
+def leaves_statistics(dataset, read_version: int) -> bool:
+    """Whether every commit from ``read_version`` to ``dataset.version`` left the rows and
+    the statistics columns as they were: compaction, index builds, added or dropped
+    other columns (Merge, Project), and writes of other columns (Update without new or
+    removed fragments, DataReplacement)."""
+    if dataset.version == read_version:
+        return True
+    read = _field_ids(dataset)
+    for tx in dataset.get_transactions(dataset.version - read_version):
+        kind = type(tx.operation).__name__ if tx is not None else None
+        op = tx.operation if tx is not None else None
+        if kind in _LAYOUT_ONLY:
+            continue
+        if kind == "Update" and not (set(op.fields_modified or []) & read) \
+                and not op.new_fragments and not op.removed_fragment_ids:
+            continue
+        if kind == "DataReplacement" and not any(set(g.new_file.fields) & read
+                                                 for g in op.replacements):
+            continue
+        if kind in ("Merge", "Project") and _field_ids(dataset, op.schema) == read:
+            continue
+        return False
+    return True
 
 
 def carry_forward(db: Database, table: str, read_version: int, dataset) -> bool:
     """Point the statistics record at ``dataset.version`` when it described ``read_version``
-    and every commit since then left the rows alone (curation columns, compaction).
+    and every commit since then left the statistics columns alone
+    (:func:`leaves_statistics`).
 
     Without this, the next command would find the record behind the table and rebuild
-    the statistics as a new version, making every row look stale. Returns whether the
-    record moved.
+    the statistics, making rows look stale. Returns whether the record moved.
     """
     if dataset.version == read_version:
         return False
@@ -35,24 +58,23 @@ def carry_forward(db: Database, table: str, read_version: int, dataset) -> bool:
     record = store.load()
     if record is None or record.table_version != read_version:
         return False
-    unread = set()
-    for name in _UNREAD_COLUMNS:
-        try:
-            unread.add(dataset.lance_schema.field(name).id())
-        except (KeyError, ValueError, AttributeError):
-            continue
-    for tx in dataset.get_transactions(dataset.version - read_version):
-        kind = type(tx.operation).__name__ if tx is not None else None
-        if kind in _LAYOUT_ONLY:
-            continue
-        op = tx.operation
-        if (kind == "Update" and set(op.fields_modified or []) <= unread
-                and not op.new_fragments and not op.removed_fragment_ids):
-            continue
+    if not leaves_statistics(dataset, read_version):
         return False
     record.table_version = dataset.version
     store.save(record)
     return True
+
+
+def _field_ids(dataset, schema=None) -> set[int]:
+    """Lance field ids of the statistics columns (in ``schema``, default the dataset's)."""
+    schema = schema if schema is not None else dataset.lance_schema
+    out = set()
+    for name in STATISTICS_COLUMNS:
+        try:
+            out.add(schema.field(name).id())
+        except (KeyError, ValueError, AttributeError):
+            continue
+    return out
 
 
 def curation_step(command):

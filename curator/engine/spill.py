@@ -1,0 +1,123 @@
+"""Out-of-core scratch for one command: per-row scalars as Parquet parts that DuckDB joins
+and sorts within a memory limit, and raw vectors kept for a later pair dot.
+
+The scoring transaction needs, for every row it scores, a handful of scalars computed
+from the vectors (conformity, estimator, loglik, dots with the modality means) before
+its global step (the sketch, the image–text join, the order of writes) can run. Holding
+them in RAM would grow with the table; here they go to a temporary folder instead, and
+memory stays bounded by a batch plus DuckDB's ``memory_limit``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+
+import numpy as np
+import pyarrow as pa
+
+MEMORY_LIMIT = "768MB"  # DuckDB's working memory; beyond it joins and sorts spill to disk
+
+
+def connect(folder: str):
+    """A DuckDB connection for curator's own statements: memory limited, spilling to
+    ``folder``. No user text is ever executed on it."""
+    import duckdb
+
+    con = duckdb.connect()
+    con.execute(f"SET memory_limit = '{MEMORY_LIMIT}'")
+    con.execute(f"SET temp_directory = {quote(os.path.join(folder, 'duckdb'))}")
+    con.execute("SET preserve_insertion_order = false")
+    return con
+
+
+def quote(text: str) -> str:
+    """A SQL string literal of one of curator's own paths."""
+    return "'" + str(text).replace("'", "''") + "'"
+
+
+class ScalarSpill:
+    """Arrow tables of one schema appended as Parquet parts under a temporary folder."""
+
+    def __init__(self, schema: pa.Schema, folder: str | None = None):
+        self.schema = schema
+        self.folder = folder or tempfile.mkdtemp(prefix="curator-spill-")
+        self._own = folder is None
+        self.parts = 0
+        self.rows = 0
+
+    def add(self, table: pa.Table | pa.RecordBatch, name: str = "part") -> None:
+        import pyarrow.parquet as pq
+
+        if table.num_rows == 0:
+            return
+        if isinstance(table, pa.RecordBatch):
+            table = pa.Table.from_batches([table])
+        pq.write_table(table.cast(self.schema), os.path.join(self.folder, f"{name}-{self.parts:06d}.parquet"),
+                       compression="none", use_dictionary=False, write_statistics=False)
+        self.parts += 1
+        self.rows += table.num_rows
+
+    def glob(self, name: str = "part") -> str:
+        return os.path.join(self.folder, f"{name}-*.parquet")
+
+    def connect(self, view: str = "spill"):
+        """A DuckDB connection (our own SQL only) with the parts as the view ``view``."""
+        con = connect(self.folder)
+        self.attach(con, view)
+        return con
+
+    def attach(self, con, view: str = "spill") -> None:
+        """(Re)define ``view`` on ``con`` as the parts written so far."""
+        if self.parts:
+            con.execute(f"CREATE OR REPLACE VIEW {view} AS SELECT * FROM read_parquet({quote(self.glob())})")
+        else:
+            con.from_arrow(self.schema.empty_table()).create_view(view, replace=True)
+
+    def close(self) -> None:
+        if self._own:
+            shutil.rmtree(self.folder, ignore_errors=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class VectorSpill:
+    """float32 rows appended to a file under a key, read back by key (memory-mapped)."""
+
+    def __init__(self, folder: str, dim: int):
+        self.path = os.path.join(folder, "vectors.f32")
+        self.dim = dim
+        self._file = open(self.path, "wb")  # noqa: SIM115 (closed by finish/close)
+        self._keys: list[np.ndarray] = []
+        self.rows = 0
+        self._index = None
+
+    def add(self, keys: np.ndarray, X: np.ndarray) -> None:
+        if len(keys) == 0:
+            return
+        np.ascontiguousarray(X, np.float32).tofile(self._file)
+        self._keys.append(np.asarray(keys, np.int64))
+        self.rows += len(keys)
+
+    def take(self, keys: np.ndarray) -> np.ndarray:
+        """The vectors stored under ``keys`` (each must have been added)."""
+        if self._index is None:
+            self._file.flush()
+            all_keys = np.concatenate(self._keys) if self._keys else np.zeros(0, np.int64)
+            order = np.argsort(all_keys, kind="stable")
+            self._index = (all_keys[order], order)
+        sorted_keys, order = self._index
+        at = np.searchsorted(sorted_keys, keys)
+        if len(keys) and (np.any(at >= len(sorted_keys)) or np.any(sorted_keys[np.minimum(at, len(sorted_keys) - 1)] != keys)):
+            raise KeyError("a vector was not spilled")
+        rows = order[at]
+        data = np.memmap(self.path, np.float32, mode="r", shape=(self.rows, self.dim))
+        return np.array(data[rows])
+
+    def close(self) -> None:
+        self._file.close()
