@@ -132,7 +132,8 @@ STEPS = st.lists(st.tuples(st.sampled_from(["pairs", "images", "captions", "repl
                                              "shifted"]), st.integers(1, 6)), min_size=2, max_size=6)
 
 
-@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=30, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(STEPS, st.integers(0, 2 ** 16), st.integers(3, 6))
 def test_every_column_within_its_bound_after_every_step(tmp_path_factory, steps, seed, dim):
     history = History(tmp_path_factory.mktemp("bounds"), dim, np.random.default_rng(seed))

@@ -26,6 +26,7 @@ Memory: one batch of vectors plus DuckDB's memory limit, whatever the table's si
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from dataclasses import dataclass, field, replace
 
@@ -157,6 +158,7 @@ class Outcome:
     new: list = field(default_factory=list)  # FragmentMetadata of new fragments (ingest)
     removed: list = field(default_factory=list)  # fragment ids whose rows were all deleted
     rows: int = 0  # rows scored
+    seconds: dict = field(default_factory=dict)  # phase -> seconds (vectors, sketch, pairs, write)
 
     def commit(self, dataset, message: str):
         """One commit: ``Update`` of the score columns (and appended, deleted rows)."""
@@ -186,6 +188,8 @@ class Scoring:
         self.new_vectors = VectorSpill(self.spill.folder, stats.dim)
         self.deleted: dict[int, np.ndarray] = {}  # fragment id -> offsets of deleted rows
         self.deleted_conformity: list[tuple[str, np.ndarray]] = []
+        self.seconds: dict[str, float] = {}
+        self.lost_images: list[str] = []  # samples whose image rows leave in this commit
         self._con = None
 
     @property
@@ -216,8 +220,10 @@ class Scoring:
             if take and piece.offset != 0:
                 continue  # a sparse fragment is read once, by its first piece
             jobs.append((piece, rowids, take, model))
+        started = time.perf_counter()
         for part in run.map(piece_scalars, jobs):
             self.spill.add(part)
+        self._clock("vectors", started)
 
     def add_new(self, positions: np.ndarray, batch: pa.RecordBatch, X: np.ndarray,
                 norms: np.ndarray, pair_dot: np.ndarray, dot_with: np.ndarray,
@@ -226,6 +232,7 @@ class Scoring:
         their vectors, norms and in-batch pair dots (``dot_with``: key of the image each
         dot was taken with, −1 for none); ``keep_vectors`` marks rows whose vector a later
         pair dot needs."""
+        started = time.perf_counter()
         scalars = self.model.scalars(X, norms, batch.column("modality"))
         keys = NEW_BASE + np.asarray(positions, np.int64)
         with_key = pa.array(dot_with, pa.int64(), mask=np.asarray(dot_with) < 0)
@@ -233,10 +240,15 @@ class Scoring:
                                    norms, scalars, pair_dot, with_key, np.full(len(keys), np.nan)))
         if keep_vectors is not None and keep_vectors.any():
             self.new_vectors.add(keys[keep_vectors], X[keep_vectors])
+        self._clock("vectors", started)
 
-    def delete(self, rowids: np.ndarray, modality: np.ndarray, conformity: np.ndarray) -> None:
+    def delete(self, rowids: np.ndarray, modality: np.ndarray, conformity: np.ndarray,
+               sample_id: pa.Array | None = None) -> None:
         """Rows leaving the table in this commit (replaced): out of the sketch, and their
-        fragments get deletion vectors."""
+        fragments get deletion vectors; their samples' captions take their dots anew."""
+        if sample_id is not None:
+            images = pa.array(np.asarray(modality) == IMAGE)
+            self.lost_images.extend(s for s in sample_id.filter(images).to_pylist() if s is not None)
         rowids = np.asarray(rowids, np.uint64)
         for fid, offsets in _split_by_fragment(rowids).items():
             self.deleted[fid] = np.union1d(self.deleted.get(fid, np.zeros(0, np.int64)), offsets)
@@ -249,12 +261,23 @@ class Scoring:
         is written to ``stats_version`` (default: the statistics' version)."""
         version = self.stats.version if version is None else version
         con = self.con
+        started = time.perf_counter()
         self._update_sketch(con)
+        started = self._clock("sketch", started)
         pairs = ScalarSpill(PAIR_SCHEMA, os.path.join(self.spill.folder, "pairs"))
         os.makedirs(pairs.folder, exist_ok=True)
         self._pairs(con, pairs)
         pairs.attach(con, "pairs")
-        return self._write(con, new_fragments or [], version)
+        started = self._clock("pairs", started)
+        outcome = self._write(con, new_fragments or [], version)
+        self._clock("write", started)
+        outcome.seconds = {k: round(v, 3) for k, v in self.seconds.items()}
+        return outcome
+
+    def _clock(self, phase: str, started: float) -> float:
+        now = time.perf_counter()
+        self.seconds[phase] = self.seconds.get(phase, 0.0) + now - started
+        return now
 
     def close(self) -> None:
         if self._con is not None:
@@ -301,11 +324,19 @@ class Scoring:
         if IMAGE not in self.stats.modalities or TEXT not in self.stats.modalities:
             return
         m_i, m_t = self.stats.modalities[IMAGE].mean, self.stats.modalities[TEXT].mean
+        con.from_arrow(pa.table({"sample_id": pa.array(self.lost_images, pa.string())})
+                       ).create_view("lost_images", replace=True)
+        # A stored dot was taken with the sample's first image of its day; it still is the
+        # first image unless images of the sample arrived or left in this commit.
         query = f"""
             WITH first_image AS (
                 SELECT sample_id, min(key) AS image_key FROM spill
-                WHERE modality = '{IMAGE}' AND sample_id IS NOT NULL GROUP BY sample_id)
+                WHERE modality = '{IMAGE}' AND sample_id IS NOT NULL GROUP BY sample_id),
+            changed AS (
+                SELECT DISTINCT sample_id FROM spill WHERE modality = '{IMAGE}' AND key >= {NEW_BASE}
+                UNION SELECT sample_id FROM lost_images)
             SELECT t.key AS text_key, f.image_key, t.pair_dot, t.dot_with,
+                   t.sample_id IN (SELECT sample_id FROM changed) AS changed,
                    t.norm AS nt, t.dot_image AS t_di, t.dot_text AS t_dt, t.conformity AS ct,
                    i.norm AS ni, i.dot_image AS i_di, i.dot_text AS i_dt, i.conformity AS ci
             FROM spill t JOIN first_image f ON t.sample_id = f.sample_id
@@ -318,7 +349,9 @@ class Scoring:
             dot = col["pair_dot"].to_numpy(zero_copy_only=False).astype(np.float64)
             with_null = col["dot_with"].is_null().to_numpy(zero_copy_only=False)
             with_ = col["dot_with"].fill_null(-1).to_numpy()
-            valid = np.isfinite(dot) & np.where(with_null, image_key < NEW_BASE, with_ == image_key)
+            changed = col["changed"].to_numpy(zero_copy_only=False).astype(bool)
+            stored_valid = (image_key < NEW_BASE) & ~changed
+            valid = np.isfinite(dot) & np.where(with_null, stored_valid, with_ == image_key)
             if not valid.all():
                 redo = ~valid
                 dot[redo] = self._dots(text_key[redo], image_key[redo])

@@ -29,6 +29,7 @@ def connect(folder: str):
     con.execute(f"SET memory_limit = '{MEMORY_LIMIT}'")
     con.execute(f"SET temp_directory = {quote(os.path.join(folder, 'duckdb'))}")
     con.execute("SET preserve_insertion_order = false")
+    con.execute("SET enable_progress_bar = false")
     return con
 
 

@@ -11,7 +11,6 @@ keeps that version's number, so rows scored at it do not turn stale.
 from __future__ import annotations
 
 import numpy as np
-import pyarrow as pa
 
 from ..geometry.bounds import HistoryEntry, RowGroup, centered_norms, table_bounds
 from ..geometry.sums import TableStats
@@ -118,35 +117,52 @@ def _close(entry: HistoryEntry, s) -> bool:
 # -- row groups and bounds -------------------------------------------------------------
 
 def row_groups(dataset, history: dict[tuple[int, str], HistoryEntry]) -> list[RowGroup]:
-    """Rows per (modality, stats_version), with the extremes of ‖x‖ and of ‖x − m_v‖, from
-    one scan of four scalar columns (never the vectors)."""
+    """Rows per (modality, stats_version), with the extremes of ‖x‖, of ‖x − m_v‖ and of
+    |loglik|, from one scan of five scalar columns (never the vectors)."""
     found: dict[tuple[str, int], RowGroup] = {}
     columns = ["modality", "stats_version", "norm", "conformity_est", "loglik"]
     for batch in dataset.to_batches(columns=columns, batch_size=1 << 18):
-        table = pa.table(batch)
-        version = table.column("stats_version").fill_null(-1).to_numpy()
-        modality = table.column("modality").to_numpy(zero_copy_only=False)
-        norm = table.column("norm").to_numpy(zero_copy_only=False).astype(np.float64)
-        est = table.column("conformity_est").to_numpy(zero_copy_only=False).astype(np.float64)
-        loglik = np.abs(table.column("loglik").to_numpy(zero_copy_only=False).astype(np.float64))
-        keys = np.char.add(modality.astype(str), np.char.add("\x00", version.astype(str)))
-        for key in np.unique(keys):
-            rows = keys == key
-            m, v = str(modality[rows][0]), int(version[rows][0])
+        modality = batch.column(0).dictionary_encode()
+        names = modality.dictionary.to_pylist()
+        code = modality.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+        version = batch.column(1).fill_null(-1).to_numpy().astype(np.int64)
+        norm = batch.column(2).to_numpy(zero_copy_only=False).astype(np.float64)
+        est = batch.column(3).to_numpy(zero_copy_only=False).astype(np.float64)
+        loglik = np.abs(batch.column(4).to_numpy(zero_copy_only=False).astype(np.float64))
+        keys, inverse = np.unique(code * (1 << 40) + (version + 1), return_inverse=True)
+        k = len(keys)
+        count = np.bincount(inverse, minlength=k)
+        max_norm = _reduce(np.maximum, inverse, k, norm, 0.0)
+        max_ll = _reduce(np.maximum, inverse, k, loglik, 0.0)
+        mean_norm = np.full(k, np.nan)
+        for j, key in enumerate(keys):
+            entry = history.get((int(key % (1 << 40)) - 1, names[int(key >> 40)]))
+            if entry is not None and entry.n > 0:
+                mean_norm[j] = float(np.linalg.norm(entry.mean))
+        low, high = centered_norms(norm, est, mean_norm[inverse])
+        ok = np.isfinite(low) & np.isfinite(mean_norm[inverse])
+        min_c = _reduce(np.minimum, inverse[ok], k, low[ok], np.inf)
+        max_c = _reduce(np.maximum, inverse[ok], k, high[ok], 0.0)
+        unknown = np.bincount(inverse[~ok], minlength=k) > 0  # rows whose centred norm is unknown
+        for j, key in enumerate(keys):
+            m, v = names[int(key >> 40)], int(key % (1 << 40)) - 1
             g = found.setdefault((m, v), RowGroup(m, v, 0))
-            g.rows += int(rows.sum())
-            g.max_norm = max(g.max_norm, float(np.nanmax(norm[rows], initial=0.0)))
-            g.max_abs_loglik = max(g.max_abs_loglik, float(np.nanmax(loglik[rows], initial=0.0)))
-            entry = history.get((v, m))
-            ok = rows & np.isfinite(est)
-            if entry is None or entry.n == 0 or not ok.any():
-                if v >= 0 and (rows & ~np.isfinite(est)).any():
-                    g.max_centered = float("inf")
-                continue
-            low, high = centered_norms(norm[ok], est[ok], float(np.linalg.norm(entry.mean)))
-            g.min_centered = min(g.min_centered, float(low.min()))
-            g.max_centered = max(g.max_centered, float(high.max()))
+            g.rows += int(count[j])
+            g.max_norm = max(g.max_norm, float(max_norm[j]))
+            g.max_abs_loglik = max(g.max_abs_loglik, float(max_ll[j]))
+            g.min_centered = min(g.min_centered, float(min_c[j]))
+            g.max_centered = max(g.max_centered, float(max_c[j]))
+            if unknown[j] and v >= 0:
+                g.max_centered = float("inf")
     return sorted(found.values(), key=lambda g: (g.modality, g.version))
+
+
+def _reduce(op, index: np.ndarray, k: int, values: np.ndarray, fill: float) -> np.ndarray:
+    """op-reduction of ``values`` by group ``index`` (NaN ignored), ``fill`` where empty."""
+    out = np.full(k, fill)
+    finite = np.isfinite(values)
+    op.at(out, index[finite], values[finite])
+    return out
 
 
 def referenced_versions(dataset) -> set[int]:

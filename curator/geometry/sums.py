@@ -128,7 +128,19 @@ class ModalityStats:
         return float(np.sqrt(max(self.b / self.n - (self.a / self.n) ** 2, 0.0)))
 
     def whitening(self) -> Whitening:
-        return Whitening.from_covariance(self.mean, self.covariance)
+        """The whitening of these sums (an eigen-decomposition, cached until they change)."""
+        cached = getattr(self, "_whitening", None)
+        if cached is None or cached[0] != self._fingerprint():
+            self.remember_whitening(Whitening.from_covariance(self.mean, self.covariance))
+        return self._whitening[1]
+
+    def remember_whitening(self, white: Whitening) -> None:
+        """Cache ``white`` as the whitening of the current sums (e.g. read from a snapshot)."""
+        self._whitening = (self._fingerprint(), white)
+
+    def _fingerprint(self) -> tuple:
+        return (self.n, float(self.S.sum()), float(np.trace(self.Q)), self.a,
+                None if self.shift is None else float(self.shift.sum()))
 
     def cdf(self, values: np.ndarray) -> np.ndarray:
         """Fraction of sketched conformities ≤ each value, linear within a bin, [0, 1]."""

@@ -281,7 +281,8 @@ class _Ingest:
             scoring.score_existing(chosen)
             if deleted is not None:
                 scoring.delete(deleted, replaced.column("modality").to_numpy(zero_copy_only=False),
-                               replaced.column("conformity").to_numpy(zero_copy_only=False))
+                               replaced.column("conformity").to_numpy(zero_copy_only=False),
+                               replaced.column("sample_id"))
             outcome = scoring.finish(fragments)
         finally:
             scoring.close()

@@ -14,6 +14,7 @@ the rescored rows then hold no ``loglik`` (null), never one of another version.
 
 from __future__ import annotations
 
+import time
 from dataclasses import asdict, dataclass, field
 
 from ..engine.executor import resolve_engine
@@ -41,6 +42,8 @@ class RefreshResult:
     staleness_before: dict = field(default_factory=dict)  # column -> largest bound before
     staleness_after: dict = field(default_factory=dict)  # column -> largest bound after
     rounds: int = 0
+    seconds: float = 0.0
+    phases: dict = field(default_factory=dict)  # where the time went (statistics, bounds, vectors, …)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -71,6 +74,7 @@ def refresh(*, db=None, table: str = "embeddings", tolerance: float = 0.0,
         from .reference import score_against
 
         return score_against(db=db, table=table, reference=reference, quiet=quiet, engine=engine)
+    started = time.perf_counter()
     if not isinstance(tolerance, (int, float)) or not tolerance >= 0:
         raise BadInput("--tolerance must be a number ≥ 0")
     counted = parse_columns(columns)
@@ -78,7 +82,9 @@ def refresh(*, db=None, table: str = "embeddings", tolerance: float = 0.0,
     database = Database(db)
     database.dataset(table)  # a missing table is an error before any lock is taken
     with writer_lock(database, table):
-        return _refresh_locked(database, table, float(tolerance), counted, engine)
+        result = _refresh_locked(database, table, float(tolerance), counted, engine)
+    result.seconds = round(time.perf_counter() - started, 3)
+    return result
 
 
 def parse_columns(columns) -> list[str]:
@@ -100,10 +106,13 @@ def _refresh_locked(database: Database, table: str, tolerance: float, counted: l
     read_version = dataset.version
     result = None
     rows = 0
+    phases: dict[str, float] = {}
     for round_ in range(1, MAX_ROUNDS + 1):
+        clock = time.perf_counter()
         stats = current(database, table, dataset, engine=engine)
         history = store.history()
         found, bound_of = bounds(dataset, stats, history)
+        _add(phases, "bounds", time.perf_counter() - clock)
         worst = _worst(bound_of, COLUMNS)
         if result is None:
             result = RefreshResult(0, read_version, read_version, stats.version,
@@ -113,20 +122,32 @@ def _refresh_locked(database: Database, table: str, tolerance: float, counted: l
         if not stale:
             result.staleness_after = worst
             break
-        chosen = choose(dataset, groups=stale)
+        clock = time.perf_counter()
+        everything = len(stale) == len(found)
+        chosen = ({f.fragment_id: None for f in dataset.get_fragments()} if everything
+                  else choose(dataset, groups=stale))
         stats.version = store.latest_version() + 1
+        _add(phases, "choose", time.perf_counter() - clock)
         with Scoring(dataset, stats, loglik="loglik" in counted, engine=engine) as scoring:
             scoring.score_existing(chosen)
             outcome = scoring.finish()
+        for phase, seconds in outcome.seconds.items():
+            _add(phases, phase, seconds)
+        clock = time.perf_counter()
         store.append_history(stats)
         dataset = outcome.commit(dataset, f"curator refresh v{stats.version}")
         stats.table_version = dataset.version
         store.save(stats)
+        _add(phases, "commit", time.perf_counter() - clock)
         rows += outcome.rows
         result.rounds = round_
         result.stats_version = stats.version
+        if everything:  # every row now holds the scores of this version: every bound is 0
+            result.staleness_after = dict.fromkeys(COLUMNS, 0.0)
+            break
     prune(database, table, dataset)
     result.rows = rows
+    result.phases = {k: round(v, 3) for k, v in phases.items()}
     result.table_version = dataset.version
     return result
 
@@ -139,6 +160,10 @@ def prune(database: Database, table: str, dataset) -> None:
     record = store.load()
     keep = referenced_versions(dataset) | ({record.version} if record is not None else set())
     store.prune_snapshots(keep)
+
+
+def _add(phases: dict, name: str, seconds: float) -> None:
+    phases[name] = phases.get(name, 0.0) + seconds
 
 
 def _worst(bound_of: dict, columns) -> dict:

@@ -26,6 +26,7 @@ import pyarrow as pa
 from ..geometry import sketch
 from ..geometry.bounds import HistoryEntry
 from ..geometry.sums import ModalityStats, TableStats
+from ..geometry.whitening import Whitening
 from .database import HIDDEN_PREFIX, STORAGE_VERSION, Database
 
 
@@ -165,6 +166,13 @@ def _record(stats: TableStats, sparse_sketch: bool) -> pa.Table:
         parts = [sketch.sparse(s.hist) for _, s in rows]
         columns["hist_bins"] = pa.array([b for b, _ in parts], pa.list_(pa.int32()))
         columns["hist_counts"] = pa.array([c for _, c in parts], pa.list_(pa.int64()))
+        # The whitening each version scored with, so bounds and verify never redo it.
+        whites = [s.whitening() if s.n > 1 else None for _, s in rows]
+        columns["white"] = pa.array([None if w is None else w.matrix.reshape(-1) for w in whites],
+                                    pa.list_(pa.float32()))
+        columns["white_log_det"] = pa.array([None if w is None else w.log_det for w in whites], pa.float64())
+        columns["white_floor"] = pa.array([None if w is None else w.floor for w in whites], pa.float64())
+        columns["white_floored"] = pa.array([None if w is None else w.floored for w in whites], pa.int64())
     else:
         columns["hist"] = pa.array([s.hist for _, s in rows], pa.list_(pa.int64()))
     return pa.table(columns)
@@ -174,8 +182,13 @@ def _modality(t: dict, i: int, sparse_sketch: bool) -> ModalityStats:
     dim = int(t["dim"][i])
     hist = (sketch.dense(t["hist_bins"][i], t["hist_counts"][i]) if sparse_sketch
             else np.asarray(t["hist"][i]))
-    return ModalityStats(
+    s = ModalityStats(
         dim, int(t["n"][i]), np.asarray(t["S"][i]), np.asarray(t["U"][i]),
         None if t["shift"][i] is None else np.asarray(t["shift"][i]),
         np.asarray(t["Q"][i]), float(t["a"][i]), float(t["b"][i]), hist,
     )
+    if sparse_sketch and t.get("white") and t["white"][i] is not None:
+        s.remember_whitening(Whitening(
+            s.mean, np.asarray(t["white"][i], np.float32).reshape(dim, dim),
+            float(t["white_log_det"][i]), float(t["white_floor"][i]), int(t["white_floored"][i])))
+    return s
