@@ -35,7 +35,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import pyarrow as pa
@@ -87,6 +87,7 @@ class IngestResult:
     rescored: int = 0  # existing rows rescored whole (their samples gained or lost rows)
     commits: int = 0
     seconds: float = 0.0
+    phases: dict = field(default_factory=dict)  # where the time went (statistics, write, …)
 
     def to_dict(self) -> dict:
         return {**asdict(self), "seconds": round(self.seconds, 3)}
@@ -156,7 +157,9 @@ class _Ingest:
         previous = current(self.database, self.table, self.dataset) if self.dataset is not None else None
         if not self.score:
             return self._bulk(previous, replaced, new_rows)
+        clock = time.perf_counter()
         batch_stats, first = self._statistics_pass(new_rows)
+        self.phases = {"statistics": time.perf_counter() - clock}
         stats = previous.copy() if previous is not None else TableStats(self.dim)
         removed = self._remove_replaced(stats, replaced)
         stats.merge_from(batch_stats)
@@ -265,8 +268,10 @@ class _Ingest:
                 finally:
                     bar.close()
 
+            clock = time.perf_counter()
             reader = pa.RecordBatchReader.from_batches(schema, shaped())
             fragments = _write_fragments(reader, self.database.table_uri(self.table), schema)
+            self.phases["write"] = time.perf_counter() - clock
             _check_unchanged(written, batch_stats)
             if self.dataset is None:  # a new table: an empty version 1, then this commit
                 self.dataset = lance.write_dataset(schema.empty_table(), self.database.table_uri(self.table),
@@ -287,10 +292,16 @@ class _Ingest:
         finally:
             scoring.close()
             self.plan.close()
+        clock = time.perf_counter()
         self.store.append_history(stats)
         dataset = outcome.commit(self.dataset, f"curator ingest v{stats.version}")
         stats.table_version = dataset.version
         self.store.save(stats)
+        self.phases["commit"] = time.perf_counter() - clock
+        for phase, seconds in outcome.seconds.items():  # vectors ran inside the write pass
+            if phase != "vectors":
+                self.phases[phase] = seconds
+        self.phases["scores (inside write)"] = outcome.seconds.get("vectors", 0.0)
         commits = 1
         clustered = assign_new_rows(self.database, self.table, dataset)
         if clustered.version != dataset.version:
@@ -300,7 +311,8 @@ class _Ingest:
             commits += 1
         return IngestResult(new_rows, clustered.version, stats.version, skipped=len(self.skip),
                             replaced=replaced.num_rows, rescored=outcome.rows - new_rows,
-                            commits=commits, seconds=time.time() - self.started)
+                            commits=commits, seconds=time.time() - self.started,
+                            phases={k: round(v, 3) for k, v in self.phases.items()})
 
     def _bulk(self, previous, replaced, new_rows) -> IngestResult:
         """``score=False``: one pass that validates, sums and appends unscored rows."""
