@@ -321,6 +321,38 @@ def test_table_with_image_and_caption_columns(tmp_path, clip):
     assert rows["more:0:image"]["sample_id"] == rows["more:0:text"]["sample_id"] == "more:0"
 
 
+def test_images_then_captions_then_pairs_into_one_table(tmp_path, clip):
+    """Three encodes into one table: each later one brings metadata columns the table lacks
+    (caption, then license), which are added; captions meet their images by sample_id."""
+    db = str(tmp_path / "db")
+    first = make_image(tmp_path / "imgs" / "cat.jpg", 60)
+    second = make_image(tmp_path / "imgs" / "dog.png", 61)
+    encode([tmp_path / "imgs"], db=db, num_workers=0, quiet=True, **clip)
+    captions = tmp_path / "caps.csv"
+    captions.write_text("sample_id,caption\ncat,a cat\ndog,a dog\n")
+    encode([captions], db=db, quiet=True, **clip)
+    third = make_image(tmp_path / "more" / "bird.jpg", 62)
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text(f"id,image,caption,license\nb1,{third},a bird,cc0\n")
+    result = encode([pairs], db=db, num_workers=0, quiet=True, **clip)
+    assert (result.images, result.texts) == (1, 1)
+
+    rows = read(db)
+    assert set(rows) == {"cat.jpg", "dog.png", "caps:0", "caps:1", "b1:image", "b1:text"}
+    schema = lance.dataset(f"{db}/embeddings.lance").schema
+    assert {"path", "caption", "license"} <= set(schema.names)
+    assert rows["cat.jpg"]["caption"] is None and rows["cat.jpg"]["license"] is None
+    assert rows["caps:0"]["caption"] == "a cat" and rows["b1:text"]["license"] == "cc0"
+    image = oracle_images(clip, [first, second, third]).astype(np.float64)
+    text = oracle_texts(clip, ["a cat", "a dog", "a bird"]).astype(np.float64)
+    cos = (image * text).sum(1) / (np.linalg.norm(image, axis=1) * np.linalg.norm(text, axis=1))
+    for k, (img_id, txt_id) in enumerate([("cat.jpg", "caps:0"), ("dog.png", "caps:1"),
+                                          ("b1:image", "b1:text")]):
+        assert rows[img_id]["sample_id"] == rows[txt_id]["sample_id"]
+        assert rows[txt_id]["alignment"] == pytest.approx(cos[k], abs=1e-4)
+        assert rows[img_id]["alignment"] == pytest.approx(cos[k], abs=1e-4)
+
+
 # -- loading and errors -------------------------------------------------------------------
 
 
