@@ -11,6 +11,7 @@ import csv
 import io
 import json
 import os
+import re
 import sys
 import tarfile
 
@@ -376,6 +377,66 @@ def test_encode_loads_the_model_by_arch(tmp_path):
     with torch.no_grad():
         x = preprocess(Image.open(tmp_path / "imgs" / "x.jpg").convert("RGB"))[None]
         assert_same_vectors(stored, model.encode_image(x, normalize=False).numpy())
+
+
+def test_cli_says_the_weights_are_random_and_prints_a_summary_like_ingest(tmp_path):
+    from click.testing import CliRunner
+
+    from curator.cli import cli
+
+    make_image(tmp_path / "imgs" / "x.jpg", 51)
+    db = str(tmp_path / "db")
+    args = ["--db", db, "encode", str(tmp_path / "imgs"), "--arch", ARCH, "--device", "cpu",
+            "--num-workers", "0"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert result.stderr.splitlines() == [
+        f"Notice: no --pretrained given: {ARCH} has random weights (seed 0), so its embeddings "
+        "carry no meaning; pass --pretrained TAG or a checkpoint file"]
+    assert re.fullmatch(rf"encoded 1 images and 0 captions with open_clip:{ARCH}/random-init-seed-0 "
+                        r"\(random weights\) on cpu in \d+\.\d s: table version \d+, statistics version 1\n",
+                        result.stdout), result.stdout
+
+    (tmp_path / "caps.txt").write_text("a caption\n")
+    result = CliRunner().invoke(cli, [*args[:3], str(tmp_path / "caps.txt"), *args[4:], "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert (data["rows"], data["texts"], data["weights"]) == (1, 1, "random")
+    assert data["seconds"] == round(data["seconds"], 3) and data["seconds"] > 0
+    assert "caption" in lance.dataset(f"{db}/embeddings.lance").schema.names  # added by the 2nd
+
+
+def test_open_clips_random_init_warning_is_silenced_and_nothing_else(caplog):
+    import logging
+
+    from curator.io.encode.model import _quiet_open_clip_logs
+
+    caplog.set_level(logging.INFO)
+    open_clip.create_model_and_transforms(ARCH, pretrained=None)  # the oracle: open_clip warns
+    assert any("No pretrained weights loaded" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    load_model(ARCH, None, "cpu")
+    assert not any("No pretrained weights loaded" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    with _quiet_open_clip_logs():  # however it is routed, only that message is dropped
+        logging.getLogger("open_clip.factory").warning("No pretrained weights loaded for model 'x'.")
+        logging.getLogger("open_clip.factory").warning("QuickGELU mismatch")
+    assert [r.getMessage() for r in caplog.records] == ["QuickGELU mismatch"]
+
+
+def test_summary_lines():
+    base = dict(model="open_clip:ViT-B-32/laion2b_s34b_b79k", device="cuda", table_version=4,
+                stats_version=2, seconds=12.3456, weights="pretrained")
+    r = EncodeResult(rows=5, images=3, texts=2, resumed_skipped=1,
+                     skipped=[{"path": "a.jpg", "reason": "truncated"}], **base)
+    assert r.summary().splitlines() == [
+        "encoded 3 images and 2 captions with open_clip:ViT-B-32/laion2b_s34b_b79k on cuda in 12.3 s: "
+        "table version 4, statistics version 2",
+        "1 rows already in the table were left as they were",
+        "skipped 1 unreadable images: a.jpg (truncated)"]
+    assert r.to_dict()["seconds"] == 12.346
+    assert EncodeResult(resumed_skipped=4, table_version=3, seconds=0.5).summary() == (
+        "encoded nothing in 0.5 s: all 4 rows are already in the table (table version 3)")
 
 
 class NotWeights:

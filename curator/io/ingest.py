@@ -17,7 +17,6 @@ the statistics are rebuilt from the rows on next open and ``refresh`` scores the
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -105,8 +104,7 @@ def ingest_sources(sources: list[Source], *, db=None, table: str = "embeddings",
     if on_duplicate not in ON_DUPLICATE:
         raise BadInput(f"--on-duplicate must be one of {', '.join(ON_DUPLICATE)}")
     database = Database(db)
-    if database.is_local:
-        os.makedirs(database.uri, exist_ok=True)
+    database.check_folder(create=True)
     with writer_lock(database, table):
         return _ingest_locked(sources, database, table, model, on_duplicate, score, quiet)
 
