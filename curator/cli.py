@@ -118,7 +118,7 @@ def cli(ctx, db, table, quiet, engine):
 @click.pass_obj
 @library_call
 def ingest(obj, sources, as_json, **options):
-    """Add raw embeddings from parquet, .npy/.npz or clip-retrieval files.
+    """Add raw embeddings from parquet, npy/npz or clip-retrieval files.
 
     SOURCES: parquet files or folders, .npy/.npz files, clip-retrieval folders (img_emb/,
     text_emb/, metadata/). Metadata columns the table lacks are added to it.
