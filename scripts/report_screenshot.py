@@ -21,8 +21,10 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 
 
-def screenshot(html: str, png: str, width: int = 1400, chromium: str = "/usr/bin/chromium") -> str:
-    """Load ``html`` at ``width`` CSS pixels and save the whole page as ``png``."""
+def screenshot(html: str, png: str, width: int = 1400, chromium: str = "/usr/bin/chromium",
+               colours: int = 256) -> str:
+    """Load ``html`` at ``width`` CSS pixels and save the whole page as ``png``, reduced to
+    ``colours`` colours (0: full colour; 256 keeps the README's picture ~200 KB)."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
@@ -34,6 +36,13 @@ def screenshot(html: str, png: str, width: int = 1400, chromium: str = "/usr/bin
             page.screenshot(path=png, full_page=True)
         finally:
             browser.close()
+    if colours:
+        from PIL import Image
+
+        with Image.open(png) as im:
+            reduced = im.convert("RGB").quantize(colors=colours, method=Image.Quantize.MEDIANCUT,
+                                                 dither=Image.Dither.NONE)
+        reduced.save(png, optimize=True)
     return png
 
 
@@ -44,9 +53,10 @@ def main(argv=None) -> int:
     parser.add_argument("--width", type=int, default=1400, help="viewport width in CSS pixels")
     parser.add_argument("--chromium", default="/usr/bin/chromium")
     parser.add_argument("--features", help="coco_report.py's --features (the COCO .npy)")
+    parser.add_argument("--colours", type=int, default=256, help="palette size (0: full colour)")
     args = parser.parse_args(argv)
     if args.html:
-        screenshot(args.html, args.png, args.width, args.chromium)
+        screenshot(args.html, args.png, args.width, args.chromium, args.colours)
         return 0
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import coco_report
@@ -56,7 +66,7 @@ def main(argv=None) -> int:
         code = coco_report.main([out] + (["--features", args.features] if args.features else []))
         if code:
             return code
-        screenshot(os.path.join(out, "index.html"), args.png, args.width, args.chromium)
+        screenshot(os.path.join(out, "index.html"), args.png, args.width, args.chromium, args.colours)
     print(f"wrote {args.png}")
     return 0
 
