@@ -25,7 +25,8 @@ class Context:
 
 
 def library_call(fn):
-    """Turn CuratorError into one line on stderr and exit code 1 (done once, here)."""
+    """Turn CuratorError (and an OSError, e.g. an --out that cannot be written) into one
+    line on stderr and exit code 1 (done once, here)."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -35,6 +36,9 @@ def library_call(fn):
             return fn(*args, **kwargs)
         except CuratorError as exc:
             raise click.ClickException(str(exc)) from None
+        except OSError as exc:  # a path given that cannot be read or written: not a bug
+            where = f": {exc.filename}" if getattr(exc, "filename", None) else ""
+            raise click.ClickException(" ".join(f"{exc.strerror or exc}{where}".split())) from None
 
     return wrapper
 

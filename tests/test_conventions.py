@@ -104,6 +104,18 @@ def test_a_file_as_db_is_not_a_database_folder(args, tmp_path, monkeypatch):
     assert not_a_db.read_text() == "root:x:0:0\n"
 
 
+@pytest.mark.parametrize("args", [["report", "--out", "{f}/sub"], ["export", "--out", "{f}/sub"],
+                                  ["query", "select 1 as x", "--format", "csv", "--out", "{f}/sub/x.csv"],
+                                  ["demo", "--out", "{f}/sub", "--samples", "50"]],
+                         ids=lambda a: a[0])
+def test_an_unwritable_out_is_one_error_line(args, ingested, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    args = [a.replace("{f}", str(blocker)) for a in args]
+    line = _one_error_line(CliRunner().invoke(cli, ["--db", ingested, *args]))
+    assert str(blocker) in line  # "Not a directory" or "File exists", with the path
+
+
 def test_a_folder_without_tables_is_no_database(tmp_path):
     (tmp_path / "notes").mkdir()
     line = _one_error_line(CliRunner().invoke(cli, ["--db", str(tmp_path / "notes"), "stats"]))
