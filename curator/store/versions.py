@@ -64,8 +64,8 @@ def _adds_columns_only(dataset, tx) -> bool:
     only new fields; and every column of that version keeps its name and type."""
     before = dataset.checkout_version(tx.read_version)
     after = dataset.checkout_version(tx.read_version + 1)
-    if any(after.schema.field(f.name).type != f.type if f.name in after.schema.names else True
-           for f in before.schema):
+    kept = {f.name: f.type for f in after.schema}
+    if any(kept.get(f.name) != f.type for f in before.schema):
         return False
     old = {f.fragment_id: f.metadata for f in before.get_fragments()}
     new = {f.id: f for f in tx.operation.fragments}
@@ -76,11 +76,11 @@ def _adds_columns_only(dataset, tx) -> bool:
         now = new[fid]
         if now.physical_rows != meta.physical_rows or now.deletion_file != meta.deletion_file:
             return False
-        kept = {(file.path, tuple(file.fields)) for file in meta.files}
+        before_files = {(file.path, tuple(file.fields)) for file in meta.files}
         files = {(file.path, tuple(file.fields)) for file in now.files}
-        if not kept <= files:
+        if not before_files <= files:
             return False
-        if any(old_fields.intersection(fields) for _, fields in files - kept):
+        if any(old_fields.intersection(fields) for _, fields in files - before_files):
             return False
     return True
 
