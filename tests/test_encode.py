@@ -393,7 +393,7 @@ def test_cli_says_the_weights_are_random_and_prints_a_summary_like_ingest(tmp_pa
     assert result.stderr.splitlines() == [
         f"Notice: no --pretrained given: {ARCH} has random weights (seed 0), so its embeddings "
         "carry no meaning; pass --pretrained TAG or a checkpoint file"]
-    assert re.fullmatch(rf"encoded 1 images and 0 captions with open_clip:{ARCH}/random-init-seed-0 "
+    assert re.fullmatch(rf"encoded 1 image and 0 captions with open_clip:{ARCH}/random-init-seed-0 "
                         r"\(random weights\) on cpu in \d+\.\d s: table version \d+, statistics version 1\n",
                         result.stdout), result.stdout
 
@@ -432,8 +432,8 @@ def test_summary_lines():
     assert r.summary().splitlines() == [
         "encoded 3 images and 2 captions with open_clip:ViT-B-32/laion2b_s34b_b79k on cuda in 12.3 s: "
         "table version 4, statistics version 2",
-        "1 rows already in the table were left as they were",
-        "skipped 1 unreadable images: a.jpg (truncated)"]
+        "left as they were: 1 row already in the table",
+        "skipped 1 unreadable image: a.jpg (truncated)"]
     assert r.to_dict()["seconds"] == 12.346
     assert EncodeResult(resumed_skipped=4, table_version=3, seconds=0.5).summary() == (
         "encoded nothing in 0.5 s: all 4 rows are already in the table (table version 3)")

@@ -102,17 +102,22 @@ class EncodeResult:
                     else f"encoded nothing in {self.seconds:.1f} s")
         else:
             weights = f" ({self.weights} weights)" if self.weights == "random" else ""
-            head = (f"encoded {self.images} images and {self.texts} captions with {self.model}{weights} "
+            head = (f"encoded {_count(self.images, 'image')} and {_count(self.texts, 'caption')} "
+                    f"with {self.model}{weights} "
                     f"on {self.device} in {self.seconds:.1f} s: table version {self.table_version}, "
                     f"statistics version {self.stats_version}")
         lines = [head]
         if self.rows and self.resumed_skipped:
-            lines.append(f"{self.resumed_skipped} rows already in the table were left as they were")
+            lines.append(f"left as they were: {_count(self.resumed_skipped, 'row')} already in the table")
         if self.skipped:
             shown = "; ".join(f"{s['path']} ({s['reason']})" for s in self.skipped[:3])
             more = f"; and {len(self.skipped) - 3} more" if len(self.skipped) > 3 else ""
-            lines.append(f"skipped {len(self.skipped)} unreadable images: {shown}{more}")
+            lines.append(f"skipped {_count(len(self.skipped), 'unreadable image')}: {shown}{more}")
         return "\n".join(lines)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 RANDOM_WEIGHTS_NOTICE = ("Notice: no --pretrained given: {arch} has random weights (seed {seed}), so "
