@@ -13,6 +13,8 @@ Its output must match the README's, except what varies from run to run, which is
 not compared: durations (``0.3 s``, ``"seconds": 0.074``) and the run's own folder (the
 README shows paths relative to it). A README line ``…`` stands for any number of lines,
 and ``…`` inside a line for any text, for output a block does not want to pin down.
+A block right after a line ``<!-- readme-console: not run -->`` is shown but not run (a
+server such as ``curator browse`` that does not exit on its own).
 
 ``curator`` is whatever ``--curator`` names (default: the one on PATH); the test
 (``tests/test_readme_console.py``) points it at the working tree.
@@ -32,6 +34,7 @@ from pathlib import Path
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 ELLIPSIS = "…"
+NOT_RUN = "<!-- readme-console: not run -->"
 _DURATION = re.compile(r"\b\d+(?:\.\d+)?(?: ?s| seconds)\b")
 _SECONDS = re.compile(r'("seconds(?:_\w+)?": )-?[\d.]+(?:e-?\d+)?')
 
@@ -57,10 +60,15 @@ def console_commands(text: str) -> list[Command]:
     """Every command of every ```console block, in order."""
     lines = text.split("\n")
     commands, block, inside, current = [], -1, False, None
+    skip = False
     for i, line in enumerate(lines):
         if not inside:
             if line.strip() == "```console":
                 inside, block = True, block + 1
+                skip = i > 0 and lines[i - 1].strip() == NOT_RUN
+            continue
+        if skip:
+            inside = line.strip() != "```"
             continue
         if line.strip() == "```":
             inside = False
@@ -103,7 +111,7 @@ def _environment(curator: str | None) -> dict:
 
 
 def run(commands: list[Command], folder: str, setup: list[str], curator: str | None = None,
-        timeout: float = 900) -> list[Command]:
+        timeout: float = 600) -> list[Command]:
     """Run the set-up and then every command in ``folder``; fills ``ran`` and ``code``."""
     env = _environment(curator)
     for text in setup:

@@ -57,6 +57,12 @@ file
 $ echo "a long line with 42 in it"
 a long … in it
 ```
+
+<!-- readme-console: not run -->
+```console
+$ sleep 3600
+serving forever
+```
 """
 
 
