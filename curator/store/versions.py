@@ -12,8 +12,8 @@ from .statistics import StatsStore
 EXPORT_TAG_PREFIX = "export-"
 
 
-# Commits that leave the rows (and so the statistics) as they were: layout changes, and
-# updates of columns the statistics do not read.
+# Commits that leave the rows (and so the statistics) as they were: layout changes,
+# updates of columns the statistics do not read, and added columns (Merge, checked below).
 _LAYOUT_ONLY = {"Rewrite", "ReserveFragments", "BaseOperation", "CreateIndex"}
 
 
@@ -23,7 +23,8 @@ _UNREAD_COLUMNS = ("cluster", "cluster_size", "dup_group", "is_duplicate", "reba
 
 def carry_forward(db: Database, table: str, read_version: int, dataset) -> bool:
     """Point the statistics record at ``dataset.version`` when it described ``read_version``
-    and every commit since then left the rows alone (curation columns, compaction).
+    and every commit since then left the rows alone (curation columns, compaction, added
+    metadata columns).
 
     Without this, the next command would find the record behind the table and rebuild
     the statistics as a new version, making every row look stale. Returns whether the
@@ -45,6 +46,8 @@ def carry_forward(db: Database, table: str, read_version: int, dataset) -> bool:
         kind = type(tx.operation).__name__ if tx is not None else None
         if kind in _LAYOUT_ONLY:
             continue
+        if kind == "Merge" and _adds_columns_only(dataset, tx):
+            continue
         op = tx.operation
         if (kind == "Update" and set(op.fields_modified or []) <= unread
                 and not op.new_fragments and not op.removed_fragment_ids):
@@ -52,6 +55,33 @@ def carry_forward(db: Database, table: str, read_version: int, dataset) -> bool:
         return False
     record.table_version = dataset.version
     store.save(record)
+    return True
+
+
+def _adds_columns_only(dataset, tx) -> bool:
+    """Whether a Merge commit only added columns: every data file of the version it read
+    is still there, in the same fragment, with the same fields and rows; new files hold
+    only new fields; and every column of that version keeps its name and type."""
+    before = dataset.checkout_version(tx.read_version)
+    after = dataset.checkout_version(tx.read_version + 1)
+    kept = {f.name: f.type for f in after.schema}
+    if any(kept.get(f.name) != f.type for f in before.schema):
+        return False
+    old = {f.fragment_id: f.metadata for f in before.get_fragments()}
+    new = {f.id: f for f in tx.operation.fragments}
+    if set(old) != set(new):
+        return False
+    old_fields = {i for meta in old.values() for file in meta.files for i in file.fields}
+    for fid, meta in old.items():
+        now = new[fid]
+        if now.physical_rows != meta.physical_rows or now.deletion_file != meta.deletion_file:
+            return False
+        before_files = {(file.path, tuple(file.fields)) for file in meta.files}
+        files = {(file.path, tuple(file.fields)) for file in now.files}
+        if not before_files <= files:
+            return False
+        if any(old_fields.intersection(fields) for _, fields in files - before_files):
+            return False
     return True
 
 
