@@ -45,24 +45,24 @@ print(time.perf_counter() - t)
 """
 
 
-def make_vectors(folder: str, n: int, seed: int = 0) -> list[tuple[str, str]]:
+def make_vectors(folder: str, n: int, seed: int = 0, dim: int = DIM) -> list[tuple[str, str]]:
     """Four .npy files (image/text × two halves) of a double-ellipsoid, written in chunks."""
     os.makedirs(folder, exist_ok=True)
     rng = np.random.default_rng(seed)
     files = []
     quarter = n // 4
     for modality in ("image", "text"):
-        mean = rng.normal(size=DIM).astype(np.float32) * 0.6
-        scales = (np.geomspace(1.0, 0.05, DIM) * 0.5).astype(np.float32)
-        rotation, _ = np.linalg.qr(rng.normal(size=(DIM, DIM)))
+        mean = rng.normal(size=dim).astype(np.float32) * 0.6
+        scales = (np.geomspace(1.0, 0.05, dim) * 0.5).astype(np.float32)
+        rotation, _ = np.linalg.qr(rng.normal(size=(dim, dim)))
         basis = (rotation * scales).astype(np.float32)
-        concepts = rng.normal(size=(1000, DIM)).astype(np.float32)
+        concepts = rng.normal(size=(1000, dim)).astype(np.float32)
         for half in ("a", "b"):
             path = os.path.join(folder, f"{modality[:3]}_{half}.npy")
-            out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(quarter, DIM))
+            out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(quarter, dim))
             for start in range(0, quarter, CHUNK):
                 k = min(CHUNK, quarter - start)
-                z = concepts[rng.integers(0, 1000, k)] + 0.5 * rng.standard_normal((k, DIM), np.float32)
+                z = concepts[rng.integers(0, 1000, k)] + 0.5 * rng.standard_normal((k, dim), np.float32)
                 out[start:start + k] = mean + z @ basis.T
             out.flush()
             del out
@@ -94,19 +94,20 @@ def raw_scan(db: str) -> float:
     return float(out.stdout.strip().splitlines()[-1])
 
 
-def pipeline(n: int, workdir: str, keep: bool = False) -> dict:
+def pipeline(n: int, workdir: str, keep: bool = False, dim: int = DIM,
+             only: list[str] | None = None) -> dict:
     root = os.path.join(workdir, f"n{n}")
     shutil.rmtree(root, ignore_errors=True)
     os.makedirs(root)
     db = os.path.join(root, "db.lancedb")
     results = {}
     t = time.perf_counter()
-    files = make_vectors(os.path.join(root, "src"), n)
+    files = make_vectors(os.path.join(root, "src"), n, dim=dim)
     results["generate (numpy)"] = {"seconds": time.perf_counter() - t, "rss": 0, "ok": True}
     order = [files[0], files[2], files[1], files[3]]  # img_a, txt_a, img_b, txt_b
     for k, (path, modality) in enumerate(order):
         results[f"ingest {os.path.basename(path)}"] = run_stage(
-            db, ["ingest", path, "--modality", modality, "--model", "synthetic-512"])
+            db, ["ingest", path, "--modality", modality, "--model", f"synthetic-{dim}"])
         _progress(n, results)
     shutil.rmtree(os.path.join(root, "src"), ignore_errors=True)  # disk: the table holds them now
     results["raw Lance scan (baseline)"] = {"seconds": raw_scan(db), "rss": 0, "ok": True}
@@ -122,6 +123,8 @@ def pipeline(n: int, workdir: str, keep: bool = False) -> dict:
         ("optimize", ["optimize"]),
     ]
     for name, args in stages:
+        if only and name not in only:
+            continue
         results[name] = run_stage(db, args)
         _progress(n, results)
     if not keep:
@@ -244,6 +247,8 @@ def main(argv=None) -> int:
     parser.add_argument("--workdir", default="/work/scale")
     parser.add_argument("--fragments", type=int, default=0)
     parser.add_argument("--keep", action="store_true")
+    parser.add_argument("--dim", type=int, default=DIM)
+    parser.add_argument("--only", nargs="*", help="after the ingests, only these stages (e.g. refresh)")
     parser.add_argument("--no-score", action="store_true", help="--fragments: ingest unscored")
     parser.add_argument("--json", help="also write the raw results here")
     args = parser.parse_args(argv)
@@ -251,13 +256,13 @@ def main(argv=None) -> int:
         print(fragments(args.fragments, args.workdir, score=not args.no_score))
         return 0
     free = shutil.disk_usage(os.path.dirname(os.path.abspath(args.workdir)) or "/").free
-    need = max(args.sizes) * DIM * 4 * 3.5
+    need = max(args.sizes) * args.dim * 4 * 3.5
     if free < need:
         print(f"not enough disk: {free / 1e9:.0f} GB free, about {need / 1e9:.0f} GB needed", file=sys.stderr)
         return 1
     all_results = {}
     for n in args.sizes:
-        all_results[n] = pipeline(n, args.workdir, keep=args.keep)
+        all_results[n] = pipeline(n, args.workdir, keep=args.keep, dim=args.dim, only=args.only)
         print(table(all_results), flush=True)
         if args.json:
             with open(args.json, "w") as fh:

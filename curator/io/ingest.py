@@ -32,7 +32,6 @@ New rows join the stored concept clusters afterwards (a curation-column commit).
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -56,6 +55,7 @@ from ..store.database import (
     TableMeta,
     check_table_name,
 )
+from ..store.evolution import add_columns, additions, check_compatible, conform, undo_columns
 from ..store.lock import writer_lock
 from ..store.schema import (
     CURATION_COLUMNS,
@@ -124,8 +124,7 @@ def ingest_sources(sources: list[Source], *, db=None, table: str = "embeddings",
     if on_duplicate not in ON_DUPLICATE:
         raise BadInput(f"--on-duplicate must be one of {', '.join(ON_DUPLICATE)}")
     database = Database(db)
-    if database.is_local:
-        os.makedirs(database.uri, exist_ok=True)
+    database.check_folder(create=True)
     with writer_lock(database, table):
         return _Ingest(sources, database, table, model, on_duplicate, score, quiet).run()
 
@@ -143,6 +142,7 @@ class _Ingest:
             raise SchemaMismatch(f"table {table!r} holds vectors of model {self.meta.model!r}, not {model!r}")
         self.dim = self.meta.dim if self.meta else None
         self.store = StatsStore(database, table)
+        self.metadata: dict[str, pa.Field] = {}  # the sources' metadata columns (pass 1)
 
     def run(self) -> IngestResult:
         input_ids, total = _read_ids(self.sources)
@@ -156,16 +156,37 @@ class _Ingest:
         self.plan = _PairPlan()
         previous = current(self.database, self.table, self.dataset) if self.dataset is not None else None
         if not self.score:
-            return self._bulk(previous, replaced, new_rows)
+            self.evolved_from = None
+            try:
+                return self._bulk(previous, replaced, new_rows)
+            except BaseException:
+                if self.evolved_from is not None:
+                    undo_columns(self.database, self.table, self.evolved_from)
+                raise
         clock = time.perf_counter()
         batch_stats, first = self._statistics_pass(new_rows)
         self.phases = {"statistics": time.perf_counter() - clock}
+        evolved_from = None
         stats = previous.copy() if previous is not None else TableStats(self.dim)
         removed = self._remove_replaced(stats, replaced)
         stats.merge_from(batch_stats)
         stats.version = self.store.latest_version() + 1
-        schema = self.dataset.schema if self.dataset is not None else _new_schema(first, self.dim, self.model)
-        return self._write_and_score(schema, stats, batch_stats, replaced, removed, previous, new_rows)
+        if self.dataset is None:
+            schema = _new_schema(self.metadata, self.dim, self.model)
+        else:
+            added = additions(self.dataset.schema, pa.schema(list(self.metadata.values())),
+                              DERIVED | {"model"})
+            if added:  # metadata columns the table lacks: added first, in this lock
+                evolved_from = self.dataset.version
+                self.dataset = add_columns(self.database, self.table, self.dataset, added)
+            schema = self.dataset.schema
+        try:
+            return self._write_and_score(schema, stats, batch_stats, replaced, removed, previous,
+                                         new_rows)
+        except BaseException:
+            if evolved_from is not None:  # nothing appended: drop the columns added for it
+                undo_columns(self.database, self.table, evolved_from)
+            raise
 
     # -- pass 1: validation and statistics --------------------------------------------
     def _statistics_pass(self, new_rows: int) -> tuple[TableStats, pa.RecordBatch]:
@@ -176,6 +197,7 @@ class _Ingest:
             for index, (batch, norms) in enumerate(self._validated()):
                 if stats is None:
                     stats, first = TableStats(self.dim), batch
+                self._collect_metadata(batch)
                 _accumulate(stats, batch, norms)
                 self.plan.add(batch, position, index)
                 position += batch.num_rows
@@ -185,6 +207,19 @@ class _Ingest:
         if stats is None:
             raise BadInput("the input holds no rows")
         return stats, first
+
+    def _collect_metadata(self, batch: pa.RecordBatch) -> None:
+        """The metadata columns of every batch (a later source may bring new ones); two
+        sources giving one column incompatible types is an error naming both."""
+        for f in batch.schema:
+            if f.name in column_names() or f.name == "model" or pa.types.is_null(f.type):
+                continue
+            kind = f.type.value_type if pa.types.is_dictionary(f.type) else f.type
+            held = self.metadata.get(f.name)
+            if held is None:
+                self.metadata[f.name] = pa.field(f.name, kind, nullable=True)
+            else:
+                check_compatible(f.name, kind, held.type)
 
     def _validated(self) -> Iterator[tuple[pa.RecordBatch, np.ndarray]]:
         """Source batches without skipped ids, validated; with their float64 norms."""
@@ -314,6 +349,16 @@ class _Ingest:
                             commits=commits, seconds=time.time() - self.started,
                             phases={k: round(v, 3) for k, v in self.phases.items()})
 
+    def _evolved_schema(self) -> pa.Schema:
+        """The table's schema after adding the metadata columns seen so far (bulk loads
+        read the source once, so only the first batch's new columns can be added)."""
+        added = additions(self.dataset.schema, pa.schema(list(self.metadata.values())),
+                          DERIVED | {"model"})
+        if added:
+            self.evolved_from = self.dataset.version
+            self.dataset = add_columns(self.database, self.table, self.dataset, added)
+        return self.dataset.schema
+
     def _bulk(self, previous, replaced, new_rows) -> IngestResult:
         """``score=False``: one pass that validates, sums and appends unscored rows."""
         import lance
@@ -328,8 +373,9 @@ class _Ingest:
                 if first is None:
                     first = batch
                     batch_stats = batch_stats or TableStats(self.dim)
-                    schema_box["schema"] = (self.dataset.schema if self.dataset is not None
-                                            else _new_schema(first, self.dim, self.model))
+                    self._collect_metadata(batch)
+                    schema_box["schema"] = (self._evolved_schema() if self.dataset is not None
+                                            else _new_schema(self.metadata, self.dim, self.model))
                 _accumulate(batch_stats, batch, norms)
                 yield _shape(batch, schema_box["schema"], norms)
 
@@ -397,11 +443,10 @@ def _write_fragments(reader, uri: str, schema: pa.Schema) -> list:
         raise
 
 
-def _new_schema(first: pa.RecordBatch, dim: int, model: str | None) -> pa.Schema:
-    """The schema of a new table: the declared columns, then the source's metadata."""
-    metadata_fields = [f for f in first.schema if f.name not in column_names() and f.name != "model"]
+def _new_schema(metadata: dict[str, pa.Field], dim: int, model: str | None) -> pa.Schema:
+    """The schema of a new table: the declared columns, then the sources' metadata."""
     table_meta = TableMeta(model or "unknown", dim, DATASET_SCHEMA_VERSION).to_metadata()
-    return dataset_schema(dim, metadata_fields, table_meta)
+    return dataset_schema(dim, list(metadata.values()), table_meta)
 
 
 def _shape(batch: pa.RecordBatch, schema: pa.Schema, norms: np.ndarray) -> pa.RecordBatch:
@@ -412,16 +457,14 @@ def _shape(batch: pa.RecordBatch, schema: pa.Schema, norms: np.ndarray) -> pa.Re
         if f.name == "norm":
             arrays.append(pa.array(norms.astype(np.float32), pa.float32()))
         elif f.name in batch.schema.names and f.name not in DERIVED:
-            try:
-                arrays.append(batch.column(f.name).cast(f.type))
-            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-                raise BadInput(f"column {f.name!r} has type {batch.schema.field(f.name).type}, "
-                               f"the table holds {f.type}") from None
+            arrays.append(conform(f.name, batch.column(f.name), f.type))
         else:
             arrays.append(pa.nulls(n, f.type))
-    extra = [c for c in batch.schema.names if c not in schema.names and c != "model"]
-    if extra:
-        raise BadInput(f"columns not in table: {', '.join(extra)} (ingest them into a new table)")
+    extra = [c for c in batch.schema.names if c not in schema.names and c != "model"
+             and c not in DERIVED and batch.column(c).null_count < n]
+    if extra:  # only a one-pass bulk load can meet a column its first batch did not have
+        raise BadInput(f"columns {', '.join(extra)} appear after the first batch of this bulk "
+                       "load; ingest that source on its own, or without --no-score")
     return pa.RecordBatch.from_arrays(arrays, schema=schema)
 
 

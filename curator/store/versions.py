@@ -38,7 +38,9 @@ def leaves_statistics(dataset, read_version: int) -> bool:
         if kind == "DataReplacement" and not any(set(g.new_file.fields) & read
                                                  for g in op.replacements):
             continue
-        if kind in ("Merge", "Project") and _field_ids(dataset, op.schema) == read:
+        if kind == "Merge" and _adds_columns_only(dataset, tx):
+            continue
+        if kind == "Project" and _field_ids(dataset, op.schema) == read:
             continue
         return False
     return True
@@ -75,6 +77,33 @@ def _field_ids(dataset, schema=None) -> set[int]:
         except (KeyError, ValueError, AttributeError):
             continue
     return out
+
+
+def _adds_columns_only(dataset, tx) -> bool:
+    """Whether a Merge commit only added columns: every data file of the version it read
+    is still there, in the same fragment, with the same fields and rows; new files hold
+    only new fields; and every column of that version keeps its name and type."""
+    before = dataset.checkout_version(tx.read_version)
+    after = dataset.checkout_version(tx.read_version + 1)
+    kept = {f.name: f.type for f in after.schema}
+    if any(kept.get(f.name) != f.type for f in before.schema):
+        return False
+    old = {f.fragment_id: f.metadata for f in before.get_fragments()}
+    new = {f.id: f for f in tx.operation.fragments}
+    if set(old) != set(new):
+        return False
+    old_fields = {i for meta in old.values() for file in meta.files for i in file.fields}
+    for fid, meta in old.items():
+        now = new[fid]
+        if now.physical_rows != meta.physical_rows or now.deletion_file != meta.deletion_file:
+            return False
+        before_files = {(file.path, tuple(file.fields)) for file in meta.files}
+        files = {(file.path, tuple(file.fields)) for file in now.files}
+        if not before_files <= files:
+            return False
+        if any(old_fields.intersection(fields) for _, fields in files - before_files):
+            return False
+    return True
 
 
 def curation_step(command):
