@@ -18,7 +18,8 @@ from conftest import read_table
 
 from curator import ingest, stats
 from curator.cli import cli
-from curator.engine.statistics import current, staleness, version_counts
+from curator.engine.statistics import bounds as table_bounds
+from curator.engine.statistics import current
 from curator.errors import BadInput, SchemaMismatch
 from curator.store.database import Database
 from curator.store.evolution import additions, check_compatible, conform
@@ -113,15 +114,17 @@ def test_adding_a_column_leaves_older_rows_bounds_unchanged(tmp_path):
         dataset = database.dataset("embeddings")
         record = current(database, "embeddings", dataset)
         history = StatsStore(database, "embeddings").history()
-        return record.version, staleness(record, history, version_counts(dataset))
+        _, bound_of = table_bounds(dataset, record, history)
+        return record.version, bound_of
 
     version_a, bounds_a = bounds(a)
     version_b, bounds_b = bounds(b)
     assert version_a == version_b == 3  # no rebuild in between: three ingests, three versions
     assert bounds_a.keys() == bounds_b.keys() and len(bounds_a) == 3
     for key, value in bounds_a.items():
-        assert bounds_b[key] == pytest.approx(value, rel=1e-12, abs=1e-15), key
-    assert bounds_a[("image", 1)] > 0  # the oldest rows are stale, and stay exactly as stale
+        for column, bound in value.items():
+            assert bounds_b[key][column] == pytest.approx(bound, rel=1e-12, abs=1e-15), (key, column)
+    assert bounds_a[("image", 1)]["conformity"] > 0  # the oldest rows are stale, and stay exactly as stale
     assert stats(db=b)["modalities"]["image"]["max_staleness"] == pytest.approx(
         stats(db=a)["modalities"]["image"]["max_staleness"], rel=1e-12)
     rows = by_id(b)
@@ -266,14 +269,27 @@ def test_failed_append_after_adding_columns_restores_the_table(tmp_path, db):
     assert by_id(db)["w2"]["caption"] == "ok"
 
 
-def test_a_column_only_in_a_later_batch_is_a_clear_error(tmp_path, db):
+def test_a_column_only_in_a_later_batch_is_added_too(tmp_path, db):
+    """The statistics pass reads every source before anything is written, so a column only
+    a later file brings is added like the first file's."""
+    ingest([write(tmp_path / "0.parquet", vectors(15, 4), ["a", "b", "c", "d"], "image")], db=db)
+    first = write(tmp_path / "1.parquet", vectors(16, 3), ["e", "f", "g"], "image", caption=["x"] * 3)
+    second = write(tmp_path / "2.parquet", vectors(17, 3), ["h", "i", "j"], "image", caption=["y"] * 3,
+                   url=["u"] * 3)
+    ingest([first, second], db=db)
+    rows = by_id(db)
+    assert rows["h"]["url"] == "u" and rows["e"]["url"] is None and rows["a"]["caption"] is None
+    assert rows["e"]["caption"] == "x"
+
+
+def test_a_column_only_in_a_later_batch_of_a_bulk_load_is_a_clear_error(tmp_path, db):
     ingest([write(tmp_path / "0.parquet", vectors(15, 4), ["a", "b", "c", "d"], "image")], db=db)
     first = write(tmp_path / "1.parquet", vectors(16, 3), ["e", "f", "g"], "image", caption=["x"] * 3)
     second = write(tmp_path / "2.parquet", vectors(17, 3), ["h", "i", "j"], "image", caption=["y"] * 3,
                    url=["u"] * 3)
     before = Database(db).dataset("embeddings")
-    with pytest.raises(BadInput, match="columns url appear after the first batch of this ingest"):
-        ingest([first, second], db=db)
+    with pytest.raises(BadInput, match="columns url appear after the first batch of this bulk load"):
+        ingest([first, second], db=db, score=False)
     after = Database(db).dataset("embeddings")
     assert after.count_rows() == 4 and "caption" not in after.schema.names
     assert after.schema == before.schema

@@ -304,8 +304,7 @@ class _Ingest:
                     bar.close()
 
             clock = time.perf_counter()
-            reader = pa.RecordBatchReader.from_batches(schema, shaped())
-            fragments = _write_fragments(reader, self.database.table_uri(self.table), schema)
+            fragments = _write_fragments(shaped(), self.database.table_uri(self.table), schema)
             self.phases["write"] = time.perf_counter() - clock
             _check_unchanged(written, batch_stats)
             if self.dataset is None:  # a new table: an empty version 1, then this commit
@@ -390,8 +389,7 @@ class _Ingest:
             yield head
             yield from stream
 
-        fragments = _write_fragments(pa.RecordBatchReader.from_batches(schema, chained()),
-                                     self.database.table_uri(self.table), schema)
+        fragments = _write_fragments(chained(), self.database.table_uri(self.table), schema)
         if self.dataset is None:
             self.dataset = lance.write_dataset(schema.empty_table(), self.database.table_uri(self.table),
                                                schema=schema, data_storage_version=STORAGE_VERSION)
@@ -426,20 +424,28 @@ class _Ingest:
 
 # -- helpers ------------------------------------------------------------------------
 
-def _write_fragments(reader, uri: str, schema: pa.Schema) -> list:
-    """Lance's writer over the shaped stream: uncommitted fragments (an error raised in
-    the stream comes back as itself, not wrapped)."""
+def _write_fragments(stream, uri: str, schema: pa.Schema) -> list:
+    """Lance's writer over the shaped ``stream`` (batches): uncommitted fragments. A
+    :class:`CuratorError` raised in the stream comes back as itself (Lance's writer would
+    report it wrapped in a LanceError)."""
     from lance.fragment import write_fragments
 
+    raised: list[CuratorError] = []
+
+    def guarded():
+        try:
+            yield from stream
+        except CuratorError as exc:
+            raised.append(exc)
+            raise
+
     try:
-        return write_fragments(reader, uri, schema=schema, data_storage_version=STORAGE_VERSION,
+        return write_fragments(pa.RecordBatchReader.from_batches(schema, guarded()), uri,
+                               schema=schema, data_storage_version=STORAGE_VERSION,
                                max_rows_per_file=1 << 20)
-    except Exception as exc:
-        inner = exc
-        while inner is not None and not isinstance(inner, CuratorError):
-            inner = inner.__cause__ or inner.__context__
-        if isinstance(inner, CuratorError):
-            raise inner from None
+    except Exception:
+        if raised:
+            raise raised[0] from None
         raise
 
 
