@@ -25,29 +25,36 @@ ROWS_PER_PIECE = 8 * SCAN_BATCH_ROWS  # rows of a fragment one task scans
 
 def piece_rows(piece: Piece, rowids: np.ndarray | None, columns: list[str], take: bool
                ) -> list[tuple[np.ndarray, pa.RecordBatch]]:
+    """The rows pass's per-piece function: :func:`iter_piece_rows` as a list (what a
+    task returns)."""
+    return list(iter_piece_rows(piece, rowids, columns, take))
+
+
+def iter_piece_rows(piece: Piece, rowids: np.ndarray | None, columns: list[str], take: bool
+                    ) -> Iterator[tuple[np.ndarray, pa.RecordBatch]]:
     """The rows of ``piece`` whose ids are in the sorted ``rowids`` (every row when None),
-    as (ids, batch) pairs in row-id order; ``take``: read ``rowids`` (all in this piece)
-    by random access."""
-    out = []
+    as (ids, batch) pairs in row-id order, one batch at a time; ``take``: read ``rowids``
+    (all in this piece) by random access."""
     if rowids is None:
-        return [(b.column("_rowid").to_numpy(), b) for b in piece.batches(columns, with_row_id=True)]
+        for batch in piece.batches(columns, with_row_id=True):
+            yield batch.column("_rowid").to_numpy(), batch
+        return
     if take:
         dataset = piece.fragment._ds
         for start in range(0, len(rowids), SCAN_BATCH_ROWS):
             chunk = rowids[start:start + SCAN_BATCH_ROWS]
             for batch in dataset._take_rows(chunk.tolist(), columns=columns).to_batches():
-                out.append((chunk[:batch.num_rows], batch))
+                yield chunk[:batch.num_rows], batch
                 chunk = chunk[batch.num_rows:]
-        return out
+        return
     last = len(rowids) - 1
     for batch in piece.batches(columns, with_row_id=True):
         ids = batch.column("_rowid").to_numpy()
         hit = rowids[np.minimum(np.searchsorted(rowids, ids), last)] == ids
         if hit.all():
-            out.append((ids, batch))
+            yield ids, batch
         elif hit.any():
-            out.append((ids[hit], batch.filter(pa.array(hit))))
-    return out
+            yield ids[hit], batch.filter(pa.array(hit))
 
 
 def select_rows(dataset, rowids: np.ndarray, columns: list[str], *, engine: str | None = None
@@ -73,6 +80,10 @@ def select_rows(dataset, rowids: np.ndarray, columns: list[str], *, engine: str 
             continue
         shared = run.put(wanted)
         jobs += [(p, shared, columns, False) for p in parts]
+    if run.name == LOCAL:  # in this process: one batch at a time, never a piece's list
+        for piece, wanted, cols, take in jobs:
+            yield from iter_piece_rows(piece, wanted, cols, take)
+        return
     for result in run.map(piece_rows, jobs):
         yield from result
 

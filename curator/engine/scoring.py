@@ -40,7 +40,7 @@ from ..store.columns import SCAN_BATCH_ROWS, commit
 from ..store.database import STORAGE_VERSION
 from .executor import LOCAL, executor
 from .fragments import Piece, pieces
-from .rows import TAKE_SHARE, piece_rows, take_vectors
+from .rows import TAKE_SHARE, iter_piece_rows, take_vectors
 from .spill import ScalarSpill, VectorSpill
 
 SCORE_FIELDS = [
@@ -135,7 +135,7 @@ def piece_scalars(piece: Piece, rowids: np.ndarray | None, take: bool, model: Sc
     """The vector pass's per-piece function for existing rows (``rowids``, or every row
     of the piece when None): their spill part."""
     parts = []
-    for ids, batch in piece_rows(piece, rowids, READ_COLUMNS, take):
+    for ids, batch in iter_piece_rows(piece, rowids, READ_COLUMNS, take):
         X = vectors(batch)
         norms = batch.column("norm").to_numpy(zero_copy_only=False).astype(np.float64)
         missing = ~np.isfinite(norms)
@@ -397,16 +397,20 @@ class Scoring:
             ORDER BY s.key"""
         run = executor(self.engine)
         jobs = _FragmentJobs(self.dataset, new_fragments, self.deleted, version)
-        for batch in con.sql(query).to_arrow_reader(1 << 16):
-            keys = batch.column("key").to_numpy()
-            modality = batch.column("modality").to_numpy(zero_copy_only=False)
-            values = {name: batch.column(name).to_numpy(zero_copy_only=False).astype(np.float64)
-                      for name in ("conformity", "conformity_est", "loglik", "pair_dot",
-                                   "alignment", "alignment_centered", "conformity_mismatch")}
-            values["uncertainty"] = self._uncertainty(modality, values["conformity"])
-            outcome.rows += len(keys)
-            jobs.add(keys, values)
-        for kind, metadata in run.map(_write_job, jobs.finish()):
+
+        def stream():  # each fragment's write job as soon as its last row is assembled
+            for batch in con.sql(query).to_arrow_reader(1 << 16):
+                keys = batch.column("key").to_numpy()
+                modality = batch.column("modality").to_numpy(zero_copy_only=False)
+                values = {name: batch.column(name).to_numpy(zero_copy_only=False).astype(np.float64)
+                          for name in ("conformity", "conformity_est", "loglik", "pair_dot",
+                                       "alignment", "alignment_centered", "conformity_mismatch")}
+                values["uncertainty"] = self._uncertainty(modality, values["conformity"])
+                outcome.rows += len(keys)
+                yield from jobs.add(keys, values)
+            yield from jobs.finish()
+
+        for kind, metadata in run.map(_write_job, stream()):
             if kind == "removed":
                 outcome.removed.append(metadata)
             elif kind == "new":
@@ -440,9 +444,13 @@ class _FragmentJobs:
         self.new_starts = starts
         self.current: int | None = None
         self.parts: list = []
-        self.ready: list = []
 
-    def add(self, keys: np.ndarray, values: dict) -> None:
+    def add(self, keys: np.ndarray, values: dict):
+        """Take assembled rows (ascending keys); yields the write job of each fragment
+        whose rows are complete."""
+        yield from self._take(keys, values)
+
+    def _take(self, keys: np.ndarray, values: dict):
         """Take assembled rows (ascending keys): existing rows go to their fragment
         (``key >> 32``, offset ``key & 0xFFFFFFFF``), new rows to the new fragment that holds
         their position (target ``−1 − j`` for new fragment j)."""
@@ -454,11 +462,11 @@ class _FragmentJobs:
         for tid in _runs(target):
             rows = target == tid
             if tid != self.current:
-                self._flush()
+                yield from self._flush()
                 self.current = int(tid)
             self.parts.append((offsets[rows].astype(np.int64), {k: v[rows] for k, v in values.items()}))
 
-    def _flush(self) -> None:
+    def _flush(self):
         if self.current is None or not self.parts:
             return
         offsets = np.concatenate([p[0] for p in self.parts])
@@ -466,15 +474,14 @@ class _FragmentJobs:
         self.parts = []
         if self.current >= 0:
             fragment = self.dataset.get_fragment(self.current)
-            self.ready.append(("old", fragment, offsets, values,
-                               self.deleted.pop(self.current, None), self.version))
+            yield ("old", fragment, offsets, values, self.deleted.pop(self.current, None),
+                   self.version)
         else:
-            self.ready.append(("new", (self.dataset, self.new[-self.current - 1]), offsets, values,
-                               None, self.version))
+            yield ("new", (self.dataset, self.new[-self.current - 1]), offsets, values, None,
+                   self.version)
 
     def finish(self):
-        self._flush()
-        yield from self.ready
+        yield from self._flush()
         for fid, offsets in self.deleted.items():  # fragments with deleted rows only
             yield ("delete", self.dataset.get_fragment(fid), np.zeros(0, np.int64), None, offsets,
                    self.version)
