@@ -3,7 +3,8 @@
 Every command that selects rows by a predicate (export, rebalance, tag, negatives,
 compare, browse) takes it through :func:`parse`:
 
-1. DuckDB's tokenizer refuses comments (``--``, ``/* */``), which could cut the text;
+1. DuckDB's tokenizer refuses comments (``--``, ``/* */``), which could cut the text, and
+   any ``;`` outside a string (a statement separator has no place in an expression);
 2. DuckDB's expression parser (``duckdb.SQLExpression``) must find exactly one
    expression: a second statement, ``LIMIT``, ``ORDER BY`` or an unbalanced parenthesis
    is a parse error;
@@ -100,11 +101,15 @@ def parse(where: str | None, schema: pa.Schema, *, what: str = "--where") -> Pre
         raise BadInput(f"{what}: {_first_line(exc)}") from None
     if any(kind == duckdb.token_type.comment for _, kind in tokens):
         raise BadInput(f"{what}: comments are not allowed in a predicate")
+    if any(kind == duckdb.token_type.operator and where[at] == ";" for at, kind in tokens):
+        raise BadInput(f"{what}: ';' is not allowed in a predicate (one expression, no statements)")
     try:
-        expression = duckdb.SQLExpression(where)
+        # DuckDB's rendering of the parsed tree (it parses to itself): what is checked,
+        # evaluated (here and, parsed again, on Ray workers) and recorded is this text.
+        text = duckdb.SQLExpression(where).get_name()
+        expression = duckdb.SQLExpression(text)
     except (duckdb.Error, ValueError, TypeError) as exc:
         raise BadInput(f"{what}: not one expression ({_first_line(exc)})") from None
-    text = str(expression)
     tree = _tree(text, what)
     used: list[str] = []
     _walk(tree, used, what)

@@ -1,0 +1,116 @@
+"""Pair records (``export --unit pair``): one per (image, caption) of a sample where both
+rows match, what a training loader reads.
+
+Columns, in order:
+
+- ``sample_id``, ``image_id``, ``text_id`` (strings);
+- every metadata column ``X`` of the table (the columns outside curator's declared ones:
+  ``caption``, ``url``, ``path``, labels, tags, ``rebalance --into`` decisions): the
+  caption's value, else the image's (``coalesce(text.X, image.X)``);
+- ``image_C`` and ``text_C`` for each of curator's row columns ``C`` (``norm``,
+  ``conformity`` … ``conformity_mismatch``, ``pair_dot``, ``stats_version``, ``cluster``,
+  ``cluster_size``, ``dup_group``, ``is_duplicate``, ``rebalance_keep``): every score, prefixed;
+- ``image_embedding``, ``text_embedding``: the two raw vectors.
+
+Records come in image row-id order, then caption row-id order, so the pairs of one image
+are adjacent. They are built in chunks of :data:`PAIR_CHUNK` pairs: the chunk's image rows
+and caption rows are read by row id (each a span scan or random access,
+:func:`curator.engine.rows.select_rows`) and aligned; memory holds one chunk.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ...errors import BadInput
+from ...store.schema import column_names
+from .selection import PairSelection, Source, table_schema
+
+PAIR_CHUNK = 16_384
+CORE = ("id", "sample_id", "modality", "embedding")
+KEYS = ("sample_id", "image_id", "text_id")
+
+
+def metadata_names(schema: pa.Schema) -> list[str]:
+    """The table's metadata columns (outside curator's declared ones), in table order."""
+    declared = set(column_names())
+    return [n for n in schema.names if n not in declared]
+
+
+def row_columns(schema: pa.Schema) -> list[str]:
+    """Curator's own per-row columns (scores and curation) that the table has."""
+    return [n for n in column_names() if n not in CORE and n in schema.names]
+
+
+def pair_schema(dataset) -> pa.Schema:
+    """The schema of a pair record for a table (its metadata, model and dim kept)."""
+    schema = table_schema(dataset)
+    fields = [pa.field(k, pa.string()) for k in KEYS]
+    fields += [schema.field(n).with_nullable(True) for n in metadata_names(schema)]
+    for side in ("image", "text"):
+        fields += [schema.field(n).with_name(f"{side}_{n}").with_nullable(True)
+                   for n in row_columns(schema)]
+    embedding = schema.field("embedding")
+    fields += [embedding.with_name("image_embedding"), embedding.with_name("text_embedding")]
+    return pa.schema(fields, metadata=schema.metadata)
+
+
+def check_pair_names(schema: pa.Schema) -> None:
+    """Metadata columns must not take a name the pair record gives another column."""
+    made = set(KEYS) | {f"{side}_{n}" for side in ("image", "text")
+                        for n in row_columns(schema) + ["embedding"]}
+    clash = [n for n in metadata_names(schema) if n in made]
+    if clash:
+        raise BadInput(f"--unit pair: metadata column(s) {', '.join(clash)} clash with the pair "
+                       "record's columns; use --unit row or sample")
+
+
+def aligned(source: Source, rowids: np.ndarray, columns: list[str]) -> pa.Table:
+    """``columns`` of the rows ``rowids`` (repeats allowed), in the order given."""
+    unique = np.unique(rowids)
+    got, parts = [], []
+    for ids, batch in source.rows(unique, columns):
+        got.append(ids)
+        parts.append(pa.Table.from_batches([batch]).select(columns))
+    table = pa.concat_tables(parts).combine_chunks()
+    read = np.concatenate(got)
+    order = np.argsort(read, kind="stable")
+    at = order[np.searchsorted(read[order], rowids)]
+    return table.take(pa.array(at))
+
+
+def chunks(source: Source, pairs: PairSelection, columns: list[str], chunk: int = PAIR_CHUNK
+           ) -> Iterator[tuple[pa.Array, pa.Table, pa.Table]]:
+    """(sample ids, image rows, text rows) of consecutive pairs, aligned, ``chunk`` at a time."""
+    for start in range(0, pairs.records, chunk):
+        stop = min(start + chunk, pairs.records)
+        images = aligned(source, pairs.image_rowids[start:stop], columns)
+        texts = aligned(source, pairs.text_rowids[start:stop], columns)
+        yield pairs.sample_ids.slice(start, stop - start), images, texts
+
+
+def pair_batches(source: Source, pairs: PairSelection) -> Iterator[pa.RecordBatch]:
+    """The pair records, as batches of the schema :func:`pair_schema`."""
+    schema = pair_schema(source.dataset)
+    base = table_schema(source.dataset)
+    meta, scored = metadata_names(base), row_columns(base)
+    columns = ["id", "embedding"] + meta + scored
+    for samples, images, texts in chunks(source, pairs, columns):
+        arrays = [samples, images.column("id"), texts.column("id")]
+        arrays += [_coalesce(texts.column(n), images.column(n)) for n in meta]
+        arrays += [images.column(n) for n in scored] + [texts.column(n) for n in scored]
+        arrays += [images.column("embedding"), texts.column("embedding")]
+        yield pa.RecordBatch.from_arrays([_array(a).cast(f.type) for a, f in zip(arrays, schema)],
+                                         schema=schema)
+
+
+def _coalesce(text: pa.ChunkedArray, image: pa.ChunkedArray):
+    return pc.coalesce(text, image)
+
+
+def _array(column) -> pa.Array:
+    return column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
