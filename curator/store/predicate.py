@@ -22,6 +22,7 @@ with file access off. Nothing the user typed is ever concatenated into a stateme
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -65,7 +66,7 @@ class Predicate:
         """
         import duckdb
 
-        con = _connection()
+        con = _evaluator()
         try:
             relation = con.from_arrow(pa.Table.from_batches([batch]) if isinstance(
                 batch, pa.RecordBatch) else batch)
@@ -140,13 +141,21 @@ def _connection():
     return con
 
 
+_local = threading.local()
+
+
+def _evaluator():
+    """This thread's connection for evaluating predicates on batches (opening one costs
+    tens of milliseconds, as much as evaluating a batch)."""
+    con = getattr(_local, "con", None)
+    if con is None:
+        con = _local.con = _connection()
+    return con
+
+
 def _tree(text: str, what: str) -> dict:
     """DuckDB's parse tree of the (already single, normalised) expression."""
-    con = _connection()
-    try:
-        row = con.execute("SELECT json_serialize_sql(?)", ["SELECT " + text]).fetchone()
-    finally:
-        con.close()
+    row = _evaluator().execute("SELECT json_serialize_sql(?)", ["SELECT " + text]).fetchall()[0]
     tree = json.loads(row[0])
     if tree.get("error") or len(tree.get("statements", [])) != 1:
         raise BadInput(f"{what}: not one expression ({tree.get('error_message', 'parse error')})")
@@ -188,7 +197,7 @@ def _check_boolean(expression, text: str, schema: pa.Schema, columns: tuple[str,
     import duckdb
 
     fields = [schema.field(c) for c in columns]
-    con = _connection()
+    con = _evaluator()
     try:
         empty = pa.table({f.name: pa.array([], f.type) for f in fields}) if fields else \
             pa.table({"_": pa.array([], pa.int8())})
@@ -197,8 +206,6 @@ def _check_boolean(expression, text: str, schema: pa.Schema, columns: tuple[str,
         relation.filter(expression).limit(0).fetchall()  # binds as a filter: no aggregates
     except duckdb.Error as exc:
         raise BadInput(f"{what}: {_first_line(exc)}") from None
-    finally:
-        con.close()
     if kind not in ("BOOLEAN", '"NULL"', "NULL"):
         raise BadInput(f"{what}: {text!r} is {kind}, not a true/false condition")
 

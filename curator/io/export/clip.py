@@ -167,8 +167,8 @@ def _flush(write, modality: str, rows: list) -> None:
 
 
 def write_pair_npy(source, pairs: PairSelection, folder: str, rows_per_file: int) -> None:
-    """One line per pair, ``rows_per_file`` lines a shard; the vectors go straight into
-    memory-mapped ``.npy`` files, so memory holds one chunk of pairs."""
+    """One line per pair, ``rows_per_file`` lines a shard; the vectors are appended to the
+    ``.npy`` files chunk by chunk, so memory holds one chunk of pairs."""
     import pyarrow.parquet as pq
 
     for sub in ("img_emb", "text_emb", "metadata"):
@@ -183,25 +183,29 @@ def write_pair_npy(source, pairs: PairSelection, folder: str, rows_per_file: int
     md_schema = pa.schema(fields)
     for k, start in enumerate(range(0, pairs.records, rows_per_file)):
         shard = pairs.slice(start, min(start + rows_per_file, pairs.records))
-        arrays = {stem: np.lib.format.open_memmap(
-            os.path.join(folder, stem, f"{stem}_{k}.npy"), mode="w+", dtype=np.float32,
-            shape=(shard.records, dim)) for stem in ("img_emb", "text_emb")}
-        lines, at = [], 0
-        for samples, images, texts in chunks(source, shard, ["id", "embedding"] + meta):
-            n = len(samples)
-            arrays["img_emb"][at:at + n] = vectors(images)
-            arrays["text_emb"][at:at + n] = vectors(texts)
-            at += n
-            columns = [samples, images.column("id"), texts.column("id")]
-            columns += [pc.coalesce(texts.column(c), images.column(c)) for c in meta]
-            columns += [images.column(c) for c in meta] + [texts.column(c) for c in meta]
-            lines.append(pa.table([_plain(c).cast(f.type) for c, f in zip(columns, md_schema)],
-                                  schema=md_schema))
-        for array in arrays.values():
-            array.flush()
-        del arrays
+        files = {stem: _npy_file(os.path.join(folder, stem, f"{stem}_{k}.npy"), shard.records, dim)
+                 for stem in ("img_emb", "text_emb")}
+        lines = []
+        with files["img_emb"], files["text_emb"]:
+            for samples, images, texts in chunks(source, shard, ["id", "embedding"] + meta):
+                files["img_emb"].write(np.ascontiguousarray(vectors(images)).tobytes())
+                files["text_emb"].write(np.ascontiguousarray(vectors(texts)).tobytes())
+                columns = [samples, images.column("id"), texts.column("id")]
+                columns += [pc.coalesce(texts.column(c), images.column(c)) for c in meta]
+                columns += [images.column(c) for c in meta] + [texts.column(c) for c in meta]
+                lines.append(pa.table([_plain(c).cast(f.type) for c, f in zip(columns, md_schema)],
+                                      schema=md_schema))
         pq.write_table(pa.concat_tables(lines) if lines else md_schema.empty_table(),
                        os.path.join(folder, "metadata", f"metadata_{k}.parquet"))
+
+
+def _npy_file(path: str, rows: int, dim: int):
+    """An open ``.npy`` file of float32 (rows, dim) with its header written; the caller
+    appends the rows' bytes in order (what ``np.save`` writes, streamed)."""
+    fh = open(path, "wb")
+    np.lib.format.write_array_header_1_0(fh, {"descr": np.lib.format.dtype_to_descr(np.dtype("<f4")),
+                                              "fortran_order": False, "shape": (rows, dim)})
+    return fh
 
 
 def _plain(column) -> pa.Array:

@@ -14,8 +14,9 @@ Columns, in order:
 
 Records come in image row-id order, then caption row-id order, so the pairs of one image
 are adjacent. They are built in chunks of :data:`PAIR_CHUNK` pairs: the chunk's image rows
-and caption rows are read by row id (each a span scan or random access,
-:func:`curator.engine.rows.select_rows`) and aligned; memory holds one chunk.
+and caption rows are read together by row id (per fragment a scan of the span that holds
+them, or random access when they are few in it: :func:`curator.engine.rows.select_rows`)
+and aligned; memory holds one chunk.
 """
 
 from __future__ import annotations
@@ -88,9 +89,10 @@ def chunks(source: Source, pairs: PairSelection, columns: list[str], chunk: int 
     """(sample ids, image rows, text rows) of consecutive pairs, aligned, ``chunk`` at a time."""
     for start in range(0, pairs.records, chunk):
         stop = min(start + chunk, pairs.records)
-        images = aligned(source, pairs.image_rowids[start:stop], columns)
-        texts = aligned(source, pairs.text_rowids[start:stop], columns)
-        yield pairs.sample_ids.slice(start, stop - start), images, texts
+        n = stop - start  # images and captions of a chunk lie near each other: one read
+        both = aligned(source, np.concatenate([pairs.image_rowids[start:stop],
+                                               pairs.text_rowids[start:stop]]), columns)
+        yield pairs.sample_ids.slice(start, n), both.slice(0, n), both.slice(n)
 
 
 def pair_batches(source: Source, pairs: PairSelection) -> Iterator[pa.RecordBatch]:
