@@ -229,3 +229,19 @@ def test_pair_refuses_clashing_metadata(tmp_path):
         export(db=db, out=str(tmp_path / "out"), unit="pair")
     assert not (tmp_path / "out").exists()
     export(db=db, out=str(tmp_path / "rows"), unit="row")  # rows are fine
+
+
+def test_pair_selected_by_caption_alone(mixed, tmp_path):
+    """The README's recipe: a condition on captions, every image kept."""
+    db, snap = mixed
+    where = "modality = 'image' or caption like '%caption 1 %'"
+    want = oracle(snap, where, PAIRS)
+    result = export(db=db, out=str(tmp_path / "x"), where=where, unit="pair")
+    got = _parquet(tmp_path / "x")
+    assert result.rows == want.num_rows > 0
+    assert all("caption 1 " in c for c in got.column("caption").to_pylist())
+    rows = snap.drop_columns(["embedding"]).to_pylist()
+    images = {r["sample_id"] for r in rows if r["modality"] == "image" and r["sample_id"]}
+    paired = {r["id"] for r in rows if r["modality"] == "text" and "caption 1 " in r["caption"]
+              and r["sample_id"] in images}
+    assert set(got.column("text_id").to_pylist()) == paired

@@ -187,9 +187,9 @@ def write_pair_npy(source, pairs: PairSelection, folder: str, rows_per_file: int
                  for stem in ("img_emb", "text_emb")}
         lines = []
         with files["img_emb"], files["text_emb"]:
-            for samples, images, texts in chunks(source, shard, ["id", "embedding"] + meta):
-                files["img_emb"].write(np.ascontiguousarray(vectors(images)).tobytes())
-                files["text_emb"].write(np.ascontiguousarray(vectors(texts)).tobytes())
+            for samples, images, texts, image_x, text_x in chunks(source, shard, ["id"] + meta):
+                files["img_emb"].write(memoryview(np.ascontiguousarray(image_x, "<f4")))
+                files["text_emb"].write(memoryview(np.ascontiguousarray(text_x, "<f4")))
                 columns = [samples, images.column("id"), texts.column("id")]
                 columns += [pc.coalesce(texts.column(c), images.column(c)) for c in meta]
                 columns += [images.column(c) for c in meta] + [texts.column(c) for c in meta]

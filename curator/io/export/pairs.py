@@ -15,8 +15,8 @@ Columns, in order:
 Records come in image row-id order, then caption row-id order, so the pairs of one image
 are adjacent. They are built in chunks of :data:`PAIR_CHUNK` pairs: the chunk's image rows
 and caption rows are read together by row id (per fragment a scan of the span that holds
-them, or random access when they are few in it: :func:`curator.engine.rows.select_rows`)
-and aligned; memory holds one chunk.
+them, or random access when they are few in it: :func:`curator.engine.rows.select_rows`),
+each vector copied once into place; memory holds one chunk.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ...errors import BadInput
+from ...store.arrow import fixed_list, vectors
 from ...store.schema import column_names
 from .selection import PairSelection, Source, table_schema
 
@@ -70,29 +71,35 @@ def check_pair_names(schema: pa.Schema) -> None:
                        "record's columns; use --unit row or sample")
 
 
-def aligned(source: Source, rowids: np.ndarray, columns: list[str]) -> pa.Table:
-    """``columns`` of the rows ``rowids`` (repeats allowed), in the order given."""
-    unique = np.unique(rowids)
-    got, parts = [], []
-    for ids, batch in source.rows(unique, columns):
-        got.append(ids)
-        parts.append(pa.Table.from_batches([batch]).select(columns))
-    table = pa.concat_tables(parts).combine_chunks()
-    read = np.concatenate(got)
-    order = np.argsort(read, kind="stable")
-    at = order[np.searchsorted(read[order], rowids)]
-    return table.take(pa.array(at))
+def gather(source: Source, rowids: np.ndarray, columns: list[str]) -> tuple[pa.Table, np.ndarray]:
+    """Scalar ``columns`` and vectors (float32, (n, d)) of the rows ``rowids`` (repeats
+    allowed), in the order given. Each vector is copied once into place, then once into
+    the order asked for."""
+    unique, inverse = np.unique(rowids, return_inverse=True)
+    dim = source.dataset.schema.field("embedding").type.list_size
+    store = np.empty((len(unique), dim), np.float32)
+    parts, where = [], []
+    for ids, batch in source.rows(unique, ["embedding", *columns]):
+        at = np.searchsorted(unique, ids)
+        store[at] = vectors(batch)
+        parts.append(pa.Table.from_batches([batch.select(columns)]))
+        where.append(at)
+    order = np.empty(len(unique), np.int64)
+    order[np.concatenate(where)] = np.arange(len(unique))
+    table = pa.concat_tables(parts).take(pa.array(order[inverse]))
+    return table, store[inverse]
 
 
 def chunks(source: Source, pairs: PairSelection, columns: list[str], chunk: int = PAIR_CHUNK
-           ) -> Iterator[tuple[pa.Array, pa.Table, pa.Table]]:
-    """(sample ids, image rows, text rows) of consecutive pairs, aligned, ``chunk`` at a time."""
+           ) -> Iterator[tuple[pa.Array, pa.Table, pa.Table, np.ndarray, np.ndarray]]:
+    """(sample ids, image rows, text rows, image vectors, text vectors) of consecutive pairs,
+    aligned, ``chunk`` at a time (``columns``: the scalar columns of the rows)."""
     for start in range(0, pairs.records, chunk):
         stop = min(start + chunk, pairs.records)
         n = stop - start  # images and captions of a chunk lie near each other: one read
-        both = aligned(source, np.concatenate([pairs.image_rowids[start:stop],
-                                               pairs.text_rowids[start:stop]]), columns)
-        yield pairs.sample_ids.slice(start, n), both.slice(0, n), both.slice(n)
+        rows, X = gather(source, np.concatenate([pairs.image_rowids[start:stop],
+                                                 pairs.text_rowids[start:stop]]), columns)
+        yield pairs.sample_ids.slice(start, n), rows.slice(0, n), rows.slice(n), X[:n], X[n:]
 
 
 def pair_batches(source: Source, pairs: PairSelection) -> Iterator[pa.RecordBatch]:
@@ -100,12 +107,11 @@ def pair_batches(source: Source, pairs: PairSelection) -> Iterator[pa.RecordBatc
     schema = pair_schema(source.dataset)
     base = table_schema(source.dataset)
     meta, scored = metadata_names(base), row_columns(base)
-    columns = ["id", "embedding"] + meta + scored
-    for samples, images, texts in chunks(source, pairs, columns):
+    for samples, images, texts, image_x, text_x in chunks(source, pairs, ["id"] + meta + scored):
         arrays = [samples, images.column("id"), texts.column("id")]
         arrays += [_coalesce(texts.column(n), images.column(n)) for n in meta]
         arrays += [images.column(n) for n in scored] + [texts.column(n) for n in scored]
-        arrays += [images.column("embedding"), texts.column("embedding")]
+        arrays += [fixed_list(image_x), fixed_list(text_x)]
         yield pa.RecordBatch.from_arrays([_array(a).cast(f.type) for a, f in zip(arrays, schema)],
                                          schema=schema)
 
