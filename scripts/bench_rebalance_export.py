@@ -30,7 +30,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from benchlib import child, table  # noqa: E402
 
-WHERE = "concept < 12 AND conformity > 0.15"
+WHERE = "concept < 12 AND uncertainty > 0.3"
 SETUP = ("import os, sys, shutil\n"
          f"sys.path.insert(0, {os.path.join(os.path.dirname(os.path.abspath(__file__)), '..')!r})\n"
          "from curator import tune_allocator\ntune_allocator()\n"
@@ -166,8 +166,16 @@ def main() -> None:
                 f"export(db={db!r}, out={out + '-ours'!r}, where={WHERE!r}, unit='pair', format='npy')",
                 f"URI = {uri!r}\nOUT = {out + '-raw'!r}\nSQL = {pair_sql(scored, meta, WHERE)!r}\n"
                 + RAW_NPY, out, "DuckDB join to Arrow + np.save + metadata parquet")
+        import duckdb
+
+        con = duckdb.connect()
+        con.register("ds", lance.dataset(uri))
+        sizes = {unit: con.sql(f"SELECT count(*) FROM ({sql})").fetchall()[0][0] for unit, sql in (
+            ("row", f"SELECT id FROM ds WHERE {WHERE}"), ("sample", SAMPLE_SQL.format(w=WHERE)),
+            ("pair", pair_sql(scored, meta, WHERE)))}
         print(f"{n} rows x {args.dim}-d ({args.samples} samples), where: {WHERE}; cap {cap}; "
-              f"median of {args.repeat} fresh processes")
+              f"median of {args.repeat} fresh processes; selected: {sizes['row']} rows, "
+              f"{sizes['sample']} rows by sample, {sizes['pair']} pairs")
         print(table(rows, ["operation", "curator s (min–max)", "raw s (min–max)", "ratio",
                            "curator peak MB", "raw peak MB", "baseline"]))
     finally:
