@@ -250,15 +250,30 @@ def dedupe(obj, as_json, **options):
               help="cluster, conformity, or any metadata COLUMN.")
 @click.option("--bins", default=20, show_default=True, type=int, help="Conformity bins (--by conformity).")
 @click.option("--modality", default=None,
-              help="Only rows of this modality are counted and decided (default: all).")
+              help="Per sample: the modality whose row decides (default: image when the table "
+                   "has image rows, else its only modality). Per row: decide only its rows.")
+@click.option("--per", type=click.Choice(["sample", "row"]), default="sample", show_default=True,
+              help="sample: one decision per sample, given to all its rows; row: each row alone.")
+@click.option("--where", default=None,
+              help="PRED: count and sample among the rows passing it only; failing rows get false.")
+@click.option("--into", default="rebalance_keep", show_default=True,
+              help="Boolean column to write (added when missing), so several balances coexist.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the keep draws.")
 @json_option
 @click.pass_obj
 @library_call
 def rebalance(obj, as_json, **options):
-    """MetaCLIP-style frequency caps: writes rebalance_keep.
+    """MetaCLIP-style frequency caps: writes rebalance_keep (or --into).
 
-    A row of a group of count n is kept with probability min(1, cap / n).
+    \b
+    A group (cluster, COLUMN value or conformity bin) of c samples keeps each with
+    probability min(1, cap/c), seeded by the deciding row's id (reproducible).
+    Per sample (default): a sample is decided once by its row in --modality that passes
+    --where (the smallest id if several); all its rows get that decision, and rows failing
+    --where get false. A sample with no such row (captions without an image, or an
+    image failing --where) gets false on every row. A row without sample_id is a sample.
+    Per row: each row of --modality (all when unset) is decided alone; failing rows
+    get false; other modalities keep their value.
     """
     from .api import rebalance as run
 
@@ -292,12 +307,13 @@ def query(obj, sql, format, out, as_json):
 
 @cli.command()
 @click.option("--out", required=True, type=click.Path(), help="Folder to write.")
-@click.option("--where", default=None, help="SQL predicate (DuckDB) selecting rows.")
+@click.option("--where", default=None,
+              help="PRED: one boolean expression over the table's columns (DuckDB syntax).")
 @click.option("--format", "format", type=click.Choice(["parquet", "jsonl", "csv", "npy", "lance"]),
               default="parquet", show_default=True,
               help="File format (npy: the clip-retrieval layout).")
-@click.option("--unit", type=click.Choice(["row", "sample"]), default="row", show_default=True,
-              help="sample: keep or drop whole samples.")
+@click.option("--unit", type=click.Choice(["row", "sample", "pair"]), default="row",
+              show_default=True, help="What a record is; see above.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing export folder.")
 @click.option("--table-version", type=int, default=None,
               help="Export this table version (default: the latest).")
@@ -305,9 +321,18 @@ def query(obj, sql, format, out, as_json):
 @click.pass_obj
 @library_call
 def export(obj, as_json, **options):
-    """Write selected rows and a manifest that reproduces them.
+    """Write the selected rows and a manifest.json that reproduces the export.
 
-    The manifest.json names the table version, the predicate, counts and checksums.
+    \b
+    --unit row: exactly the rows matching --where.
+    --unit sample: a sample is exported when its image row matches and, if it has
+      captions, at least one caption matches; it exports the image and the matching
+      captions only. A sample with no image row exports its matching captions.
+    --unit pair: one record per (image, caption) of a sample where both rows match:
+      sample_id, image_id, text_id, the metadata columns (caption, url, path...; the
+      caption's value, else the image's), every score prefixed image_/text_, and both
+      vectors. With --format npy: aligned img_emb/text_emb lines (clip-retrieval
+      layout) that `curator ingest` reads back as the same pairs.
     """
     from .api import export as run
 

@@ -21,6 +21,24 @@ _UNREAD_COLUMNS = ("cluster", "cluster_size", "dup_group", "is_duplicate", "reba
                    "ref_conformity", "ref_conformity_est", "ref_uncertainty", "ref_loglik")
 
 
+def _unread_fields(dataset) -> set:
+    """Field ids of the columns the statistics never read: the curation and reference
+    columns, and every column outside the declared schema (metadata, tags, decisions
+    written by ``rebalance --into``)."""
+    from .schema import column_names
+
+    read = set(column_names()) - set(_UNREAD_COLUMNS)
+    unread = set()
+    for name in dataset.schema.names:
+        if name in read:
+            continue
+        try:
+            unread.add(dataset.lance_schema.field(name).id())
+        except (KeyError, ValueError, AttributeError):
+            continue
+    return unread
+
+
 def carry_forward(db: Database, table: str, read_version: int, dataset) -> bool:
     """Point the statistics record at ``dataset.version`` when it described ``read_version``
     and every commit since then left the rows alone (curation columns, compaction, added
@@ -36,12 +54,7 @@ def carry_forward(db: Database, table: str, read_version: int, dataset) -> bool:
     record = store.load()
     if record is None or record.table_version != read_version:
         return False
-    unread = set()
-    for name in _UNREAD_COLUMNS:
-        try:
-            unread.add(dataset.lance_schema.field(name).id())
-        except (KeyError, ValueError, AttributeError):
-            continue
+    unread = _unread_fields(dataset)
     for tx in dataset.get_transactions(dataset.version - read_version):
         kind = type(tx.operation).__name__ if tx is not None else None
         if kind in _LAYOUT_ONLY:
