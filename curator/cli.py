@@ -321,7 +321,7 @@ def query(obj, sql, format, out, as_json):
 @click.pass_obj
 @library_call
 def export(obj, as_json, **options):
-    """Write the selected rows and a manifest.json that reproduces the export.
+    """Write selected rows and a manifest that reproduces them.
 
     \b
     --unit row: exactly the rows matching --where.
