@@ -8,6 +8,7 @@ import functools
 from .database import Database
 from .lock import writer_lock
 from .statistics import StatsStore
+from .tags import tag_names
 
 EXPORT_TAG_PREFIX = "export-"
 
@@ -18,12 +19,14 @@ _LAYOUT_ONLY = {"Rewrite", "ReserveFragments", "BaseOperation", "CreateIndex"}
 
 
 _UNREAD_COLUMNS = ("cluster", "cluster_size", "dup_group", "is_duplicate", "rebalance_keep",
-                   "ref_conformity", "ref_conformity_est", "ref_uncertainty", "ref_loglik")
+                   "ref_conformity", "ref_conformity_est", "ref_uncertainty", "ref_loglik",
+                   "proj_x", "proj_y")
 
 
 def carry_forward(db: Database, table: str, read_version: int, dataset) -> bool:
     """Point the statistics record at ``dataset.version`` when it described ``read_version``
-    and every commit since then left the rows alone (curation columns, compaction).
+    and every commit since then left the rows alone (curation columns and tags, added
+    columns, compaction).
 
     Without this, the next command would find the record behind the table and rebuild
     the statistics as a new version, making every row look stale. Returns whether the
@@ -36,7 +39,7 @@ def carry_forward(db: Database, table: str, read_version: int, dataset) -> bool:
     if record is None or record.table_version != read_version:
         return False
     unread = set()
-    for name in _UNREAD_COLUMNS:
+    for name in (*_UNREAD_COLUMNS, *tag_names(dataset)):
         try:
             unread.add(dataset.lance_schema.field(name).id())
         except (KeyError, ValueError, AttributeError):
@@ -46,6 +49,8 @@ def carry_forward(db: Database, table: str, read_version: int, dataset) -> bool:
         if kind in _LAYOUT_ONLY:
             continue
         op = tx.operation
+        if kind == "Merge" and _adds_columns_only(dataset, tx):
+            continue
         if (kind == "Update" and set(op.fields_modified or []) <= unread
                 and not op.new_fragments and not op.removed_fragment_ids):
             continue
@@ -53,6 +58,41 @@ def carry_forward(db: Database, table: str, read_version: int, dataset) -> bool:
     record.table_version = dataset.version
     store.save(record)
     return True
+
+
+def _adds_columns_only(dataset, tx) -> bool:
+    """Whether a Merge commit only added columns: the same fragments, rows and deletions,
+    and every column that existed before still read from the same files."""
+    import lance
+
+    try:
+        before = lance.dataset(dataset.uri, version=tx.read_version)
+    except (ValueError, OSError, RuntimeError):
+        return False
+    old_fields = {f.id() for f in _fields(before.lance_schema)}
+    old = {f.fragment_id: f.metadata for f in before.get_fragments()}
+    new = {f.id: f for f in tx.operation.fragments}
+    if set(old) != set(new):
+        return False
+    for fid, meta in old.items():
+        got = new[fid]
+        if got.physical_rows != meta.physical_rows or got.deletion_file != meta.deletion_file:
+            return False
+        files = lambda m: {(d.path, tuple(x for x in d.fields if x in old_fields))  # noqa: E731
+                           for d in m.data_files() if any(x in old_fields for x in d.fields)}
+        if files(got) != files(meta):
+            return False
+    return True
+
+
+def _fields(lance_schema):
+    out = []
+    stack = list(lance_schema.fields())
+    while stack:
+        field = stack.pop()
+        out.append(field)
+        stack.extend(field.children())
+    return out
 
 
 def curation_step(command):
