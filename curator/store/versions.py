@@ -79,7 +79,7 @@ def _adds_columns_only(dataset, tx) -> bool:
         if got.physical_rows != meta.physical_rows or got.deletion_file != meta.deletion_file:
             return False
         files = lambda m: {(d.path, tuple(x for x in d.fields if x in old_fields))  # noqa: E731
-                           for d in m.data_files() if any(x in old_fields for x in d.fields)}
+                           for d in m.files if any(x in old_fields for x in d.fields)}
         if files(got) != files(meta):
             return False
     return True

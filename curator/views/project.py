@@ -207,7 +207,7 @@ def _fit_umap(dataset, sample: int, seed: int):
     rng = np.random.default_rng(seed)
     chosen = np.sort(rng.choice(np.sort(all_ids), size=min(sample, len(all_ids)), replace=False))
     X = take_vectors(dataset, chosen)
-    reducer = umap.UMAP(n_components=2, metric="cosine", random_state=seed,
+    reducer = umap.UMAP(n_components=2, metric="cosine", random_state=seed, n_jobs=1,
                         n_neighbors=min(15, len(chosen) - 1))
     layout = reducer.fit_transform(X)
     return chosen.astype(np.uint64), (reducer, np.asarray(layout, np.float64))

@@ -13,6 +13,7 @@ import shlex
 from datetime import datetime, timezone
 
 from ...store.database import TableMeta
+from ...store.tags import tags_used
 from ...store.versions import protect_version
 
 MANIFEST = "manifest.json"
@@ -53,6 +54,7 @@ def manifest(database, table, dataset, where, unit, fmt, selection, files, out) 
         "source": {"db": database.uri, "table": table, "table_version": dataset.version,
                    "model": meta.model, "dim": meta.dim, "tag": tag},
         "predicate": where,
+        "tags": tags_used(dataset.schema, where),
         "unit": unit,
         "format": fmt,
         "rows": len(selection.rowids),
