@@ -87,28 +87,28 @@ class _Page:
                                         value=colours[0] if colours else "(density)", width=220)
         self.where = pn.widgets.TextInput(name="Filter (SQL predicate over the table's columns)",
                                           placeholder="e.g. modality = 'image' AND uncertainty > 0.9",
-                                          width=520)
+                                          width=560)
         self.apply = pn.widgets.Button(name="Apply filter", button_type="primary", width=110)
         self.clear = pn.widgets.Button(name="Clear filter", width=110)
         self.message = pn.pane.Alert("", alert_type="danger", visible=False, width=760)
-        self.status = pn.pane.HTML("", width=900)
+        self.status = pn.pane.HTML("", width=1200)
         self.summary = pn.pane.Markdown("**Selection:** none (box or lasso on the scatter, or "
-                                        "drag on a histogram)", width=700)
-        self.expr = pn.pane.HTML("", css_classes=["curator-expr"], width=700)
+                                        "drag on a histogram)", width=740)
+        self.expr = pn.pane.HTML("", css_classes=["curator-expr"], width=740)
         self.tag_name = pn.widgets.TextInput(name="Tag name", placeholder="e.g. reviewed_bad",
                                              width=220)
         self.save = pn.widgets.Button(name="Save selection as tag", button_type="success",
                                       width=200, disabled=True)
         self.download = pn.widgets.FileDownload(callback=self._ids_file, filename="selection-ids.txt",
                                                 label="Download ids", width=160, disabled=True)
-        self.saved = pn.pane.Alert("", alert_type="success", visible=False, width=700)
+        self.saved = pn.pane.Alert("", alert_type="success", visible=False, width=740)
         self.table = pn.widgets.Tabulator(
-            _rounded(self._empty_rows()), height=330, width=900, pagination="local", page_size=8,
+            _rounded(self._empty_rows()), height=330, width=740, pagination="local", page_size=8,
             show_index=False, disabled=True, selectable=1, hidden_columns=["_rowid"],
             formatters={"thumbnail": {"type": "html"}}, sizing_mode="fixed")
         self.detail = pn.pane.HTML("<i>Click a row of the table to see its neighbours, its "
                                    "duplicate group and its pair.</i>",
-                                   css_classes=["curator-detail"], width=900)
+                                   css_classes=["curator-detail"], width=680)
         self.plots = pn.Column(self._plots())
         self.apply.on_click(self._apply)
         self.where.param.watch(self._apply, "value")  # Enter in the box applies too
@@ -120,16 +120,16 @@ class _Page:
         self.layout = pn.Column(
             pn.pane.Markdown(f"## curator browse · table `{bt.table}`"),
             self.status,
-            pn.Row(self.where, pn.Column(pn.Spacer(height=18), pn.Row(self.apply, self.clear))),
+            pn.Row(self.where, pn.Column(pn.Spacer(height=18), pn.Row(self.apply, self.clear)),
+                   self.colour),
             self.message,
-            pn.Row(self.colour),
             self.plots,
-            self.summary, self.expr,
-            pn.Row(self.tag_name, pn.Column(pn.Spacer(height=18), pn.Row(self.save, self.download))),
-            self.saved,
-            self.table,
-            pn.pane.Markdown("### The row"),
-            self.detail,
+            pn.Row(
+                pn.Column(self.summary, self.expr,
+                          pn.Row(self.tag_name, pn.Column(pn.Spacer(height=18),
+                                                          pn.Row(self.save, self.download))),
+                          self.saved, self.table),
+                pn.Column(pn.pane.Markdown("### One row"), self.detail)),
         )
 
     # -- plots ---------------------------------------------------------------------------
@@ -146,7 +146,7 @@ class _Page:
                                                               if c not in COORDS])
         points = hv.Points(dataset, list(COORDS), vdims)
         opts = dict(width=PLOT_SIZE[0], height=PLOT_SIZE[1], tools=["box_select", "lasso_select",
-                    "hover"], active_tools=["box_select"], xlabel="proj_x", ylabel="proj_y",
+                    "hover"], hooks=[_no_logo], active_tools=["box_select"], xlabel="proj_x", ylabel="proj_y",
                     title=f"{len(frame):,} rows · {self._projection_name()}")
         legend = ""
         if colour != "(density)" and bt.categorical(colour):
@@ -308,6 +308,11 @@ class _Page:
         row = bt.rows(np.array([rowid], np.uint64))
         head = _html_rows(f"Row {row['id'].iloc[0] if 'id' in row else rowid}", row)
         self.detail.object = head + "".join(parts)
+
+
+def _no_logo(plot, element) -> None:
+    """No Bokeh logo in the scatter's toolbar."""
+    plot.state.toolbar.logo = None
 
 
 def _rounded(frame):
