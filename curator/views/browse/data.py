@@ -103,17 +103,17 @@ class BrowseTable:
             view = self._view()
             columns = [c for c in columns if c not in COORDS]
         read = columns + (["embedding"] if view is not None else [])
-        parts: dict[str, list] = {c: [] for c in columns}
+        parts = {c: _Collector(schema.field(c).type) for c in columns}
         ids, xy = [], []
-        for got, batch in select_rows(self.dataset, rowids, read):
-            ids.append(got)
+        for got, batch in _stream(self.dataset, rowids, read, every=len(rowids) == self.total):
+            ids.append(np.array(got, np.uint64))  # copies: nothing may keep a batch alive
             for c in columns:
-                parts[c].append(batch.column(c))
+                parts[c].add(batch.column(c))
             if view is not None:
-                xy.append(view.coordinates(vectors(batch)).astype(np.float32))
-        frame = {"_rowid": np.concatenate(ids)}
+                xy.append(view.coordinates(vectors(batch), fast=True).astype(np.float32))
+        frame = {"_rowid": np.concatenate(ids) if ids else np.zeros(0, np.uint64)}
         for c in columns:
-            frame[c] = _column(pa.chunked_array(parts[c], schema.field(c).type))
+            frame[c] = parts[c].finish()
         if view is not None:
             both = np.concatenate(xy) if xy else np.zeros((0, 2), np.float32)
             frame["proj_x"], frame["proj_y"] = both[:, 0], both[:, 1]
@@ -293,23 +293,77 @@ class BrowseTable:
         self.frame[name] = _column(pa.chunked_array(values, pa.bool_()))
 
 
-def _column(array: pa.ChunkedArray):
-    """A frame column: float32 with NaN for numbers, a category for booleans and short
-    strings, None (left out) for long strings."""
-    import pandas as pd
+def _stream(dataset, rowids: np.ndarray, columns: list[str], every: bool):
+    """(row ids, batch) of the sorted ``rowids``, by one streaming scan in batches of
+    16,384 rows (memory: a batch, never a whole fragment of vectors); ``every``: the
+    row ids are all the table's rows."""
+    last = len(rowids) - 1
+    for batch in dataset.to_batches(columns=columns, with_row_id=True,
+                                    batch_size=SCAN_BATCH_ROWS):
+        got = batch.column("_rowid").to_numpy()
+        if every:
+            yield got, batch
+            continue
+        hit = rowids[np.minimum(np.searchsorted(rowids, got), last)] == got
+        if hit.all():
+            yield got, batch
+        elif hit.any():
+            yield got[hit], batch.filter(pa.array(hit))
 
-    t = array.type
-    if pa.types.is_boolean(t):
-        values = pc.if_else(pc.is_null(array), "null", pc.if_else(array, "true", "false"))
-        return pd.Categorical(values.to_numpy(zero_copy_only=False),
-                              categories=["false", "true", "null"])
-    if pa.types.is_string(t) or pa.types.is_large_string(t):
-        filled = pc.fill_null(array, "(null)")
-        if len(pc.unique(filled)) > MAX_CATEGORIES:
+
+class _Collector:
+    """One frame column gathered batch by batch into owned arrays (a kept Arrow slice
+    would keep its whole batch, vectors included, alive): numbers as float32 with NaN,
+    booleans and strings as category codes; a string column with more than
+    ``MAX_CATEGORIES`` values is dropped (``finish`` gives None)."""
+
+    def __init__(self, kind: pa.DataType):
+        self.kind = kind
+        self.boolean = pa.types.is_boolean(kind)
+        self.string = pa.types.is_string(kind) or pa.types.is_large_string(kind)
+        self.parts: list[np.ndarray] = []
+        self.names: dict[str, int] = {}
+        self.dropped = False
+
+    def add(self, array: pa.Array) -> None:
+        if self.dropped:
+            return
+        if self.boolean:
+            codes = pc.fill_null(pc.cast(array, pa.int8()), 2)
+            self.parts.append(np.array(codes.to_numpy(zero_copy_only=False), np.int8))
+        elif self.string:
+            encoded = pc.fill_null(array, "(null)").dictionary_encode()
+            local = [self.names.setdefault(v, len(self.names))
+                     for v in encoded.dictionary.to_pylist()]
+            if len(self.names) > MAX_CATEGORIES:
+                self.dropped, self.parts = True, []
+                return
+            indices = encoded.indices.to_numpy(zero_copy_only=False)
+            self.parts.append(np.asarray(local, np.int32)[indices])
+        else:
+            floats = pc.fill_null(pc.cast(array, pa.float64()), float("nan"))
+            self.parts.append(floats.to_numpy(zero_copy_only=False).astype(np.float32))
+
+    def finish(self):
+        import pandas as pd
+
+        if self.dropped:
             return None
-        return pd.Categorical(filled.to_numpy(zero_copy_only=False))
-    floats = pc.cast(array, pa.float64())
-    return pc.fill_null(floats, float("nan")).to_numpy(zero_copy_only=False).astype(np.float32)
+        kind = np.int8 if self.boolean else np.int32 if self.string else np.float32
+        values = np.concatenate(self.parts) if self.parts else np.zeros(0, kind)
+        if self.boolean:
+            return pd.Categorical.from_codes(values, categories=["false", "true", "null"])
+        if self.string:
+            return pd.Categorical.from_codes(values, categories=list(self.names))
+        return values
+
+
+def _column(array: pa.ChunkedArray):
+    """A frame column from an Arrow column (see :class:`_Collector`)."""
+    collector = _Collector(array.type)
+    for chunk in array.chunks:
+        collector.add(chunk)
+    return collector.finish()
 
 
 def _first_path(row, paths) -> str | None:
