@@ -30,6 +30,7 @@ from .data import COORDS, BrowseTable
 from .selection import to_predicate
 
 TABLE_ROWS = 200  # rows of the selection read into the table
+MAX_HISTOGRAMS = 6  # score histograms (each one more plot to build per page)
 NEIGHBOURS = 8
 PLOT_SIZE = (640, 560)
 HIST_SIZE = (280, 170)
@@ -142,8 +143,10 @@ class _Page:
         frame = bt.frame if self.filter_mask.all() else bt.frame[self.filter_mask]
         colour = self.colour.value
         vdims = [] if colour == "(density)" else [colour]
-        dataset = hv.Dataset(frame, kdims=list(COORDS), vdims=[c for c in frame.columns
-                                                              if c not in COORDS])
+        scores = bt.scores()[:MAX_HISTOGRAMS]
+        dims = list(dict.fromkeys([*scores, *vdims]))
+        dataset = hv.Dataset(frame[[*COORDS, "_rowid", *dims]], kdims=list(COORDS),
+                             vdims=["_rowid", *dims])
         points = hv.Points(dataset, list(COORDS), vdims)
         opts = dict(width=PLOT_SIZE[0], height=PLOT_SIZE[1], tools=["box_select", "lasso_select",
                     "hover"], hooks=[_no_logo], active_tools=["box_select"], xlabel="proj_x", ylabel="proj_y",
@@ -166,7 +169,7 @@ class _Page:
                 colorbar=True, clabel=colour if colour != "(density)" else "rows", **opts)
         histograms = [hv.operation.histogram(dataset, dimension=c, num_bins=40).opts(
             width=HIST_SIZE[0], height=HIST_SIZE[1], tools=["xbox_select"], active_tools=[
-                "xbox_select"], toolbar=None, title=c, xlabel=c) for c in bt.scores()]
+                "xbox_select"], toolbar=None, title=c, xlabel=c) for c in scores]
         self.links = hv.link_selections.instance(unselected_alpha=0.15)
         self.links.param.watch(self._selected, "selection_expr")
         self.frame_shown = frame
@@ -232,7 +235,7 @@ class _Page:
             self._set_selection(np.zeros(0, np.uint64), None, None)
             return
         hit = np.asarray(expr.apply(self.dataset_shown, compute=True, keep_index=False), bool)
-        rowids = self.frame_shown["_rowid"].to_numpy()[hit]
+        rowids = self.frame_shown["_rowid"].to_numpy()[hit]  # the frame the plots were given
         self._set_selection(rowids, to_predicate(expr), expr)
 
     def _set_selection(self, rowids, predicate, expr):
