@@ -116,7 +116,13 @@ def main() -> None:
     db = build(args.folder, args.rows, args.dim)
     results = []
     for mode in ("computed gap", "stored (curator project)"):
-        if mode.startswith("stored"):
+        if mode.startswith("computed"):
+            import lance
+
+            dataset = lance.dataset(os.path.join(db, "embeddings.lance"))
+            if "proj_x" in dataset.schema.names:  # left by an earlier run
+                dataset.drop_columns(["proj_x", "proj_y"])
+        else:
             seconds = curator(db, "project")
             print(f"curator project --method gap on {args.rows:,} rows: {seconds:.1f} s", flush=True)
         runs = [run_once(db, os.path.join(args.folder, "browse.log")) for _ in range(args.runs)]

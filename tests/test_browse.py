@@ -111,6 +111,27 @@ def test_selection_predicates_select_what_holoviews_selects():
 
 
 @needs_browse
+def test_a_lasso_selects_inside_its_polygon_and_has_no_predicate():
+    import holoviews as hv
+    import pandas as pd
+
+    from curator.views.browse.selection import to_predicate
+
+    hv.extension("bokeh")
+    rng = np.random.default_rng(6)
+    frame = pd.DataFrame({"proj_x": rng.random(3000).astype(np.float32),
+                          "proj_y": rng.random(3000).astype(np.float32)})
+    triangle = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    expr, _, _ = hv.Points(frame, ["proj_x", "proj_y"])._get_selection_expr_for_stream_value(
+        geometry=triangle)
+    got = np.asarray(expr.apply(hv.Dataset(frame)), bool)
+    want = (frame.proj_x + frame.proj_y < 1.0).to_numpy()
+    margin = np.abs(frame.proj_x + frame.proj_y - 1.0).to_numpy() > 1e-6
+    assert (got == want)[margin].all() and 1000 < want.sum() < 2000
+    assert to_predicate(expr) is None
+
+
+@needs_browse
 def test_browse_table_samples_and_computes_the_gap_view(pictured):
     from curator.views.browse.data import BrowseTable
 

@@ -255,6 +255,11 @@ class _Page:
             self.expr.object = (f"as a predicate: <span class='curator-selection-predicate'>"
                                 f"{html.escape(full)}</span>" if full is not None else
                                 "a lasso has no predicate: save it as a tag or download its ids")
+            if self.bt.sampled:
+                self.expr.object += ("<br>Saving tags the selected rows of the sample only"
+                                     + ("; every row of the table in this selection: <code>"
+                                        f"curator tag NAME --where {html.escape(repr(full))}</code>"
+                                        if full is not None else "") + ".")
         self.table.value = _rounded(self.bt.rows(self.selected[:TABLE_ROWS]) if n else
                                     self._empty_rows())
 
