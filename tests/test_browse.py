@@ -293,6 +293,8 @@ def _drive(page, url: str, images: int, tmp_path: Path):
     summary.wait_for()
     picked = int(re.search(r"([0-9,]+) rows", summary.inner_text()).group(1).replace(",", ""))
     predicate = page.locator(".curator-selection-predicate").first.inner_text()
+    page.locator(".tabulator").first.scroll_into_view_if_needed()
+    page.locator(".tabulator-row").first.wait_for()  # the selection's rows reached the table
     assert predicate.startswith("(modality = 'image') AND ")
     page.locator("input[placeholder='e.g. reviewed_bad']").fill("picked")
     page.get_by_role("button", name="Save selection as tag").click()
@@ -302,6 +304,7 @@ def _drive(page, url: str, images: int, tmp_path: Path):
     path = tmp_path / "ids.txt"
     download.value.save_as(path)
     downloaded = set(path.read_text().split())
+    page.locator(".tabulator").first.scroll_into_view_if_needed()  # rows render when seen
     page.locator(".tabulator-row").first.click()
     page.locator("text=/Nearest [0-9]+ rows/").first.wait_for()
     page.wait_for_timeout(1000)
@@ -312,3 +315,12 @@ def _drive(page, url: str, images: int, tmp_path: Path):
     assert errors == [], errors
     assert outside == [], outside  # nothing from the internet
     return picked, predicate, downloaded
+
+
+def test_browse_without_the_extra_says_what_to_install(ingested, monkeypatch):
+    from curator import browse
+    from curator.errors import MissingDependency
+
+    monkeypatch.setitem(sys.modules, "panel", None)  # import panel now raises ImportError
+    with pytest.raises(MissingDependency, match=r"pip install 'clip-curator\[browse\]'"):
+        browse(db=ingested, no_open=True)

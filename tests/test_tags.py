@@ -157,3 +157,21 @@ def test_a_tag_is_a_column_for_sql(ingested):
     t = read_table(ingested)
     n = query("select count(*) as n from embeddings where trusted", db=ingested).column(0)[0].as_py()
     assert n == sum(m == "image" for m in t.column("modality").to_pylist())
+
+
+def test_a_new_tag_on_a_table_with_deleted_rows_keeps_the_statistics(tmp_path, pairs_small):
+    """A Merge that only adds a column is recognised as such (fragments, deletions and
+    the old columns' files unchanged), so the statistics are not rebuilt."""
+    db = str(tmp_path / "db")
+    first, _ = pairs_small.write_parquet(str(tmp_path / "src"), parts=2)
+    ingest([first], db=db)
+    some = str(tmp_path / "some.parquet")
+    pq.write_table(pq.read_table(first).slice(0, 100), some)
+    ingest([some], db=db, on_duplicate="replace")  # deletes 100 old rows of a fragment
+    store = StatsStore(Database(db), "embeddings")
+    before = store.load().version
+    r = tag("seen", db=db, where="modality = 'image'")
+    record = store.load()
+    assert record.version == before and record.table_version == r.table_version
+    assert any(f.metadata.deletion_file is not None
+               for f in Database(db).dataset("embeddings").get_fragments())
