@@ -233,12 +233,14 @@ def test_browse_in_headless_chromium(pictured, tmp_path):
         url = _wait_ready(proc, log, time.time() + 300)
         with sync_api.sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport={"width": 1500, "height": 1100},
+                                    accept_downloads=True)
             try:
-                picked, predicate, downloaded = _drive(browser.new_page(
-                    viewport={"width": 1500, "height": 1100}, accept_downloads=True), url,
-                    images, tmp_path)
+                picked, predicate, downloaded = _drive(page, url, images, tmp_path)
             except Exception as exc:
-                raise AssertionError(f"{exc}\nserver log:\n{log.read_text()[-4000:]}") from exc
+                page.screenshot(path=str(tmp_path / "failure.png"), full_page=True)
+                raise AssertionError(f"{exc}\nserver log:\n{log.read_text()[-4000:]}\n"
+                                     f"page: {tmp_path / 'failure.png'}") from exc
             finally:
                 browser.close()
     finally:
@@ -293,7 +295,6 @@ def _drive(page, url: str, images: int, tmp_path: Path):
     summary.wait_for()
     picked = int(re.search(r"([0-9,]+) rows", summary.inner_text()).group(1).replace(",", ""))
     predicate = page.locator(".curator-selection-predicate").first.inner_text()
-    page.locator(".tabulator").first.scroll_into_view_if_needed()
     page.locator(".tabulator-row").first.wait_for()  # the selection's rows reached the table
     assert predicate.startswith("(modality = 'image') AND ")
     page.locator("input[placeholder='e.g. reviewed_bad']").fill("picked")
@@ -304,8 +305,7 @@ def _drive(page, url: str, images: int, tmp_path: Path):
     path = tmp_path / "ids.txt"
     download.value.save_as(path)
     downloaded = set(path.read_text().split())
-    page.locator(".tabulator").first.scroll_into_view_if_needed()  # rows render when seen
-    page.locator(".tabulator-row").first.click()
+    page.locator(".tabulator-row").first.click(position={"x": 40, "y": 12})
     page.locator("text=/Nearest [0-9]+ rows/").first.wait_for()
     page.wait_for_timeout(1000)
     shot = tmp_path / "browse.png"

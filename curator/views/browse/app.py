@@ -327,7 +327,7 @@ def _rounded(frame):
     """Floats to 4 decimals for display."""
     for c in frame.columns:
         if frame[c].dtype.kind == "f":
-            frame[c] = frame[c].round(4)
+            frame[c] = frame[c].astype(np.float64).round(4)
     return frame
 
 

@@ -182,12 +182,14 @@ class BrowseTable:
 
         rowids = np.asarray(rowids, np.uint64)
         names = set(self.dataset.schema.names)
-        wanted = [c for c in ("id", "sample_id", "modality", "caption", *PATH_COLUMNS,
-                              "conformity", "uncertainty", "alignment", "cluster", "dup_group",
-                              "is_duplicate", *self.tags()) if c in names]
+        wanted = [c for c in ("id", "modality", "caption", "conformity", "uncertainty",
+                              "alignment", "cluster", "dup_group", "is_duplicate", *self.tags(),
+                              "sample_id", *PATH_COLUMNS) if c in names]
         wanted += [c for c in columns or [] if c in names and c not in wanted]
-        if not len(rowids):
-            return pd.DataFrame(columns=["_rowid", *wanted])
+        paths = [c for c in PATH_COLUMNS if c in wanted]
+        if not len(rowids):  # the same columns as a non-empty answer (tables keep their layout)
+            thumb = ["thumbnail"] if thumbnails and paths else []
+            return pd.DataFrame(columns=["_rowid", *thumb, *wanted])
         order = np.unique(rowids)
         got, batches = [], []
         for ids, batch in select_rows(self.dataset, order, wanted):
@@ -199,7 +201,6 @@ class BrowseTable:
         frame = frame.set_index("_rowid").loc[rowids].reset_index()
         if "caption" in frame.columns and "sample_id" in frame.columns:
             self._sample_captions(frame)
-        paths = [c for c in PATH_COLUMNS if c in frame.columns]
         if thumbnails and paths:
             frame.insert(1, "thumbnail", [_thumbnail(_first_path(r, paths)) for r in
                                           frame[paths].itertuples(index=False)])
