@@ -9,6 +9,7 @@ Nothing in the package imports this module.
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import os
 import sys
@@ -24,7 +25,8 @@ class Context:
 
 
 def library_call(fn):
-    """Turn CuratorError into one line on stderr and exit code 1 (done once, here)."""
+    """Turn CuratorError (and an OSError, e.g. an --out that cannot be written) into one
+    line on stderr and exit code 1 (done once, here)."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -34,6 +36,9 @@ def library_call(fn):
             return fn(*args, **kwargs)
         except CuratorError as exc:
             raise click.ClickException(str(exc)) from None
+        except OSError as exc:  # a path given that cannot be read or written: not a bug
+            where = f": {exc.filename}" if getattr(exc, "filename", None) else ""
+            raise click.ClickException(" ".join(f"{exc.strerror or exc}{where}".split())) from None
 
     return wrapper
 
@@ -67,7 +72,21 @@ def _jsonable(value):
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class Command(click.Command):
+    """A command whose summary in ``curator --help`` is its whole first paragraph, never
+    cut short with "…" (click's default cuts at 45 characters)."""
+
+    def get_short_help_str(self, limit: int = 45) -> str:
+        if self.short_help:
+            return self.short_help
+        return " ".join(inspect.cleandoc(self.help or "").split("\n\n")[0].split())
+
+
+class Group(click.Group):
+    command_class = Command
+
+
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--db", envvar="CURATOR_DB", default=None,
               help="LanceDB directory or URI (default: $CURATOR_DB, else ./curator.lancedb).")
 @click.option("--table", default="embeddings", show_default=True, help="Dataset table.")
@@ -85,12 +104,15 @@ def cli(ctx, db, table, quiet, engine):
 @click.argument("sources", nargs=-1, required=True)
 @click.option("--modality", help="Modality of every row (npy/npz; parquet without a modality column).")
 @click.option("--model", help="Model name the vectors come from (recorded by the table).")
-@click.option("--id-column", default="id", show_default=True)
-@click.option("--vector-column", default="embedding", show_default=True)
-@click.option("--sample-column", default="sample_id", show_default=True)
-@click.option("--modality-column", default="modality", show_default=True)
+@click.option("--id-column", default="id", show_default=True, help="Parquet column of row ids.")
+@click.option("--vector-column", default="embedding", show_default=True,
+              help="Parquet column of the vectors (list or fixed-size list of floats).")
+@click.option("--sample-column", default="sample_id", show_default=True,
+              help="Parquet column that pairs rows (an image and its captions share it).")
+@click.option("--modality-column", default="modality", show_default=True,
+              help="Parquet column of each row's modality (image, text, …).")
 @click.option("--on-duplicate", type=click.Choice(["error", "skip", "replace"]), default="error",
-              show_default=True)
+              show_default=True, help="Ids already in the table: refuse, skip them, or replace them.")
 @click.option("--generate-ids", is_flag=True, help="Parquet without ids: name rows FILE:ROW.")
 @click.option("--ids", type=click.Path(), help="npy/npz: a text file (one id a line) or parquet of ids.")
 @click.option("--metadata", type=click.Path(), help="npy/npz: a parquet of metadata aligned by row.")
@@ -100,7 +122,11 @@ def cli(ctx, db, table, quiet, engine):
 @click.pass_obj
 @library_call
 def ingest(obj, sources, as_json, **options):
-    """Add raw embeddings from parquet, .npy/.npz or clip-retrieval SOURCES."""
+    """Add raw embeddings from parquet, npy/npz or clip-retrieval files.
+
+    SOURCES: parquet files or folders, .npy/.npz files, clip-retrieval folders (img_emb/,
+    text_emb/, metadata/). Metadata columns the table lacks are added to it.
+    """
     from .api import ingest as run
 
     emit(run(list(sources), db=obj.db, table=obj.table, quiet=obj.quiet, **options), as_json)
@@ -109,13 +135,19 @@ def ingest(obj, sources, as_json, **options):
 @cli.command()
 @click.argument("sources", nargs=-1, required=True)
 @click.option("--arch", default="ViT-B-32", show_default=True, help="open_clip architecture.")
-@click.option("--pretrained", default=None, help="open_clip pretrained tag or a local checkpoint file.")
+@click.option("--pretrained", default=None,
+              help="open_clip pretrained tag (e.g. laion2b_s34b_b79k) or a local checkpoint file; "
+                   "without it the weights are random (a notice says so) and the embeddings "
+                   "carry no meaning.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, mps.")
-@click.option("--batch-size", default=64, show_default=True, type=int)
+@click.option("--batch-size", default=64, show_default=True, type=int,
+              help="Images or captions per forward pass.")
 @click.option("--num-workers", default=None, type=int, help="Image decoding workers.")
 @click.option("--strict", is_flag=True, help="A corrupt image is an error instead of skipped.")
-@click.option("--image-column", default="image", show_default=True)
-@click.option("--caption-column", default="caption", show_default=True)
+@click.option("--image-column", default="image", show_default=True,
+              help="CSV/parquet column of image paths.")
+@click.option("--caption-column", default="caption", show_default=True,
+              help="CSV/parquet column of captions.")
 @click.option("--seed", default=0, show_default=True, type=int,
               help="Seed of randomly initialised weights (no --pretrained).")
 @click.option("--commit-every", default=None, type=int,
@@ -124,7 +156,12 @@ def ingest(obj, sources, as_json, **options):
 @click.pass_obj
 @library_call
 def encode(obj, sources, as_json, **options):
-    """Encode images and captions with OpenCLIP into raw embeddings and ingest them."""
+    """Encode images and captions with OpenCLIP, then ingest them.
+
+    SOURCES: image folders or files, caption files (.txt, one a line; CSV/parquet with a
+    caption column), CSV/parquet tables of image paths and captions, webdataset .tar
+    shards. The raw (unnormalised) embeddings are ingested in one transaction.
+    """
     from .api import encode as run
 
     emit(run(list(sources), db=obj.db, table=obj.table, quiet=obj.quiet, **options), as_json)
@@ -135,7 +172,11 @@ def encode(obj, sources, as_json, **options):
 @click.pass_obj
 @library_call
 def stats(obj, as_json):
-    """Per-modality statistics, including each modality's max_staleness."""
+    """Per-modality statistics, staleness bounds included.
+
+    n, dim, model, statistics version, norms, and max_staleness: a proven bound on how far
+    any stored conformity is from its exact value now.
+    """
     from .api import stats as run
 
     emit(run(db=obj.db, table=obj.table), as_json)
@@ -150,7 +191,10 @@ def stats(obj, as_json):
 @click.pass_obj
 @library_call
 def refresh(obj, tolerance, reference, as_json):
-    """Rescore rows whose staleness bound exceeds --tolerance (or score against --reference)."""
+    """Rescore the rows whose staleness bound exceeds --tolerance.
+
+    With --reference TABLE: write ref_* scores against that table's statistics instead.
+    """
     from .api import refresh as run
 
     emit(run(db=obj.db, table=obj.table, tolerance=tolerance, reference=reference, quiet=obj.quiet,
@@ -160,15 +204,20 @@ def refresh(obj, tolerance, reference, as_json):
 @cli.command()
 @click.option("--k", "k", required=True, type=int, help="Clusters per modality.")
 @click.option("--modality", default=None, help="Only this modality (default: each).")
-@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--seed", default=0, show_default=True, type=int,
+              help="Seed of the k-means++ start and the training sample.")
 @click.option("--sample", default=None, type=int,
               help="Rows to train on (default: all up to 200,000).")
-@click.option("--iterations", default=25, show_default=True, type=int)
+@click.option("--iterations", default=25, show_default=True, type=int,
+              help="Most k-means iterations.")
 @json_option
 @click.pass_obj
 @library_call
 def cluster(obj, as_json, **options):
-    """Spherical k-means concepts per modality: writes cluster and cluster_size."""
+    """Concept clusters per modality (spherical k-means).
+
+    Writes cluster and cluster_size (the concept's frequency).
+    """
     from .api import cluster as run
 
     emit(run(db=obj.db, table=obj.table, quiet=obj.quiet, engine=obj.engine, **options), as_json)
@@ -176,15 +225,20 @@ def cluster(obj, as_json, **options):
 
 @cli.command()
 @click.option("--eps", required=True, type=float, help="Near duplicates: cosine ≥ 1 − eps.")
-@click.option("--modality", default=None)
+@click.option("--modality", default=None, help="Only this modality (default: each).")
 @click.option("--keep", type=click.Choice(["least-conformity", "most-conformity", "best-alignment",
-                                           "random"]), default="least-conformity", show_default=True)
-@click.option("--seed", default=0, show_default=True, type=int)
+                                           "random"]), default="least-conformity", show_default=True,
+              help="Which member of a group is kept (the others get is_duplicate).")
+@click.option("--seed", default=0, show_default=True, type=int,
+              help="Seed of the search partitions and of --keep random.")
 @json_option
 @click.pass_obj
 @library_call
 def dedupe(obj, as_json, **options):
-    """Near-duplicate groups: writes dup_group and is_duplicate."""
+    """Near-duplicate groups: writes dup_group and is_duplicate.
+
+    Rows with cosine ≥ 1 − eps are one group; all but the kept member are flagged.
+    """
     from .api import dedupe as run
 
     emit(run(db=obj.db, table=obj.table, quiet=obj.quiet, engine=obj.engine, **options), as_json)
@@ -195,13 +249,17 @@ def dedupe(obj, as_json, **options):
 @click.option("--by", default="cluster", show_default=True,
               help="cluster, conformity, or any metadata COLUMN.")
 @click.option("--bins", default=20, show_default=True, type=int, help="Conformity bins (--by conformity).")
-@click.option("--modality", default=None)
-@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--modality", default=None,
+              help="Only rows of this modality are counted and decided (default: all).")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the keep draws.")
 @json_option
 @click.pass_obj
 @library_call
 def rebalance(obj, as_json, **options):
-    """MetaCLIP-style frequency caps: writes rebalance_keep."""
+    """MetaCLIP-style frequency caps: writes rebalance_keep.
+
+    A row of a group of count n is kept with probability min(1, cap / n).
+    """
     from .api import rebalance as run
 
     emit(run(db=obj.db, table=obj.table, engine=obj.engine, **options), as_json)
@@ -210,13 +268,18 @@ def rebalance(obj, as_json, **options):
 @cli.command()
 @click.argument("sql")
 @click.option("--format", type=click.Choice(["table", "csv", "json", "parquet"]),
-              default="table", show_default=True)
+              default="table", show_default=True,
+              help="How to print the rows, or write them with --out (parquet needs --out).")
 @click.option("--out", type=click.Path(), help="Write the result to this file.")
 @json_option
 @click.pass_obj
 @library_call
 def query(obj, sql, format, out, as_json):
-    """Run one read-only DuckDB SQL query; every table is visible by name, plus `pairs`."""
+    """Run one read-only DuckDB SQL query over the database.
+
+    SQL: one SELECT statement. Every table is visible by its name, plus the view `pairs`
+    (one row per caption with its image). --json prints one object with the rows.
+    """
     from .api import query as run
     from .io.query import render, rows_json
 
@@ -231,7 +294,8 @@ def query(obj, sql, format, out, as_json):
 @click.option("--out", required=True, type=click.Path(), help="Folder to write.")
 @click.option("--where", default=None, help="SQL predicate (DuckDB) selecting rows.")
 @click.option("--format", "format", type=click.Choice(["parquet", "jsonl", "csv", "npy", "lance"]),
-              default="parquet", show_default=True)
+              default="parquet", show_default=True,
+              help="File format (npy: the clip-retrieval layout).")
 @click.option("--unit", type=click.Choice(["row", "sample"]), default="row", show_default=True,
               help="sample: keep or drop whole samples.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing export folder.")
@@ -241,7 +305,10 @@ def query(obj, sql, format, out, as_json):
 @click.pass_obj
 @library_call
 def export(obj, as_json, **options):
-    """Write the selected rows and a manifest.json that reproduces the export."""
+    """Write selected rows and a manifest that reproduces them.
+
+    The manifest.json names the table version, the predicate, counts and checksums.
+    """
     from .api import export as run
 
     emit(run(db=obj.db, table=obj.table, engine=obj.engine, **options), as_json)
@@ -251,12 +318,15 @@ def export(obj, as_json, **options):
 @click.option("--out", required=True, type=click.Path(), help="Folder for index.html, PNGs, report.json.")
 @click.option("--sample", "sample", default=5000, show_default=True, type=int,
               help="Rows per modality for the pairwise and plotted parts.")
-@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the row sample.")
 @json_option
 @click.pass_obj
 @library_call
 def report(obj, as_json, **options):
-    """HTML report of the double-ellipsoid geometry of the table."""
+    """HTML report of the double-ellipsoid geometry of the table.
+
+    Writes index.html, a PNG per figure and report.json into --out; the table is unchanged.
+    """
     from .api import report as run
 
     emit(run(db=obj.db, table=obj.table, **options), as_json)
@@ -268,7 +338,10 @@ def report(obj, as_json, **options):
 @click.pass_obj
 @library_call
 def verify(obj, repair, as_json):
-    """Recompute statistics and scores from the rows and report any drift."""
+    """Recompute statistics and scores from the rows; report drift.
+
+    Exits 1 when something drifted (and --repair was not given).
+    """
     from .api import verify as run
 
     result = run(db=obj.db, table=obj.table, repair=repair)
@@ -291,15 +364,20 @@ def optimize(obj, as_json, **options):
 
 
 @cli.command()
-@click.option("--out", default="curator-demo", show_default=True, type=click.Path())
+@click.option("--out", default="curator-demo", show_default=True, type=click.Path(),
+              help="Folder for the database, sources, export and report (replaced if a demo).")
 @click.option("--samples", "--rows", "samples", default=4000, show_default=True, type=int,
               help="Synthetic image-text samples (rows are ~4x this; --rows is an old name).")
-@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the data and every step.")
 @json_option
 @click.pass_obj
 @library_call
 def demo(obj, as_json, **options):
-    """The whole pipeline on seeded synthetic data, end to end, with a report."""
+    """The whole pipeline on seeded synthetic data, with a report.
+
+    Synthetic sources, ingest in three batches, refresh, cluster, dedupe, rebalance, an
+    export and the report, into --out.
+    """
     from .api import demo as run
 
     emit(run(quiet=obj.quiet, **options), as_json)

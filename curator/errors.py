@@ -16,6 +16,10 @@ class NoTable(CuratorError):
     """The named table does not exist in the database."""
 
 
+class NoDatabase(NoTable):
+    """No database at the given place (nothing there, or a file); so no table either."""
+
+
 class BadInput(CuratorError):
     """A source file or value that cannot be ingested (nothing was written)."""
 

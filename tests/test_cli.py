@@ -61,7 +61,7 @@ def test_refresh_json(ingested):
 
 def test_missing_table_is_an_error(tmp_path):
     result = CliRunner().invoke(cli, ["--db", str(tmp_path / "none"), "stats"])
-    assert result.exit_code == 1 and result.stderr.startswith("Error: no table 'embeddings'")
+    assert result.exit_code == 1 and result.stderr.startswith("Error: no curator database at ")
 
 
 def test_invalid_table_name(tmp_path):

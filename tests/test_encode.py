@@ -11,6 +11,7 @@ import csv
 import io
 import json
 import os
+import re
 import sys
 import tarfile
 
@@ -321,6 +322,38 @@ def test_table_with_image_and_caption_columns(tmp_path, clip):
     assert rows["more:0:image"]["sample_id"] == rows["more:0:text"]["sample_id"] == "more:0"
 
 
+def test_images_then_captions_then_pairs_into_one_table(tmp_path, clip):
+    """Three encodes into one table: each later one brings metadata columns the table lacks
+    (caption, then license), which are added; captions meet their images by sample_id."""
+    db = str(tmp_path / "db")
+    first = make_image(tmp_path / "imgs" / "cat.jpg", 60)
+    second = make_image(tmp_path / "imgs" / "dog.png", 61)
+    encode([tmp_path / "imgs"], db=db, num_workers=0, quiet=True, **clip)
+    captions = tmp_path / "caps.csv"
+    captions.write_text("sample_id,caption\ncat,a cat\ndog,a dog\n")
+    encode([captions], db=db, quiet=True, **clip)
+    third = make_image(tmp_path / "more" / "bird.jpg", 62)
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text(f"id,image,caption,license\nb1,{third},a bird,cc0\n")
+    result = encode([pairs], db=db, num_workers=0, quiet=True, **clip)
+    assert (result.images, result.texts) == (1, 1)
+
+    rows = read(db)
+    assert set(rows) == {"cat.jpg", "dog.png", "caps:0", "caps:1", "b1:image", "b1:text"}
+    schema = lance.dataset(f"{db}/embeddings.lance").schema
+    assert {"path", "caption", "license"} <= set(schema.names)
+    assert rows["cat.jpg"]["caption"] is None and rows["cat.jpg"]["license"] is None
+    assert rows["caps:0"]["caption"] == "a cat" and rows["b1:text"]["license"] == "cc0"
+    image = oracle_images(clip, [first, second, third]).astype(np.float64)
+    text = oracle_texts(clip, ["a cat", "a dog", "a bird"]).astype(np.float64)
+    cos = (image * text).sum(1) / (np.linalg.norm(image, axis=1) * np.linalg.norm(text, axis=1))
+    for k, (img_id, txt_id) in enumerate([("cat.jpg", "caps:0"), ("dog.png", "caps:1"),
+                                          ("b1:image", "b1:text")]):
+        assert rows[img_id]["sample_id"] == rows[txt_id]["sample_id"]
+        assert rows[txt_id]["alignment"] == pytest.approx(cos[k], abs=1e-4)
+        assert rows[img_id]["alignment"] == pytest.approx(cos[k], abs=1e-4)
+
+
 # -- loading and errors -------------------------------------------------------------------
 
 
@@ -344,6 +377,66 @@ def test_encode_loads_the_model_by_arch(tmp_path):
     with torch.no_grad():
         x = preprocess(Image.open(tmp_path / "imgs" / "x.jpg").convert("RGB"))[None]
         assert_same_vectors(stored, model.encode_image(x, normalize=False).numpy())
+
+
+def test_cli_says_the_weights_are_random_and_prints_a_summary_like_ingest(tmp_path):
+    from click.testing import CliRunner
+
+    from curator.cli import cli
+
+    make_image(tmp_path / "imgs" / "x.jpg", 51)
+    db = str(tmp_path / "db")
+    args = ["--db", db, "encode", str(tmp_path / "imgs"), "--arch", ARCH, "--device", "cpu",
+            "--num-workers", "0"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert result.stderr.splitlines() == [
+        f"Notice: no --pretrained given: {ARCH} has random weights (seed 0), so its embeddings "
+        "carry no meaning; pass --pretrained TAG or a checkpoint file"]
+    assert re.fullmatch(rf"encoded 1 image and 0 captions with open_clip:{ARCH}/random-init-seed-0 "
+                        r"\(random weights\) on cpu in \d+\.\d s: table version \d+, statistics version 1\n",
+                        result.stdout), result.stdout
+
+    (tmp_path / "caps.txt").write_text("a caption\n")
+    result = CliRunner().invoke(cli, [*args[:3], str(tmp_path / "caps.txt"), *args[4:], "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert (data["rows"], data["texts"], data["weights"]) == (1, 1, "random")
+    assert data["seconds"] == round(data["seconds"], 3) and data["seconds"] > 0
+    assert "caption" in lance.dataset(f"{db}/embeddings.lance").schema.names  # added by the 2nd
+
+
+def test_open_clips_random_init_warning_is_silenced_and_nothing_else(caplog):
+    import logging
+
+    from curator.io.encode.model import _quiet_open_clip_logs
+
+    caplog.set_level(logging.INFO)
+    open_clip.create_model_and_transforms(ARCH, pretrained=None)  # the oracle: open_clip warns
+    assert any("No pretrained weights loaded" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    load_model(ARCH, None, "cpu")
+    assert not any("No pretrained weights loaded" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    with _quiet_open_clip_logs():  # however it is routed, only that message is dropped
+        logging.getLogger("open_clip.factory").warning("No pretrained weights loaded for model 'x'.")
+        logging.getLogger("open_clip.factory").warning("QuickGELU mismatch")
+    assert [r.getMessage() for r in caplog.records] == ["QuickGELU mismatch"]
+
+
+def test_summary_lines():
+    base = dict(model="open_clip:ViT-B-32/laion2b_s34b_b79k", device="cuda", table_version=4,
+                stats_version=2, seconds=12.3456, weights="pretrained")
+    r = EncodeResult(rows=5, images=3, texts=2, resumed_skipped=1,
+                     skipped=[{"path": "a.jpg", "reason": "truncated"}], **base)
+    assert r.summary().splitlines() == [
+        "encoded 3 images and 2 captions with open_clip:ViT-B-32/laion2b_s34b_b79k on cuda in 12.3 s: "
+        "table version 4, statistics version 2",
+        "left as they were: 1 row already in the table",
+        "skipped 1 unreadable image: a.jpg (truncated)"]
+    assert r.to_dict()["seconds"] == 12.346
+    assert EncodeResult(resumed_skipped=4, table_version=3, seconds=0.5).summary() == (
+        "encoded nothing in 0.5 s: all 4 rows are already in the table (table version 3)")
 
 
 class NotWeights:

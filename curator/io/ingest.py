@@ -17,7 +17,6 @@ the statistics are rebuilt from the rows on next open and ``refresh`` scores the
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -40,6 +39,7 @@ from ..store.database import (
     check_table_name,
     ids_present,
 )
+from ..store.evolution import add_columns, additions, conform, undo_columns
 from ..store.lock import writer_lock
 from ..store.schema import (
     CURATION_COLUMNS,
@@ -104,8 +104,7 @@ def ingest_sources(sources: list[Source], *, db=None, table: str = "embeddings",
     if on_duplicate not in ON_DUPLICATE:
         raise BadInput(f"--on-duplicate must be one of {', '.join(ON_DUPLICATE)}")
     database = Database(db)
-    if database.is_local:
-        os.makedirs(database.uri, exist_ok=True)
+    database.check_folder(create=True)
     with writer_lock(database, table):
         return _ingest_locked(sources, database, table, model, on_duplicate, score, quiet)
 
@@ -131,6 +130,11 @@ def _ingest_locked(sources, database, table, model, on_duplicate, score, quiet) 
     previous = current(database, table, dataset) if exists else None
     writer = _BatchWriter(sources, meta, model, skip_ids, quiet, total_rows)
     first = writer.peek_schema(dataset)
+    evolved_from = None
+    if writer.added:  # new metadata columns: added before the append, in this lock
+        evolved_from = dataset.version
+        dataset = add_columns(database, table, dataset, writer.added)
+        first = dataset.schema
     replaced_stats = _replaced_statistics(dataset, replace_ids, writer.dim) if replace_ids else None
 
     reader = pa.RecordBatchReader.from_batches(first, writer.batches(first))
@@ -143,6 +147,8 @@ def _ingest_locked(sources, database, table, model, on_duplicate, score, quiet) 
                                           data_storage_version=STORAGE_VERSION,
                                           max_rows_per_file=1 << 20)
     except Exception:
+        if evolved_from is not None:  # nothing appended: drop the columns added for it
+            undo_columns(database, table, evolved_from)
         if writer.error is not None:  # raised inside the stream; Lance wraps it
             raise writer.error from None
         raise
@@ -246,6 +252,7 @@ class _BatchWriter:
         self.stats = None
         self.rows = 0
         self.error = None
+        self.added: list[pa.Field] = []  # metadata columns the table lacks (peek_schema)
         self._iter = self._validated()
         self._first = None
         self._bar = progress_mod.bar("ingest", total_rows, quiet=quiet)
@@ -260,8 +267,9 @@ class _BatchWriter:
         except StopIteration:
             raise BadInput("the input holds no rows") from None
         batch = self._first
-        if dataset is not None:
-            return dataset.schema
+        if dataset is not None:  # the table's schema, plus the metadata columns it lacks
+            self.added = additions(dataset.schema, batch.schema, DERIVED | {"model", _NORM})
+            return pa.schema(list(dataset.schema) + self.added, metadata=dataset.schema.metadata)
         model = self.model or "unknown"
         metadata_fields = [f for f in batch.schema if f.name not in column_names() and f.name != _NORM]
         table_meta = TableMeta(model, self.dim, DATASET_SCHEMA_VERSION).to_metadata()
@@ -334,16 +342,14 @@ class _BatchWriter:
             if f.name in given:
                 arrays.append(given[f.name].cast(f.type))
             elif f.name in batch.schema.names and f.name not in DERIVED:
-                try:
-                    arrays.append(batch.column(f.name).cast(f.type))
-                except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-                    raise BadInput(f"column {f.name!r} has type {batch.schema.field(f.name).type}, "
-                                   f"the table holds {f.type}") from None
+                arrays.append(conform(f.name, batch.column(f.name), f.type))
             else:
                 arrays.append(pa.nulls(n, f.type))
-        extra = [c for c in batch.schema.names if c not in schema.names and c not in ("model", _NORM)]
+        extra = [c for c in batch.schema.names if c not in schema.names and c not in ("model", _NORM)
+                 and c not in DERIVED and batch.column(c).null_count < n]
         if extra:
-            raise BadInput(f"columns not in table: {', '.join(extra)} (ingest them into a new table)")
+            raise BadInput(f"columns {', '.join(extra)} appear after the first batch of this ingest; "
+                           "a table gains columns at the start of an ingest: ingest that source on its own")
         return pa.RecordBatch.from_arrays(arrays, schema=schema)
 
     def _accumulate(self, batch: pa.RecordBatch) -> None:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-from ..errors import CuratorError, NoTable
+from ..errors import CuratorError, NoDatabase, NoTable
 from .schema import DATASET_SCHEMA_VERSION
 
 DEFAULT_DB = "./curator.lancedb"
@@ -123,6 +123,8 @@ class Database:
         return sorted(n for n in names if hidden or not n.startswith(HIDDEN_PREFIX))
 
     def has_table(self, name: str) -> bool:
+        if self.is_local and not os.path.isdir(self.table_uri(name)):
+            return False
         try:
             self.dataset(name)
             return True
@@ -130,17 +132,55 @@ class Database:
             return False
 
     def dataset(self, name: str, version: int | None = None):
-        """The Lance dataset of a table (latest version unless ``version``)."""
+        """The Lance dataset of a table (latest version unless ``version``).
+
+        A missing table is a :class:`NoTable` whose message says what is there instead:
+        no database at all (with what to run), a file where a folder should be, or the
+        tables the database does hold.
+        """
         import lance
 
         if self.is_local and not os.path.isdir(self.table_uri(name)):
-            raise NoTable(f"no table {name!r} in {self.uri}")
+            raise self._missing(name)
         try:
             return lance.dataset(self.table_uri(name), version=version)
         except (ValueError, OSError, RuntimeError) as exc:
             if version is not None and self.has_table(name):
                 raise CuratorError(f"table {name!r} has no version {version}") from exc
-            raise NoTable(f"no table {name!r} in {self.uri}") from exc
+            raise self._missing(name) from exc
+
+    def check_folder(self, create: bool = False) -> None:
+        """Raise NoDatabase unless the database folder exists (``create``: make it when
+        missing); a file in its place is never a database. No-op for object-store URIs."""
+        if not self.is_local:
+            return
+        if os.path.exists(self.uri) and not os.path.isdir(self.uri):
+            raise NoDatabase(f"--db {self.uri} is a file, not a database folder: "
+                             "pass the folder curator ingest created (e.g. ./curator.lancedb)")
+        if create:
+            os.makedirs(self.uri, exist_ok=True)
+        elif not os.path.isdir(self.uri):
+            raise NoDatabase(f"no curator database at {self.uri}: run `curator ingest FILE` "
+                             "or pass --db (or set $CURATOR_DB)")
+
+    def _missing(self, name: str) -> NoTable:
+        """The error for a table that is not there, with what is there instead."""
+        if name.startswith(HIDDEN_PREFIX):
+            return NoTable(f"no table {name!r} in {self.uri}")
+        try:
+            self.check_folder()
+            names = self.table_names()
+        except NoDatabase as exc:
+            return exc
+        except Exception:  # listing failed (e.g. an unreachable store): say what we know
+            names = None
+        if names == [] and self.is_local and not any(
+                entry.endswith(".lance") for entry in os.listdir(self.uri)):
+            return NoDatabase(f"no curator database at {self.uri} (the folder holds no tables): "
+                              "run `curator ingest FILE` or pass --db")
+        listed = (f"; its tables: {', '.join(names)} (pass --table NAME)" if names
+                  else "; it holds no tables yet: run `curator ingest FILE`" if names == [] else "")
+        return NoTable(f"no table {name!r} in {self.uri}{listed}")
 
     def table_meta(self, name: str) -> TableMeta:
         return TableMeta.from_schema(self.dataset(name).schema)

@@ -27,6 +27,7 @@ def connect(db=None, table: str = "embeddings", *, read_only: bool = True):
     import duckdb
 
     database = Database(db)
+    database.check_folder()
     con = duckdb.connect()
     names = database.table_names()
     for name in names:

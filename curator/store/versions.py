@@ -13,8 +13,8 @@ from .tags import tag_names
 EXPORT_TAG_PREFIX = "export-"
 
 
-# Commits that leave the rows (and so the statistics) as they were: layout changes, and
-# updates of columns the statistics do not read.
+# Commits that leave the rows (and so the statistics) as they were: layout changes,
+# updates of columns the statistics do not read, and added columns (Merge, checked below).
 _LAYOUT_ONLY = {"Rewrite", "ReserveFragments", "BaseOperation", "CreateIndex"}
 
 
@@ -25,8 +25,8 @@ _UNREAD_COLUMNS = ("cluster", "cluster_size", "dup_group", "is_duplicate", "reba
 
 def carry_forward(db: Database, table: str, read_version: int, dataset) -> bool:
     """Point the statistics record at ``dataset.version`` when it described ``read_version``
-    and every commit since then left the rows alone (curation columns and tags, added
-    columns, compaction).
+    and every commit since then left the rows alone (curation columns and tags, compaction,
+    added columns).
 
     Without this, the next command would find the record behind the table and rebuild
     the statistics as a new version, making every row look stale. Returns whether the
@@ -48,9 +48,9 @@ def carry_forward(db: Database, table: str, read_version: int, dataset) -> bool:
         kind = type(tx.operation).__name__ if tx is not None else None
         if kind in _LAYOUT_ONLY:
             continue
-        op = tx.operation
         if kind == "Merge" and _adds_columns_only(dataset, tx):
             continue
+        op = tx.operation
         if (kind == "Update" and set(op.fields_modified or []) <= unread
                 and not op.new_fragments and not op.removed_fragment_ids):
             continue
@@ -61,38 +61,30 @@ def carry_forward(db: Database, table: str, read_version: int, dataset) -> bool:
 
 
 def _adds_columns_only(dataset, tx) -> bool:
-    """Whether a Merge commit only added columns: the same fragments, rows and deletions,
-    and every column that existed before still read from the same files."""
-    import lance
-
-    try:
-        before = lance.dataset(dataset.uri, version=tx.read_version)
-    except (ValueError, OSError, RuntimeError):
+    """Whether a Merge commit only added columns: every data file of the version it read
+    is still there, in the same fragment, with the same fields and rows; new files hold
+    only new fields; and every column of that version keeps its name and type."""
+    before = dataset.checkout_version(tx.read_version)
+    after = dataset.checkout_version(tx.read_version + 1)
+    kept = {f.name: f.type for f in after.schema}
+    if any(kept.get(f.name) != f.type for f in before.schema):
         return False
-    old_fields = {f.id() for f in _fields(before.lance_schema)}
     old = {f.fragment_id: f.metadata for f in before.get_fragments()}
     new = {f.id: f for f in tx.operation.fragments}
     if set(old) != set(new):
         return False
+    old_fields = {i for meta in old.values() for file in meta.files for i in file.fields}
     for fid, meta in old.items():
-        got = new[fid]
-        if got.physical_rows != meta.physical_rows or got.deletion_file != meta.deletion_file:
+        now = new[fid]
+        if now.physical_rows != meta.physical_rows or now.deletion_file != meta.deletion_file:
             return False
-        files = lambda m: {(d.path, tuple(x for x in d.fields if x in old_fields))  # noqa: E731
-                           for d in m.files if any(x in old_fields for x in d.fields)}
-        if files(got) != files(meta):
+        before_files = {(file.path, tuple(file.fields)) for file in meta.files}
+        files = {(file.path, tuple(file.fields)) for file in now.files}
+        if not before_files <= files:
+            return False
+        if any(old_fields.intersection(fields) for _, fields in files - before_files):
             return False
     return True
-
-
-def _fields(lance_schema):
-    out = []
-    stack = list(lance_schema.fields())
-    while stack:
-        field = stack.pop()
-        out.append(field)
-        stack.extend(field.children())
-    return out
 
 
 def curation_step(command):

@@ -11,7 +11,21 @@ import numpy as np
 
 _COLOURS = {"image": "#1f77b4", "text": "#ff7f0e"}
 _CYCLE = ["#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"]
-DPI = 110
+
+# Sizes follow the page: a figure in a half-row card is shown about 524 px wide (the
+# page's content is at most 1124 px), so at WIDTH inches one point of font is shown at
+# 524 / (72 · WIDTH) ≈ 1.39 px: tick labels (TICK_PT) at ~13 px, axis labels at ~15 px,
+# beside the page's 13.5–15 px text. A full-row figure is WIDE inches at the same scale.
+# DPI makes the PNG twice the shown width, sharp on high-density screens.
+WIDTH = 5.25
+WIDE = 10.9
+DPI = 200
+FONT_PT = 10.0
+TICK_PT = 9.5
+NOTE_PT = 9.5  # notes, legends and annotations inside a plot
+LABEL_PT = 10.5
+TITLE_PT = 11.5
+SMALLEST_PT = min(FONT_PT, TICK_PT, NOTE_PT, LABEL_PT, TITLE_PT)
 
 
 def colour(modality: str, k: int = 0) -> str:
@@ -25,21 +39,24 @@ def _pyplot():
     import matplotlib.pyplot as plt
 
     plt.rcParams.update({
-        "font.size": 10.5, "axes.titlesize": 11.5, "axes.labelsize": 10.5,
+        "font.size": FONT_PT, "axes.titlesize": TITLE_PT, "axes.labelsize": LABEL_PT,
+        "xtick.labelsize": TICK_PT, "ytick.labelsize": TICK_PT, "legend.fontsize": NOTE_PT,
         "axes.spines.top": False, "axes.spines.right": False,
         "axes.grid": True, "grid.alpha": 0.25, "legend.frameon": False,
     })
     return plt
 
 
-def _panels(n: int, width: float = 3.1, height: float = 2.9):
+def _panels(n: int, width: float = WIDTH, height: float = 3.0):
+    """One row of ``n`` panels in a figure ``width`` inches wide (the card's width)."""
     plt = _pyplot()
-    fig, axes = plt.subplots(1, n, figsize=(max(width * n, 4.6), height), squeeze=False)
+    fig, axes = plt.subplots(1, n, figsize=(width, height), squeeze=False)
     return plt, fig, list(axes[0])
 
 
 def _save(plt, fig, path: str) -> str:
-    fig.tight_layout()
+    if fig.get_layout_engine() is None:
+        fig.tight_layout()
     fig.savefig(path, dpi=DPI)
     plt.close(fig)
     return path
@@ -55,28 +72,28 @@ def histograms(path: str, hists: dict[str, dict], xlabel: str, note_key: str | N
         ax.set_title(m)
         ax.set_xlabel(xlabel)
         ax.set_ylabel("rows")
-        if note_key and h.get(note_key):
-            ax.text(0.02, 0.97, h[note_key], transform=ax.transAxes, va="top", fontsize=8.5)
+        if note_key and h.get(note_key):  # above the bars: headroom for two lines
+            ax.text(0.02, 0.97, h[note_key], transform=ax.transAxes, va="top", fontsize=NOTE_PT)
+            ax.set_ylim(0, max(float(counts.max()), 1.0) * 1.45)
         ax.ticklabel_format(axis="x", useOffset=False)
     return _save(plt, fig, path)
 
 
 def spectrum(path: str, spectra: dict[str, dict]) -> str:
     """Covariance eigenvalues (descending, log scale) and cumulative explained variance."""
-    plt, fig, (left, right) = _panels(2, width=3.6)
+    plt, fig, (left, right) = _panels(2)
     for k, (m, s) in enumerate(spectra.items()):
         ev = np.asarray(s["eigenvalues"], float)
         ranks = np.arange(1, len(ev) + 1)
         shown = ranks <= s.get("numerical_rank", len(ev))  # not the zero axes (fewer rows than dims)
-        left.semilogy(ranks[shown], ev[shown], color=colour(m, k), lw=1.5,
-                      label=f"{m} (eff. rank {s['effective_rank']:.0f})")
+        left.semilogy(ranks[shown], ev[shown], color=colour(m, k), lw=1.5)
         total = ev.sum()
         right.plot(ranks, np.cumsum(ev) / total if total > 0 else ranks * 0, color=colour(m, k), lw=1.5,
-                   label=m)
+                   label=f"{m} (eff. rank {s['effective_rank']:.0f})")
     left.set_xlabel("axis (by variance)")
     left.set_ylabel("eigenvalue")
     left.set_title("ellipsoid axes")
-    left.legend(fontsize=8.5)
+    right.legend(loc="lower right", handlelength=1.2)  # the curves rise early: that corner is free
     right.set_xlabel("number of axes")
     right.set_ylabel("share of variance")
     right.set_ylim(0, 1.02)
@@ -95,17 +112,18 @@ def conformity_scatter(path: str, points: dict[str, tuple[np.ndarray, np.ndarray
             xs = np.linspace(float(np.min(est)), float(np.max(est)), 2)
             ax.plot(xs, f["slope"] * xs + f["intercept"], color="black", lw=0.8, ls="--", alpha=0.7)
             sign = "−" if f["intercept"] < 0 else "+"
-            ax.text(0.03, 0.97, f"r = {f['pearson']:.5f}\nC ≈ {f['slope']:.3f}·cos {sign} {abs(f['intercept']):.3f}",
-                    transform=ax.transAxes, va="top", fontsize=8.5)
+            ax.text(0.97, 0.03, f"r = {f['pearson']:.5f}\nC ≈ {f['slope']:.3f}·cos {sign} {abs(f['intercept']):.3f}",
+                    transform=ax.transAxes, va="bottom", ha="right", fontsize=NOTE_PT)
         ax.set_title(m)
-        ax.set_xlabel("cos(x, mean)  (estimator)")
+        ax.set_xlabel("cos(x, mean): estimator")
         ax.set_ylabel("conformity (exact)")
     return _save(plt, fig, path)
 
 
 def zipf(path: str, sizes: dict[str, list[int]]) -> str:
-    """Cluster sizes by rank, log-log: a straight line is a Zipf (power-law) frequency."""
-    plt, fig, axes = _panels(len(sizes))
+    """Cluster sizes by rank, log-log: a straight line is a Zipf (power-law) frequency.
+    A full-row figure (``WIDE``)."""
+    plt, fig, axes = _panels(len(sizes), width=WIDE, height=3.1)
     for k, (ax, (m, s)) in enumerate(zip(axes, sizes.items())):
         s = np.sort(np.asarray(s, float))[::-1]
         ax.loglog(np.arange(1, len(s) + 1), s, "o-", ms=3, lw=1, color=colour(m, k))
@@ -127,17 +145,29 @@ def _plain_log_ticks(ax) -> None:
 
 
 def gap_view(path: str, coords: dict[str, np.ndarray], centres: dict[str, list[float]]) -> str:
-    """The pooled sample on (gap direction, top principal direction of the gap-removed sample)."""
+    """The pooled sample on (gap direction, top principal direction of the gap-removed
+    sample), with a strip above that counts the rows of each modality along the gap
+    direction: one hump per shell, the gap between them."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(5.4, 3.9))
+    fig, (top, ax) = plt.subplots(2, 1, figsize=(WIDTH, 4.3), sharex=True, layout="constrained",
+                                  gridspec_kw={"height_ratios": [1, 3.2]})
+    fig.get_layout_engine().set(hspace=0.0, h_pad=0.02)
+    xs = np.concatenate([xy[:, 0] for xy in coords.values()]) if coords else np.zeros(1)
+    edges = np.linspace(float(xs.min()), float(xs.max()) + 1e-12, 61)
     for k, (m, xy) in enumerate(coords.items()):
+        top.hist(xy[:, 0], bins=edges, color=colour(m, k), alpha=0.75, density=True)
         ax.scatter(xy[:, 0], xy[:, 1], s=4, alpha=0.3, color=colour(m, k), linewidths=0,
                    label=m, rasterized=True)
+    top.set_yticks([])
+    top.set_ylabel("rows", rotation=0, ha="right", va="center")
+    top.spines["left"].set_visible(False)
+    top.grid(False)
     for k, (m, c) in enumerate(centres.items()):
         ax.plot([c[0]], [c[1]], marker="X", ms=10, color="black", mec="white")
-        ax.annotate(f"mean {m}", (c[0], c[1]), textcoords="offset points", xytext=(6, 6), fontsize=8.5)
-    ax.set_xlabel("⟨x, ĝ⟩  along the gap direction (m_img − m_txt)")
-    ax.set_ylabel("top principal direction, gap removed")
+        ax.annotate(f"mean {m}", (c[0], c[1]), textcoords="offset points", xytext=(6, 6),
+                    fontsize=NOTE_PT)
+    ax.set_xlabel("⟨x, ĝ⟩ along the gap direction (m_img − m_txt)")
+    ax.set_ylabel("top direction, gap removed")
     leg = ax.legend(markerscale=3, loc="best")
     for handle in leg.legend_handles:
         handle.set_alpha(1)
@@ -147,7 +177,7 @@ def gap_view(path: str, coords: dict[str, np.ndarray], centres: dict[str, list[f
 def gap_sweep(path: str, alphas: list[float], js: list[float], tv: list[float]) -> str:
     """Divergence of the image and text conformity histograms against the shift α."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(5.4, 3.9))
+    fig, ax = plt.subplots(figsize=(WIDTH, 4.3))
     ax.plot(alphas, js, "o-", ms=4, label="Jensen–Shannon (bits)", color="#333333")
     ax.plot(alphas, tv, "s--", ms=3, label="total variation", color="#999999")
     best = int(np.nanargmin(js))
@@ -157,5 +187,5 @@ def gap_sweep(path: str, alphas: list[float], js: list[float], tv: list[float]) 
     ax.set_xlabel("α   (each modality shifted by v − α·m_modality)")
     ax.set_ylabel("divergence of conformity histograms")
     ax.set_ylim(bottom=0)
-    ax.legend(fontsize=8.5)
+    ax.legend()
     return _save(plt, fig, path)

@@ -18,6 +18,7 @@ h1{font-size:26px;margin:0 0 4px}h2{font-size:19px;margin:34px 0 10px;border-bot
 .grid{display:grid;grid-template-columns:repeat(auto-fit,minmax(520px,1fr));gap:16px}
 figure{background:#fff;border:1px solid #dde1e7;border-radius:8px;margin:0;padding:12px 14px}
 figure h3{font-size:15.5px;margin:0 0 6px}figure img{width:100%;height:auto;display:block}
+figure.wide{grid-column:1/-1}
 figcaption{font-size:13.5px;color:#39414d;margin-top:6px}figcaption b{color:#1d2330}
 table{border-collapse:collapse;background:#fff;font-size:13.5px;width:100%}
 table.measures td:first-child{width:46%}.pairs{display:grid;grid-template-columns:repeat(auto-fit,minmax(520px,1fr));gap:16px}
@@ -53,7 +54,7 @@ def render_html(data: dict) -> str:
         (f"<div class='meta' style='margin-top:6px'>table <code>{_e(data['table'])}</code> · version "
          f"<code>{data['table_version']}</code> · statistics v<code>{data['stats_version']}</code> · model "
          f"<code>{_e(data['model'])}</code> · dimension <code>{data['dim']}</code> · database "
-         f"<code>{_e(data['db'])}</code> · generated {_e(data['generated'])}</div>"),
+         f"<code>{_e(data.get('db_shown', data['db']))}</code> · generated {_e(data['generated'])}</div>"),
         _cards(data),
         _sample_line(data),
         (f"<div class='meta'>Look at the rows behind these plots, filter, select and tag them: "
@@ -73,19 +74,23 @@ def render_html(data: dict) -> str:
               _figure(data, "conformity", "Conformity", _CONF_HELP),
               _figure(data, "conformity_vs_estimator", "Conformity vs its estimator cos(x, m)", _SCATTER_HELP),
               ]
-    if "clusters" in data["figures"]:
-        parts.append(_figure(data, "clusters", "Concept frequency (clusters)", _ZIPF_HELP))
+    if "clusters" in data["figures"]:  # a full row: the four above fill two rows
+        parts.append(_figure(data, "clusters", "Concept frequency (clusters)", _ZIPF_HELP, wide=True))
     else:
-        parts.append("<figure><h3>Concept frequency (clusters)</h3><p class='note'>No clusters yet: "
+        parts.append("<figure class='wide'><h3>Concept frequency (clusters)</h3><p class='note'>No clusters yet: "
                      "run <code>curator cluster</code>, then the report again, to see the rank–size "
                      "(Zipf) plot of concept frequencies.</p></figure>")
     parts += ["</div>", _extremes_html(data), _footer(data), "</main></body></html>"]
     return "\n".join(parts)
 
 
-_GAP_VIEW_HELP = ("<b>How to read this:</b> every dot is a sampled row. Left–right is the position along "
-                  "the gap direction (difference of the two modality means); up–down is the main direction "
-                  "of variation once the gap is removed. Two separate clouds = two shells with a gap between.")
+_GAP_VIEW_HELP = ("<b>How to read this:</b> every dot is a sampled row. Left–right is its position along "
+                  "the gap direction (from the text mean to the image mean), and the strip on top shows where "
+                  "each modality's rows lie along it: two groups of colour with a stretch between them are "
+                  "the two shells and the gap. "
+                  "Up–down is the largest variation left once the gap is removed, and both modalities "
+                  "share it: a modality that splits into several clouds along it holds groups of "
+                  "concepts within its shell (images and their captions split alike), not more shells.")
 
 
 _SWEEP_HELP = ("<b>How to read this:</b> each modality is shifted by v − α·m (its own mean), conformity is "
@@ -152,11 +157,11 @@ def _sample_line(data: dict) -> str:
             f"{per} rows (at most {s['requested_per_modality']:,} per modality, seed {s['seed']}).</p>")
 
 
-def _figure(data: dict, name: str, title: str, help_text: str) -> str:
+def _figure(data: dict, name: str, title: str, help_text: str, wide: bool = False) -> str:
     file = data["figures"].get(name)
     if not file:
         return ""
-    return (f"<figure><h3>{_e(title)}</h3><img src='{_e(file)}' alt='{_e(title)}'>"
+    return (f"<figure{' class=wide' if wide else ''}><h3>{_e(title)}</h3><img src='{_e(file)}' alt='{_e(title)}'>"
             f"<figcaption>{help_text}</figcaption></figure>")
 
 
@@ -170,8 +175,8 @@ def _modality_table(mods: dict) -> str:
     rows = [
         ("rows", lambda v: f"{v['rows']:,}"),
         ("mean norm ‖x‖", lambda v: _fmt(v["norm"]["mean"])),
-        ("norm std (shell thickness std/mean)",
-         lambda v: f"{_fmt(v['norm']['std'])} ({_fmt(v['norm']['thickness'], '.2g')})"),
+        ("norm std", lambda v: _fmt(v["norm"]["std"])),
+        ("shell thickness: norm std / mean norm", lambda v: _fmt(v["norm"]["thickness"], ".2g")),
         ("norm of the mean ‖m‖", lambda v: _fmt(v["mean_vector_norm"])),
         ("offset ratio ‖m‖/‖σ‖", lambda v: _fmt(v["offset_ratio"])),
         ("effective rank of the covariance", lambda v: _fmt(v["spectrum"]["effective_rank"], ".1f")),
@@ -229,7 +234,8 @@ def _rows_table(rows: list[dict], thumbs: bool, captions: bool) -> str:
 
 
 def _footer(data: dict) -> str:
-    return (f"<footer>Made by <code>curator report</code>. All numbers are in <code>report.json</code> "
-            f"beside this page. Computed in {data.get('seconds_compute', 0):.1f} s. The report reads the table "
-            f"(version {data['table_version']}) and never changes it.</footer>")
+    return (f"<footer>Made by <code>curator report</code> in {data.get('seconds', 0):.1f} s (reading the "
+            f"table, computing and drawing: the time the command reports). All numbers are in "
+            f"<code>report.json</code> beside this page. The report reads the table (version "
+            f"{data['table_version']}) and never changes it.</footer>")
 

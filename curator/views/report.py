@@ -67,7 +67,7 @@ class ReportResult:
         rows = ", ".join(f"{m} {n:,}" for m, n in self.rows.items())
         lines = [
             (f"report of table {self.table!r} at version {self.table_version} "
-             f"(stats v{self.stats_version}; table unchanged): {rows} rows"),
+             f"(stats v{self.stats_version}; table unchanged) in {self.seconds:.1f} s: {rows} rows"),
             "sample per modality: " + ", ".join(f"{m} {n:,}" for m, n in self.sample.items()),
         ]
         keys = []
@@ -108,12 +108,13 @@ def report(*, db=None, table: str = "embeddings", out, sample: int = 5000, seed:
     timings["scan"] = time.time() - started - sum(timings.values())
     data = compute(dataset, stats, meta, scans, database, table, sample, seed)
     timings["sample_measures"] = time.time() - started - sum(timings.values())
-    data["seconds_compute"] = time.time() - started
+    data["db_shown"] = shown_location(database.uri)
     figures = _draw(out, data, scans, stats)
     data["figures"] = figures
     _thumbnails(out, data)
     timings["figures"] = time.time() - started - sum(timings.values())
     data["timings_seconds"] = timings
+    data["seconds"] = seconds = time.time() - started  # the page and the result say this
     json_path = os.path.join(out, "report.json")
     with open(json_path, "w") as f:
         json.dump(data, f, indent=1, default=jsonable)
@@ -129,8 +130,22 @@ def report(*, db=None, table: str = "embeddings", out, sample: int = 5000, seed:
         separability=(cross.get("separability") or {}).get("test_accuracy"),
         pearson={m: v["conformity"]["pearson"] for m, v in data["modalities"].items()},
         gap_norm=cross.get("gap_norm"), figures=sorted(figures.values()),
-        seconds=time.time() - started,
+        seconds=seconds,
     )
+
+
+def shown_location(uri: str) -> str:
+    """The database as the page shows it: no machine path. An object-store URI as is; a
+    local folder relative to the working directory when inside it, else its name."""
+    if "://" in uri:
+        return uri
+    try:
+        relative = os.path.relpath(uri)
+    except ValueError:  # another drive (Windows)
+        relative = None
+    if relative is not None and not relative.startswith(os.pardir):
+        return relative
+    return os.path.basename(uri.rstrip(os.sep)) or uri
 
 
 def _thumbnails(out: str, data: dict) -> None:

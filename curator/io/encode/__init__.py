@@ -49,6 +49,7 @@ import dataclasses
 import math
 import os
 import shutil
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -72,7 +73,9 @@ class EncodeResult:
     ``rows`` = ``images`` + ``texts`` rows ingested; ``skipped``: unreadable images, each
     ``{"path", "reason"}``; ``resumed_skipped``: rows whose id was already in the table;
     ``table_version`` / ``stats_version``: what the (last) ingest wrote, or the table's
-    current version and None when nothing was ingested.
+    current version and None when nothing was ingested; ``weights``: ``pretrained`` (an
+    open_clip tag or hub model), ``checkpoint`` (a local file), ``random`` (no
+    ``pretrained``: seeded random initialisation) or ``given`` (a model object).
     """
 
     rows: int = 0
@@ -85,9 +88,47 @@ class EncodeResult:
     seconds: float = 0.0
     model: str | None = None
     device: str | None = None
+    weights: str | None = None
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        return {**dataclasses.asdict(self), "seconds": round(self.seconds, 3)}
+
+    def summary(self) -> str:
+        """One line like ingest's, then one line per kind of row left out."""
+        if not self.rows:
+            where = f" (table version {self.table_version})" if self.table_version is not None else ""
+            head = (f"encoded nothing in {self.seconds:.1f} s: all {self.resumed_skipped} rows are "
+                    f"already in the table{where}" if self.resumed_skipped
+                    else f"encoded nothing in {self.seconds:.1f} s")
+        else:
+            weights = f" ({self.weights} weights)" if self.weights == "random" else ""
+            head = (f"encoded {_count(self.images, 'image')} and {_count(self.texts, 'caption')} "
+                    f"with {self.model}{weights} "
+                    f"on {self.device} in {self.seconds:.1f} s: table version {self.table_version}, "
+                    f"statistics version {self.stats_version}")
+        lines = [head]
+        if self.rows and self.resumed_skipped:
+            lines.append(f"left as they were: {_count(self.resumed_skipped, 'row')} already in the table")
+        if self.skipped:
+            shown = "; ".join(f"{s['path']} ({s['reason']})" for s in self.skipped[:3])
+            more = f"; and {len(self.skipped) - 3} more" if len(self.skipped) > 3 else ""
+            lines.append(f"skipped {_count(len(self.skipped), 'unreadable image')}: {shown}{more}")
+        return "\n".join(lines)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+RANDOM_WEIGHTS_NOTICE = ("Notice: no --pretrained given: {arch} has random weights (seed {seed}), so "
+                         "its embeddings carry no meaning; pass --pretrained TAG or a checkpoint file")
+
+
+def weights_kind(arch: str, pretrained) -> str:
+    """``pretrained``, ``checkpoint`` or ``random``: what ``load_model(arch, pretrained)`` loads."""
+    if pretrained is None or str(pretrained) == "":
+        return "pretrained" if arch.startswith(("hf-hub:", "local-dir:")) else "random"
+    return "checkpoint" if os.path.isfile(str(pretrained)) else "pretrained"
 
 
 def _fixed_list(matrix: np.ndarray) -> pa.FixedSizeListArray:
@@ -241,7 +282,8 @@ def encode(sources, *, db=None, table: str = "embeddings", arch: str = "ViT-B-32
     check_unique(rows.ids)
     present = database.existing_ids(table, rows.ids) if table_schema is not None else set()
     keep = np.array([i for i, id_ in enumerate(rows.ids) if id_ not in present], dtype=np.int64)
-    result = EncodeResult(resumed_skipped=len(rows) - len(keep), model=model_name)
+    weights = "given" if model is not None else weights_kind(arch, pretrained)
+    result = EncodeResult(resumed_skipped=len(rows) - len(keep), model=model_name, weights=weights)
     if not len(keep):
         result.table_version = database.dataset(table).version if table_schema is not None else None
         result.seconds = time.perf_counter() - started
@@ -255,6 +297,8 @@ def encode(sources, *, db=None, table: str = "embeddings", arch: str = "ViT-B-32
     del rows
 
     if model is None:
+        if weights == "random":  # one line on stderr, before the (long) encoding starts
+            print(RANDOM_WEIGHTS_NOTICE.format(arch=arch, seed=seed), file=sys.stderr, flush=True)
         model, preprocess, tokenizer = build_model(arch, pretrained, dev, seed, model_name)
     else:
         if image_idx and preprocess is None:

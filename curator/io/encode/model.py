@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import warnings
 from collections.abc import Iterator
 
 import numpy as np
@@ -99,19 +100,38 @@ def model_name_for(arch: str, pretrained: str | os.PathLike | None = None, seed:
                    f"or give a local checkpoint file")
 
 
+OPEN_CLIP_NOISE = "No pretrained weights loaded"  # open_clip's warning for a random init
+
+
 class _DropOpenClipNoise(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        return "No pretrained weights loaded" not in record.getMessage()
+        return OPEN_CLIP_NOISE not in record.getMessage()
 
 
 @contextlib.contextmanager
 def _quiet_open_clip_logs():
-    root, flt = logging.getLogger(), _DropOpenClipNoise()
-    root.addFilter(flt)
+    """Drop exactly open_clip's "No pretrained weights loaded … initialized randomly"
+    warning while a model is built (curator says so itself, once, in its own words).
+
+    open_clip logs it on the root logger; the filter also sits on open_clip's own loggers
+    and on every handler (and the last-resort handler), so it holds however open_clip or
+    the application routes its logging. Other messages pass.
+    """
+    flt = _DropOpenClipNoise()
+    root = logging.getLogger()
+    targets = [root, logging.getLogger("open_clip"), logging.getLogger("open_clip.factory"),
+               *root.handlers]
+    if logging.lastResort is not None:
+        targets.append(logging.lastResort)
+    for target in targets:
+        target.addFilter(flt)
     try:
-        yield
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=f".*{OPEN_CLIP_NOISE}.*")
+            yield
     finally:
-        root.removeFilter(flt)
+        for target in targets:
+            target.removeFilter(flt)
 
 
 def _check_checkpoint_is_safe(torch, path: str) -> None:
