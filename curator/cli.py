@@ -402,7 +402,8 @@ def tag(obj, name, as_json, **options):
 @cli.command()
 @click.option("--method", type=click.Choice(["gap", "pca", "umap"]), default="gap",
               show_default=True, help="gap: the report's two-shells view; umap: umap-learn.")
-@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--seed", default=0, show_default=True, type=int,
+              help="umap: seed of the sample and of the fit.")
 @click.option("--sample", default=10_000, show_default=True, type=int,
               help="umap: rows to fit on (the rest are placed by transform).")
 @json_option
@@ -420,14 +421,21 @@ def project(obj, as_json, **options):
 @click.option("--sample", default=1_000_000, show_default=True, type=int,
               help="At most this many rows (a seeded sample past it).")
 @click.option("--port", default=0, show_default=True, type=int, help="0: a free port.")
-@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to serve on (0.0.0.0: every interface).")
 @click.option("--no-open", is_flag=True, help="Do not open a browser tab.")
-@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--seed", default=0, show_default=True, type=int,
+              help="Seed of the sample past --sample rows.")
 @click.option("--timeout", default=None, type=float, help="Stop serving after this many seconds.")
 @click.pass_obj
 @library_call
 def browse(obj, **options):
-    """A local web app over the table: scatter, linked filters, table, selection -> tag."""
+    """A local web app: scatter, filters, table; selection -> tag.
+
+    Serves until Ctrl-C (or --timeout): a Datashader scatter of proj_x/proj_y coloured
+    by any column, linked histograms of the scores, a --where filter box, the selection
+    as a table with thumbnails, a predicate, a tag or an ids file, and one row's
+    neighbours, duplicate group and pair. Needs pip install 'clip-curator[browse]'."""
     from .api import browse as run
 
     run(db=obj.db, table=obj.table, quiet=obj.quiet, **options)
