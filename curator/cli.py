@@ -408,6 +408,64 @@ def demo(obj, as_json, **options):
     emit(run(quiet=obj.quiet, **options), as_json)
 
 
+@cli.command()
+@click.argument("name")
+@click.option("--ids", type=click.Path(), default=None,
+              help="File of ids: one a line, or a parquet/csv with an id column.")
+@click.option("--where", default=None, help="SQL predicate (DuckDB) naming the rows instead.")
+@click.option("--remove", is_flag=True, help="Set the tag to false for these rows.")
+@json_option
+@click.pass_obj
+@library_call
+def tag(obj, name, as_json, **options):
+    """Mark rows in the boolean column NAME (true; false with --remove)."""
+    from .api import tag as run
+
+    emit(run(name, db=obj.db, table=obj.table, engine=obj.engine, **options), as_json)
+
+
+@cli.command()
+@click.option("--method", type=click.Choice(["gap", "pca", "umap"]), default="gap",
+              show_default=True, help="gap: the report's two-shells view; umap: umap-learn.")
+@click.option("--seed", default=0, show_default=True, type=int,
+              help="umap: seed of the sample and of the fit.")
+@click.option("--sample", default=10_000, show_default=True, type=int,
+              help="umap: rows to fit on (the rest are placed by transform).")
+@json_option
+@click.pass_obj
+@library_call
+def project(obj, as_json, **options):
+    """2-D coordinates of every row: writes proj_x, proj_y."""
+    from .api import project as run
+
+    emit(run(db=obj.db, table=obj.table, engine=obj.engine, **options), as_json)
+
+
+@cli.command()
+@click.option("--where", default=None, help="SQL predicate (DuckDB): browse only these rows.")
+@click.option("--sample", default=1_000_000, show_default=True, type=int,
+              help="At most this many rows (a seeded sample past it).")
+@click.option("--port", default=0, show_default=True, type=int, help="0: a free port.")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to serve on (0.0.0.0: every interface).")
+@click.option("--no-open", is_flag=True, help="Do not open a browser tab.")
+@click.option("--seed", default=0, show_default=True, type=int,
+              help="Seed of the sample past --sample rows.")
+@click.option("--timeout", default=None, type=float, help="Stop serving after this many seconds.")
+@click.pass_obj
+@library_call
+def browse(obj, **options):
+    """A local web app: scatter, filters, table; selection -> tag.
+
+    Serves until Ctrl-C (or --timeout): a Datashader scatter of proj_x/proj_y coloured
+    by any column, linked histograms of the scores, a --where filter box, the selection
+    as a table with thumbnails, a predicate, a tag or an ids file, and one row's
+    neighbours, duplicate group and pair. Needs pip install 'clip-curator[browse]'."""
+    from .api import browse as run
+
+    run(db=obj.db, table=obj.table, quiet=obj.quiet, **options)
+
+
 def main(argv=None):
     """Console entry point: tune the allocator before Lance allocates, then run."""
     from .store.database import tune_allocator

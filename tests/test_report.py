@@ -22,7 +22,6 @@ from curator.geometry.diagnostics import (
     divergences,
     effective_rank,
     linear_separability,
-    top_direction,
 )
 from curator.store.arrow import fixed_list
 from curator.store.database import Database
@@ -245,14 +244,6 @@ def test_shifted_conformity_matches_pairwise():
     shifted = _ShiftedConformity(X, m)
     for alpha in (-1.0, -0.3, 0.0, 0.5, 1.0):
         assert np.allclose(shifted(alpha), brute_conformity(X - alpha * m), atol=1e-12)
-
-
-def test_top_direction_is_the_top_singular_vector():
-    rng = np.random.default_rng(3)
-    P = rng.normal(size=(500, 30)) * np.geomspace(5, 0.1, 30)
-    P = P @ np.linalg.qr(rng.normal(size=(30, 30)))[0]
-    v = np.linalg.svd(P, full_matrices=False)[2][0]
-    assert abs(top_direction(P) @ v) == pytest.approx(1.0, abs=1e-9)
 
 
 def test_divergences_bounds():

@@ -1,7 +1,8 @@
 """Diagnostics of the double-ellipsoid geometry on in-memory samples: the covariance
 spectrum's effective rank, the conformity–estimator fit, divergences between conformity
-distributions, linear separability of the modalities, the 2-D view of the two shells
-and the gap sweep. Pure numpy; the report (:mod:`curator.views.report`) feeds it samples."""
+distributions, linear separability of the modalities and the gap sweep. Pure numpy; the
+report (:mod:`curator.views.report`) feeds it samples. The 2-D view of the two shells is
+:func:`curator.geometry.projection.gap_view`, shared with ``curator project``."""
 
 from __future__ import annotations
 
@@ -80,36 +81,6 @@ def linear_separability(A: np.ndarray, B: np.ndarray, seed: int) -> dict:
             "majority_baseline": float(max(y[test].mean(), -y[test].mean()) / 2 + 0.5),
             "method": "ridge least-squares linear classifier on standardised raw vectors, "
                       f"seeded {1 - TEST_FRACTION:.0%}/{TEST_FRACTION:.0%} split"}
-
-
-def gap_view(A: np.ndarray, B: np.ndarray, m_a: np.ndarray, m_b: np.ndarray):
-    """Coordinates on (unit gap ĝ = (m_a − m_b)/‖·‖, top principal direction of the pooled
-    sample with ĝ projected out). Returns (coords_a, coords_b, ĝ, p)."""
-    g = (m_a - m_b) / np.linalg.norm(m_a - m_b)
-    pooled = np.concatenate([A, B]).astype(np.float64)
-    centre = pooled.mean(axis=0)
-    P = pooled - centre
-    P -= np.outer(P @ g, g)
-    p = top_direction(P)
-    p -= (p @ g) * g
-    p /= np.linalg.norm(p)
-
-    def coords(X):
-        X = np.asarray(X, np.float64)
-        return np.stack([X @ g, (X - centre) @ p], axis=1)
-
-    return coords(A), coords(B), g, p
-
-
-def top_direction(P: np.ndarray, block: int = 6, iterations: int = 20) -> np.ndarray:
-    """Top right singular vector of P (n, d) by seeded subspace iteration (no d×d matrix)."""
-    rng = np.random.default_rng(0)
-    V = np.linalg.qr(rng.normal(size=(P.shape[1], min(block, P.shape[1]))))[0]
-    for _ in range(iterations):
-        V = np.linalg.qr(P.T @ (P @ V))[0]
-    W = P @ V
-    _, vecs = np.linalg.eigh(W.T @ W)
-    return V @ vecs[:, -1]
 
 
 def gap_sweep(A: np.ndarray, B: np.ndarray, m_a: np.ndarray, m_b: np.ndarray,

@@ -18,7 +18,8 @@ _LAYOUT_ONLY = {"Rewrite", "ReserveFragments", "BaseOperation", "CreateIndex"}
 
 
 _UNREAD_COLUMNS = ("cluster", "cluster_size", "dup_group", "is_duplicate", "rebalance_keep",
-                   "ref_conformity", "ref_conformity_est", "ref_uncertainty", "ref_loglik")
+                   "ref_conformity", "ref_conformity_est", "ref_uncertainty", "ref_loglik",
+                   "proj_x", "proj_y")
 
 
 def _unread_fields(dataset) -> set:
@@ -41,8 +42,8 @@ def _unread_fields(dataset) -> set:
 
 def carry_forward(db: Database, table: str, read_version: int, dataset) -> bool:
     """Point the statistics record at ``dataset.version`` when it described ``read_version``
-    and every commit since then left the rows alone (curation columns, compaction, added
-    metadata columns).
+    and every commit since then left the rows alone (curation columns and tags, compaction,
+    added columns).
 
     Without this, the next command would find the record behind the table and rebuild
     the statistics as a new version, making every row look stale. Returns whether the

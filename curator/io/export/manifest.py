@@ -15,6 +15,7 @@ import shlex
 from datetime import datetime, timezone
 
 from ...store.database import TableMeta
+from ...store.tags import tags_used
 from ...store.versions import protect_version
 
 MANIFEST = "manifest.json"
@@ -56,6 +57,7 @@ def manifest(database, table, dataset, predicate, unit, fmt, selection, files, o
                    "model": meta.model, "dim": meta.dim, "tag": tag},
         "predicate": ({"text": predicate.text, "columns": list(predicate.columns)}
                       if predicate is not None else None),
+        "tags": tags_used(dataset.schema, predicate),
         "unit": unit,
         "format": fmt,
         "rows": selection.records,
