@@ -296,7 +296,7 @@ def _drive(page, url: str, images: int, tmp_path: Path):
     picked = int(re.search(r"([0-9,]+) rows", summary.inner_text()).group(1).replace(",", ""))
     predicate = page.locator(".curator-selection-predicate").first.inner_text()
     page.locator(".tabulator-row").first.wait_for()  # the selection's rows reached the table
-    assert predicate.startswith("(modality = 'image') AND ")
+    assert predicate.startswith("((modality = 'image') AND (proj_x >= "), predicate
     page.locator("input[placeholder='e.g. reviewed_bad']").fill("picked")
     page.get_by_role("button", name="Save selection as tag").click()
     page.locator("text=/in new tag 'picked'/").first.wait_for()

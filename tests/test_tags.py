@@ -144,7 +144,7 @@ def test_cli_tag_json_matches_the_table(ingested, tmp_path):
     out = json.loads(res.stdout)
     flags = _flags(ingested, "rare")
     assert out["tagged"] == sum(bool(v) for v in flags.values()) > 0
-    assert out["where"] == "uncertainty < 0.05"
+    assert out["where"] == "(uncertainty < 0.05)"  # the parsed, normalised expression
     res = runner.invoke(cli, ["--db", ingested, "tag", "rare", "--ids",
                               os.path.join(str(tmp_path), "missing.txt")])
     assert res.exit_code == 1 and res.stderr.startswith("Error: --ids")

@@ -58,7 +58,8 @@ def render_html(data: dict) -> str:
         _cards(data),
         _sample_line(data),
         (f"<div class='meta'>Look at the rows behind these plots, filter, select and tag them: "
-         f"<code>curator --db {_e(data['db'])} --table {_e(data['table'])} browse</code></div>"),
+         f"<code>curator --db {_e(data.get('db_shown', data['db']))} --table {_e(data['table'])} "
+         "browse</code></div>"),
     ]
     if cross:
         parts += [f"<h2>Across modalities: {_e(cross['modalities'][0])} vs {_e(cross['modalities'][1])}</h2>",

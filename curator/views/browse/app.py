@@ -249,7 +249,9 @@ class _Page:
         else:
             full = predicate
             if predicate is not None and self.filter_text:
-                full = f"({self.filter_text}) AND ({predicate})"
+                import duckdb  # one normalised expression, as every --where is recorded
+
+                full = duckdb.SQLExpression(f"({self.filter_text}) AND ({predicate})").get_name()
             sampled = " of the sample" if self.bt.sampled else ""
             self.summary.object = f"**Selection: {n:,} rows**{sampled}"
             self.expr.object = (f"as a predicate: <span class='curator-selection-predicate'>"
