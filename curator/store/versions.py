@@ -18,7 +18,8 @@ _LAYOUT_ONLY = {"Rewrite", "ReserveFragments", "BaseOperation", "CreateIndex"}
 
 
 _UNREAD_COLUMNS = ("cluster", "cluster_size", "dup_group", "is_duplicate", "rebalance_keep",
-                   "ref_conformity", "ref_conformity_est", "ref_uncertainty", "ref_loglik")
+                   "ref_conformity", "ref_conformity_est", "ref_uncertainty", "ref_loglik",
+                   "fn_count", "fn_rate")
 
 
 def carry_forward(db: Database, table: str, read_version: int, dataset) -> bool:
@@ -41,11 +42,15 @@ def carry_forward(db: Database, table: str, read_version: int, dataset) -> bool:
             unread.add(dataset.lance_schema.field(name).id())
         except (KeyError, ValueError, AttributeError):
             continue
+    before = dataset.checkout_version(read_version)
+    rows_before = {f.fragment_id: f.count_rows() for f in before.get_fragments()}
     for tx in dataset.get_transactions(dataset.version - read_version):
         kind = type(tx.operation).__name__ if tx is not None else None
         if kind in _LAYOUT_ONLY:
             continue
         op = tx.operation
+        if kind == "Merge" and _adds_unread_columns(op, before.schema.names, rows_before):
+            continue
         if (kind == "Update" and set(op.fields_modified or []) <= unread
                 and not op.new_fragments and not op.removed_fragment_ids):
             continue
@@ -53,6 +58,14 @@ def carry_forward(db: Database, table: str, read_version: int, dataset) -> bool:
     record.table_version = dataset.version
     store.save(record)
     return True
+
+
+def _adds_unread_columns(op, names_before, rows_before: dict) -> bool:
+    """A Merge that only adds (null) curation columns: every new column is one the
+    statistics do not read, and the fragments and their rows are the same."""
+    added = set(op.schema.to_pyarrow().names) - set(names_before)
+    same_rows = {f.id: f.physical_rows for f in op.fragments} == rows_before
+    return added <= set(_UNREAD_COLUMNS) and same_rows
 
 
 def curation_step(command):
