@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from .curation.clusters import cluster
 from .curation.dedupe import dedupe
+from .curation.negatives import negatives
 from .curation.rebalance import rebalance
 from .io.encode import encode
 from .io.export import export
@@ -21,10 +22,11 @@ from .maintenance.refresh import refresh
 from .maintenance.stats import stats
 from .maintenance.verify import verify
 from .pipeline import demo
+from .views.compare import compare
 from .views.report import report
 
 COMMANDS = ("ingest", "encode", "stats", "refresh", "cluster", "dedupe", "rebalance", "query",
-            "export", "report", "verify", "optimize", "demo")
+            "export", "report", "verify", "optimize", "demo", "negatives", "compare")
 
 __all__ = ["cluster", "dedupe", "demo", "encode", "export", "ingest", "optimize", "query",
-           "rebalance", "refresh", "report", "stats", "verify"]
+           "rebalance", "refresh", "report", "stats", "verify", "negatives", "compare"]

@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import collections
 import os
+import resource
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -263,12 +264,18 @@ def exact_job(T, theta_t, st, shared):
 
 # -- partitioned ---------------------------------------------------------------------------
 
+def _cpu() -> float:
+    """CPU seconds of this process so far, all threads (the local engine's work)."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
 def _partitioned(run, name, Q, theta_q, sq, X, sx, recall, seed, quiet):
     """Counts of the queries ``Q`` against the candidates ``X`` by the calibrated skip
     rule; returns (counts, info with calibration, work share and audit)."""
-    t0 = time.time()
+    t0, c0 = time.time(), _cpu()
     plan = ng.ProbePlan.train(X, ng.auto_partitions(len(X)), seed=seed)
-    t1 = time.time()
+    t1, c1 = time.time(), _cpu()
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(Q))
     audit = np.sort(order[:min(AUDIT_ROWS, len(Q))])
@@ -287,7 +294,7 @@ def _partitioned(run, name, Q, theta_q, sq, X, sx, recall, seed, quiet):
     else:
         plan.margin = float("inf")  # too few false negatives to calibrate: the exact rule
         margin_rule = "exact (too few false negatives in the calibration sample)"
-    t2 = time.time()
+    t2, c2 = time.time(), _cpu()
     probes = plan.probes(Q, theta_q)
     members = plan.members()
     counts = np.zeros(len(Q), np.int64)
@@ -311,7 +318,7 @@ def _partitioned(run, name, Q, theta_q, sq, X, sx, recall, seed, quiet):
         counts[pending.popleft()] += part
         bar.advance()
     bar.close()
-    t3 = time.time()
+    t3, c3 = time.time(), _cpu()
     exact_audit, _, _ = ng.exact_false_negatives(Q[audit], theta_q[audit], sq[audit], X, sx)
     found = counts[audit]
     info = {
@@ -329,5 +336,7 @@ def _partitioned(run, name, Q, theta_q, sq, X, sx, recall, seed, quiet):
                   "false_negative_pairs": int(exact_audit.sum())},
         "seconds": {"partition": round(t1 - t0, 2), "calibrate": round(t2 - t1, 2),
                     "count": round(t3 - t2, 2), "audit": round(time.time() - t3, 2)},
+        "cpu_seconds": {"partition": round(c1 - c0, 2), "calibrate": round(c2 - c1, 2),
+                        "count": round(c3 - c2, 2), "audit": round(_cpu() - c3, 2)},
     }
     return counts, info

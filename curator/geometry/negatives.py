@@ -148,9 +148,10 @@ def exact_counts(T, V, theta_t, theta_v, t_sample, v_sample) -> tuple[np.ndarray
 # -- the skip rule ---------------------------------------------------------------------------
 
 def auto_partitions(n: int) -> int:
-    """Clusters for n candidates: about 2·√n, at most 4,096 (measured: finer clusters
-    need a smaller margin for the same recall, at n·k·d scoring cost)."""
-    return int(max(1, min(4096, round(2.0 * np.sqrt(n)))))
+    """Clusters for n candidates: about 3·√n, at most 4,096 (measured on CLIP-like data,
+    200k rows: k = 400, 1,600, 3,200 searched 4.7%, 3.6%, 3.1% of pairs for the same
+    recall; scoring the queries against the clusters costs n·k·d)."""
+    return int(max(1, min(4096, round(3.0 * np.sqrt(n)))))
 
 
 @dataclass
@@ -178,7 +179,7 @@ class ProbePlan:
         n = len(X)
         k = max(1, min(k, n))
         rng = np.random.default_rng(seed)
-        size = min(n, sample or max(20_000, 40 * k))
+        size = min(n, sample or max(20_000, 16 * k))
         rows = np.arange(n) if size == n else np.sort(rng.choice(n, size, replace=False))
         C, _ = spherical_kmeans(np.asarray(X[rows], np.float32), k, seed=seed, iterations=8)
         labels = np.empty(n, np.int32)
@@ -223,11 +224,11 @@ class ProbePlan:
             M = np.asarray(Q[a:a + block], np.float32) @ means_t
             r, j = np.nonzero(M >= theta[a:a + block, None] - margins[None, :])
             order = np.argsort(j, kind="stable")
-            r, j = r[order] + a, j[order]
+            r, j = (r[order] + a).astype(np.int32), j[order]
             cuts = np.searchsorted(j, np.arange(self.k + 1))
             for c in np.flatnonzero(np.diff(cuts)):
                 found[c].append(r[cuts[c]:cuts[c + 1]])
-        return [np.concatenate(f) if f else np.zeros(0, np.int64) for f in found]
+        return [np.concatenate(f) if f else np.zeros(0, np.int32) for f in found]
 
 
 def exact_false_negatives(Qs, theta_s, q_sample_s, X, x_sample, chunk: int = 32_768
