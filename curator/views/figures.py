@@ -233,6 +233,11 @@ def concept_negatives(path: str, modalities: dict[str, dict]) -> str:
         conf = np.array([np.nan if x["mean_conformity"] is None else x["mean_conformity"] for x in c], float)
         dots = ax.scatter(size, fn, c=conf, cmap="viridis", s=28, edgecolors="white", linewidths=0.5)
         ax.set_xscale("log")
+        from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+        ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("cluster size (rows)")
         ax.set_ylabel("mean fn_count of its rows")
         rho = r.get("spearman_size_fn")
