@@ -80,20 +80,47 @@ def clip_pairs(start: int, stop: int, *, dim: int = D, seed: int = 0, concepts: 
 
 
 def write_source(pairs: int, folder: str, seed: int = 0) -> None:
+    """Parquet parts for ingest, plus the unit vectors as image.npy / text.npy (the
+    baseline's and the check's input, read by memory map)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     from curator.store.arrow import fixed_list
 
     os.makedirs(folder, exist_ok=True)
+    units = {m: np.lib.format.open_memmap(os.path.join(folder, f"{m}.npy"), "w+", np.float32, (pairs, D))
+             for m in ("image", "text")}
     for part, a in enumerate(range(0, pairs, CHUNK)):
         b = min(pairs, a + CHUNK)
         V, T = clip_pairs(a, b, seed=seed)
+        units["image"][a:b] = V / np.linalg.norm(V, axis=1, keepdims=True)
+        units["text"][a:b] = T / np.linalg.norm(T, axis=1, keepdims=True)
         sid = [f"s{i:08d}" for i in range(a, b)]
         table = pa.table({"id": [f"i{i:08d}" for i in range(a, b)] + [f"t{i:08d}" for i in range(a, b)],
                           "sample_id": sid + sid, "modality": ["image"] * (b - a) + ["text"] * (b - a),
                           "embedding": fixed_list(np.concatenate([V, T]))})
         pq.write_table(table, os.path.join(folder, f"part-{part:04d}.parquet"), compression="none")
+    for m in units.values():
+        m.flush()
+
+
+def units_from_parquet(folder: str, pairs: int) -> None:
+    """image.npy / text.npy from parquet parts written without them."""
+    import pyarrow.parquet as pq
+
+    units = {m: np.lib.format.open_memmap(os.path.join(folder, f"{m}.npy"), "w+", np.float32, (pairs, D))
+             for m in ("image", "text")}
+    for path in sorted(glob.glob(os.path.join(folder, "part-*.parquet"))):
+        t = pq.read_table(path)
+        X = t.column("embedding").combine_chunks().values.to_numpy().reshape(-1, D)
+        ids = t.column("id").to_pylist()
+        rows = np.array([int(i[1:]) for i in ids])
+        X = X / np.linalg.norm(X, axis=1, keepdims=True)
+        for m, prefix in (("image", "i"), ("text", "t")):
+            sel = np.array([i[0] == prefix for i in ids])
+            units[m][rows[sel]] = X[sel]
+    for m in units.values():
+        m.flush()
 
 
 def timed(cmd: list[str]) -> dict:
@@ -108,13 +135,10 @@ def timed(cmd: list[str]) -> dict:
 
 
 BASELINE = """
-import numpy as np, time, sys
-sys.path.insert(0, {scripts!r})
-from bench_negatives import clip_pairs
+import numpy as np, time
 pairs, rows, lib = {pairs}, {rows}, {lib!r}
-V, T = clip_pairs(0, pairs, seed={seed})
-V /= np.linalg.norm(V, axis=1, keepdims=True); T /= np.linalg.norm(T, axis=1, keepdims=True)
-own = np.einsum("ij,ij->i", T, V)
+V = np.load({src!r} + "/image.npy"); T = np.load({src!r} + "/text.npy", mmap_mode="r")
+own = np.concatenate([np.einsum("ij,ij->i", T[a:a + 100000], V[a:a + 100000]) for a in range(0, pairs, 100000)])
 theta = (own - 1e-6).astype(np.float32)
 Tb = np.ascontiguousarray(T[:rows])
 block = 1 << 23
@@ -143,12 +167,9 @@ RESULT = {{"block_seconds": time.perf_counter() - t0}}
 
 
 CHECK = """
-import numpy as np, sys, lance
-sys.path.insert(0, {scripts!r})
-from bench_negatives import clip_pairs
+import numpy as np, lance
 pairs, k = {pairs}, {rows}
-V, T = clip_pairs(0, pairs, seed={seed})
-V /= np.linalg.norm(V, axis=1, keepdims=True); T /= np.linalg.norm(T, axis=1, keepdims=True)
+V = np.load({src!r} + "/image.npy"); T = np.load({src!r} + "/text.npy")
 own = np.einsum("ij,ij->i", T, V).astype(np.float64)
 theta = (own - 1e-6).astype(np.float32)
 rng = np.random.default_rng(12345)
@@ -183,11 +204,14 @@ def main() -> None:
     ap.add_argument("--baseline-rows", type=int, default=4096)
     ap.add_argument("--check-rows", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--runs-from", default=None,
+                    help="a JSON-lines log of earlier `negatives` runs to reuse instead of running")
     args = ap.parse_args()
-    scripts = os.path.dirname(os.path.abspath(__file__))
     src, db = os.path.join(args.work, "src"), os.path.join(args.work, "db")
     report = {"pairs": args.pairs, "dim": D}
-    if not glob.glob(os.path.join(src, "part-*.parquet")):
+    if glob.glob(os.path.join(src, "part-*.parquet")) and not os.path.exists(os.path.join(src, "text.npy")):
+        units_from_parquet(src, args.pairs)
+    if not os.path.exists(os.path.join(src, "text.npy")):
         t = time.time()
         write_source(args.pairs, src, args.seed)
         report["generate_seconds"] = time.time() - t
@@ -198,7 +222,10 @@ def main() -> None:
     print(json.dumps(report), flush=True)
 
     runs = []
-    for r in range(args.repeat):
+    if args.runs_from:
+        with open(args.runs_from) as f:
+            runs = [json.loads(line) for line in f if line.startswith('{"run"')]
+    for r in range(len(runs), args.repeat):
         out = timed([sys.executable, "-m", "curator", "--db", db, "--quiet", "negatives", "--json"])
         result = json.loads(out["stdout"])
         runs.append({k: out[k] for k in ("wall", "cpu", "peak_rss_gb")} | {"result": result})
@@ -214,12 +241,11 @@ def main() -> None:
     for lib in libraries:
         times = []
         for _ in range(args.repeat):
-            res = child(BASELINE.format(scripts=scripts, pairs=args.pairs, rows=args.baseline_rows,
-                                        lib=lib, seed=args.seed))
+            res = child(BASELINE.format(src=src, pairs=args.pairs, rows=args.baseline_rows, lib=lib))
             times.append(res["block_seconds"] * args.pairs / args.baseline_rows)
         baselines[lib] = times
         print(json.dumps({"baseline": lib, "extrapolated_seconds": times}), flush=True)
-    check = child(CHECK.format(scripts=scripts, pairs=args.pairs, rows=args.check_rows, seed=args.seed,
+    check = child(CHECK.format(src=src, pairs=args.pairs, rows=args.check_rows,
                                table=os.path.join(db, "embeddings.lance")))
     check.pop("seconds", None)
     check.pop("peak_rss_mb", None)

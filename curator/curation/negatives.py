@@ -105,7 +105,8 @@ class NegativesResult:
                   f"(ε = {self.eps:g}, {self.method}{scope}) in {self.seconds:.1f} s: "
                   f"{self.rows_counted} rows counted, {self.rows_null} null")]
         for m, r in self.modalities.items():
-            line = (f"  {m}: {r['rows']} rows against {r['candidates']} candidates; mean fn_count "
+            other = "text" if m == "image" else "image"
+            line = (f"  {m}: {r['rows']} rows against {r['candidates']} {other} rows; mean fn_count "
                     f"{r['mean_fn_count']:.4g}, mean fn_rate {r['mean_fn_rate']:.4g}, "
                     f"{r['zero_share']:.1%} with none, max {r['max_fn_count']}")
             if "audit" in r:

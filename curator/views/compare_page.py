@@ -48,12 +48,14 @@ def render_compare(data: dict) -> str:
         "<h2>Conformity against the reference</h2>",
     ]
     if "conformity.png" in data["figures"]:
-        parts.append(f"<figure><img src='conformity.png' alt='conformity distributions'>"
+        width = 480 * len(data["modalities"]) + 80
+        parts.append(f"<figure><img src='conformity.png' alt='conformity distributions' "
+                     f"style='max-width:{width}px'>"
                      f"<figcaption>{_HELP}</figcaption></figure>")
     parts += [_distribution_table(data["modalities"]), "<h2>Concepts of the reference</h2>",
               _clusters_line(data["clusters"])]
     if "concepts.png" in data["figures"]:
-        parts.append(f"<figure><img src='concepts.png' alt='concept ratios'>"
+        parts.append(f"<figure><img src='concepts.png' alt='concept ratios' style='max-width:760px'>"
                      f"<figcaption>{_CONCEPT_HELP}</figcaption></figure>")
     parts += [_concept_table(data["concepts"]), _atypical_html(data["atypical"]),
               ("<footer>Made by <code>curator compare</code>. All numbers are in "
