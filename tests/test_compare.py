@@ -189,3 +189,18 @@ def test_model_or_dimension_mismatch_is_one_error(tmp_path):
     res = CliRunner().invoke(cli, ["--db", db, "--table", "a", "compare", "--reference", "c"])
     assert res.exit_code == 1 and res.output.count("\n") == 1 and res.output.startswith("Error:")
     assert not os.path.exists(tmp_path / "out")
+
+
+def test_ray_engine_gives_the_local_numbers(two_tables):
+    pytest.importorskip("ray")
+    import ray
+
+    db, _, _, _ = two_tables
+    local = curator.compare(db=db, table="candidates", reference="reference")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    try:
+        remote = curator.compare(db=db, table="candidates", reference="reference", engine="ray")
+    finally:
+        ray.shutdown()
+    assert remote.modalities == local.modalities
+    assert remote.concepts == local.concepts and remote.atypical == local.atypical
