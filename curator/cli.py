@@ -281,6 +281,23 @@ def rebalance(obj, as_json, **options):
 
 
 @cli.command()
+@click.option("--eps", default=0.0, show_default=True, type=float,
+              help="Count other partners with cosine ≥ own cosine − eps.")
+@click.option("--where", default=None, help="Only these rows: counted and counted against.")
+@click.option("--recall", default=0.995, show_default=True, type=float,
+              help="Large tables: calibrated pair recall of the skip rule (1 = exact).")
+@click.option("--seed", default=0, show_default=True, type=int)
+@json_option
+@click.pass_obj
+@library_call
+def negatives(obj, as_json, **options):
+    """False negatives per row: writes fn_count and fn_rate."""
+    from .api import negatives as run
+
+    emit(run(db=obj.db, table=obj.table, quiet=obj.quiet, engine=obj.engine, **options), as_json)
+
+
+@cli.command()
 @click.argument("sql")
 @click.option("--format", type=click.Choice(["table", "csv", "json", "parquet"]),
               default="table", show_default=True,
@@ -355,6 +372,24 @@ def report(obj, as_json, **options):
     from .api import report as run
 
     emit(run(db=obj.db, table=obj.table, **options), as_json)
+
+
+@cli.command()
+@click.option("--reference", required=True, help="The reference table (a trusted corpus).")
+@click.option("--db-reference", default=None, help="Its database (default: --db).")
+@click.option("--out", default=None, type=click.Path(), help="Folder for index.html, PNGs, compare.json.")
+@click.option("--k", "k", default=16, show_default=True, type=int,
+              help="Clusters trained on the reference when it has none stored.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--top", default=10, show_default=True, type=int, help="Atypical rows listed per modality.")
+@json_option
+@click.pass_obj
+@library_call
+def compare(obj, as_json, **options):
+    """Conformity distributions and concept frequencies against a reference table."""
+    from .api import compare as run
+
+    emit(run(db=obj.db, table=obj.table, quiet=obj.quiet, engine=obj.engine, **options), as_json)
 
 
 @cli.command()

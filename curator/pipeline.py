@@ -42,9 +42,9 @@ class DemoResult:
 
 def demo(*, out: str = "curator-demo", samples: int = 4000, seed: int = 0, dim: int = 128,
          quiet: bool = True) -> DemoResult:
-    """Synthetic data → ingest (3 batches) → refresh → cluster → dedupe → rebalance per
-    sample among the non-duplicates → export of the kept (image, caption) pairs → report,
-    into ``out`` (replaced if it holds an earlier demo)."""
+    """Synthetic data → ingest (3 batches) → refresh → cluster → dedupe → negatives →
+    rebalance per sample among the non-duplicates → export of the kept (image, caption)
+    pairs → report, into ``out`` (replaced if it holds an earlier demo)."""
     from .io.ingest import ingest
     from .maintenance.refresh import refresh
     from .maintenance.stats import stats
@@ -84,10 +84,12 @@ def demo(*, out: str = "curator-demo", samples: int = 4000, seed: int = 0, dim: 
 def _curation_steps(step, db, seed):
     from .curation.clusters import cluster
     from .curation.dedupe import dedupe
+    from .curation.negatives import negatives
     from .curation.rebalance import rebalance
 
     step("cluster", lambda: _line(cluster(db=db, k=16, seed=seed)))
     step("dedupe", lambda: _line(dedupe(db=db, eps=0.002, modality="image")))
+    step("negatives", lambda: _line(negatives(db=db)))
     step("rebalance", lambda: _line(rebalance(db=db, cap=200, by="cluster", seed=seed,
                                               where="not coalesce(is_duplicate, false)")))
 

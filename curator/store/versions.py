@@ -19,7 +19,7 @@ _LAYOUT_ONLY = {"Rewrite", "ReserveFragments", "BaseOperation", "CreateIndex"}
 
 _UNREAD_COLUMNS = ("cluster", "cluster_size", "dup_group", "is_duplicate", "rebalance_keep",
                    "ref_conformity", "ref_conformity_est", "ref_uncertainty", "ref_loglik",
-                   "proj_x", "proj_y")
+                   "proj_x", "proj_y", "fn_count", "fn_rate")
 
 
 def _unread_fields(dataset) -> set:
