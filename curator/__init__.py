@@ -46,6 +46,11 @@ _NAMES = {
     "verify": "curator.maintenance.verify", "VerifyResult": "curator.maintenance.verify",
     "optimize": "curator.maintenance.optimize", "OptimizeResult": "curator.maintenance.optimize",
     "demo": "curator.pipeline", "DemoResult": "curator.pipeline",
+    "tag": "curator.curation.tags", "TagResult": "curator.curation.tags",
+    "project": "curator.views.project", "ProjectResult": "curator.views.project",
+    "browse": "curator.views.browse", "BrowseResult": "curator.views.browse",
+    "negatives": "curator.curation.negatives", "NegativesResult": "curator.curation.negatives",
+    "compare": "curator.views.compare", "CompareResult": "curator.views.compare",
     "CuratorError": "curator.errors",
     "Database": "curator.store.database", "tune_allocator": "curator.store.database",
 }

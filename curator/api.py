@@ -11,7 +11,9 @@ from __future__ import annotations
 
 from .curation.clusters import cluster
 from .curation.dedupe import dedupe
+from .curation.negatives import negatives
 from .curation.rebalance import rebalance
+from .curation.tags import tag
 from .io.encode import encode
 from .io.export import export
 from .io.ingest import ingest
@@ -21,10 +23,15 @@ from .maintenance.refresh import refresh
 from .maintenance.stats import stats
 from .maintenance.verify import verify
 from .pipeline import demo
+from .views.browse import browse
+from .views.compare import compare
+from .views.project import project
 from .views.report import report
 
 COMMANDS = ("ingest", "encode", "stats", "refresh", "cluster", "dedupe", "rebalance", "query",
-            "export", "report", "verify", "optimize", "demo")
+            "export", "report", "verify", "optimize", "demo", "tag", "project", "browse",
+            "negatives", "compare")
 
 __all__ = ["cluster", "dedupe", "demo", "encode", "export", "ingest", "optimize", "query",
-           "rebalance", "refresh", "report", "stats", "verify"]
+           "rebalance", "refresh", "report", "stats", "verify", "tag", "project", "browse",
+           "negatives", "compare"]

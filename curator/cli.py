@@ -255,19 +255,51 @@ def dedupe(obj, as_json, **options):
               help="cluster, conformity, or any metadata COLUMN.")
 @click.option("--bins", default=20, show_default=True, type=int, help="Conformity bins (--by conformity).")
 @click.option("--modality", default=None,
-              help="Only rows of this modality are counted and decided (default: all).")
+              help="Per sample: the modality whose row decides (default: image when the table "
+                   "has image rows, else its only modality). Per row: decide only its rows.")
+@click.option("--per", type=click.Choice(["sample", "row"]), default="sample", show_default=True,
+              help="sample: one decision per sample, given to all its rows; row: each row alone.")
+@click.option("--where", default=None,
+              help="PRED: count and sample among the rows passing it only; failing rows get false.")
+@click.option("--into", default="rebalance_keep", show_default=True,
+              help="Boolean column to write (added when missing), so several balances coexist.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the keep draws.")
 @json_option
 @click.pass_obj
 @library_call
 def rebalance(obj, as_json, **options):
-    """MetaCLIP-style frequency caps: writes rebalance_keep.
+    """MetaCLIP-style frequency caps: writes rebalance_keep (or --into).
 
-    A row of a group of count n is kept with probability min(1, cap / n).
+    \b
+    A group (cluster, COLUMN value or conformity bin) of c samples keeps each with
+    probability min(1, cap/c), seeded by the deciding row's id (reproducible).
+    Per sample (default): a sample is decided once by its row in --modality that passes
+    --where (the smallest id if several); all its rows get that decision, and rows failing
+    --where get false. A sample with no such row (captions without an image, or an
+    image failing --where) gets false on every row. A row without sample_id is a sample.
+    Per row: each row of --modality (all when unset) is decided alone; failing rows
+    get false; other modalities keep their value.
     """
     from .api import rebalance as run
 
     emit(run(db=obj.db, table=obj.table, engine=obj.engine, **options), as_json)
+
+
+@cli.command()
+@click.option("--eps", default=0.0, show_default=True, type=float,
+              help="Count other partners with cosine ≥ own cosine − eps.")
+@click.option("--where", default=None, help="Only these rows: counted and counted against.")
+@click.option("--recall", default=0.995, show_default=True, type=float,
+              help="Large tables: calibrated pair recall of the skip rule (1 = exact).")
+@click.option("--seed", default=0, show_default=True, type=int)
+@json_option
+@click.pass_obj
+@library_call
+def negatives(obj, as_json, **options):
+    """False negatives per row: writes fn_count and fn_rate."""
+    from .api import negatives as run
+
+    emit(run(db=obj.db, table=obj.table, quiet=obj.quiet, engine=obj.engine, **options), as_json)
 
 
 @cli.command()
@@ -297,12 +329,13 @@ def query(obj, sql, format, out, as_json):
 
 @cli.command()
 @click.option("--out", required=True, type=click.Path(), help="Folder to write.")
-@click.option("--where", default=None, help="SQL predicate (DuckDB) selecting rows.")
+@click.option("--where", default=None,
+              help="PRED: one boolean expression over the table's columns (DuckDB syntax).")
 @click.option("--format", "format", type=click.Choice(["parquet", "jsonl", "csv", "npy", "lance"]),
               default="parquet", show_default=True,
               help="File format (npy: the clip-retrieval layout).")
-@click.option("--unit", type=click.Choice(["row", "sample"]), default="row", show_default=True,
-              help="sample: keep or drop whole samples.")
+@click.option("--unit", type=click.Choice(["row", "sample", "pair"]), default="row",
+              show_default=True, help="What a record is; see above.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing export folder.")
 @click.option("--table-version", type=int, default=None,
               help="Export this table version (default: the latest).")
@@ -312,7 +345,16 @@ def query(obj, sql, format, out, as_json):
 def export(obj, as_json, **options):
     """Write selected rows and a manifest that reproduces them.
 
-    The manifest.json names the table version, the predicate, counts and checksums.
+    \b
+    --unit row: exactly the rows matching --where.
+    --unit sample: a sample is exported when its image row matches and, if it has
+      captions, at least one caption matches; it exports the image and the matching
+      captions only. A sample with no image row exports its matching captions.
+    --unit pair: one record per (image, caption) of a sample where both rows match:
+      sample_id, image_id, text_id, the metadata columns (caption, url, path...; the
+      caption's value, else the image's), every score prefixed image_/text_, and both
+      vectors. With --format npy: aligned img_emb/text_emb lines (clip-retrieval
+      layout) that `curator ingest` reads back as the same pairs.
     """
     from .api import export as run
 
@@ -335,6 +377,24 @@ def report(obj, as_json, **options):
     from .api import report as run
 
     emit(run(db=obj.db, table=obj.table, **options), as_json)
+
+
+@cli.command()
+@click.option("--reference", required=True, help="The reference table (a trusted corpus).")
+@click.option("--db-reference", default=None, help="Its database (default: --db).")
+@click.option("--out", default=None, type=click.Path(), help="Folder for index.html, PNGs, compare.json.")
+@click.option("--k", "k", default=16, show_default=True, type=int,
+              help="Clusters trained on the reference when it has none stored.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--top", default=10, show_default=True, type=int, help="Atypical rows listed per modality.")
+@json_option
+@click.pass_obj
+@library_call
+def compare(obj, as_json, **options):
+    """Conformity distributions and concept frequencies against a reference table."""
+    from .api import compare as run
+
+    emit(run(db=obj.db, table=obj.table, quiet=obj.quiet, engine=obj.engine, **options), as_json)
 
 
 @cli.command()
@@ -386,6 +446,64 @@ def demo(obj, as_json, **options):
     from .api import demo as run
 
     emit(run(quiet=obj.quiet, **options), as_json)
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--ids", type=click.Path(), default=None,
+              help="File of ids: one a line, or a parquet/csv with an id column.")
+@click.option("--where", default=None, help="SQL predicate (DuckDB) naming the rows instead.")
+@click.option("--remove", is_flag=True, help="Set the tag to false for these rows.")
+@json_option
+@click.pass_obj
+@library_call
+def tag(obj, name, as_json, **options):
+    """Mark rows in the boolean column NAME (true; false with --remove)."""
+    from .api import tag as run
+
+    emit(run(name, db=obj.db, table=obj.table, engine=obj.engine, **options), as_json)
+
+
+@cli.command()
+@click.option("--method", type=click.Choice(["gap", "pca", "umap"]), default="gap",
+              show_default=True, help="gap: the report's two-shells view; umap: umap-learn.")
+@click.option("--seed", default=0, show_default=True, type=int,
+              help="umap: seed of the sample and of the fit.")
+@click.option("--sample", default=10_000, show_default=True, type=int,
+              help="umap: rows to fit on (the rest are placed by transform).")
+@json_option
+@click.pass_obj
+@library_call
+def project(obj, as_json, **options):
+    """2-D coordinates of every row: writes proj_x, proj_y."""
+    from .api import project as run
+
+    emit(run(db=obj.db, table=obj.table, engine=obj.engine, **options), as_json)
+
+
+@cli.command()
+@click.option("--where", default=None, help="SQL predicate (DuckDB): browse only these rows.")
+@click.option("--sample", default=1_000_000, show_default=True, type=int,
+              help="At most this many rows (a seeded sample past it).")
+@click.option("--port", default=0, show_default=True, type=int, help="0: a free port.")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to serve on (0.0.0.0: every interface).")
+@click.option("--no-open", is_flag=True, help="Do not open a browser tab.")
+@click.option("--seed", default=0, show_default=True, type=int,
+              help="Seed of the sample past --sample rows.")
+@click.option("--timeout", default=None, type=float, help="Stop serving after this many seconds.")
+@click.pass_obj
+@library_call
+def browse(obj, **options):
+    """A local web app: scatter, filters, table; selection -> tag.
+
+    Serves until Ctrl-C (or --timeout): a Datashader scatter of proj_x/proj_y coloured
+    by any column, linked histograms of the scores, a --where filter box, the selection
+    as a table with thumbnails, a predicate, a tag or an ids file, and one row's
+    neighbours, duplicate group and pair. Needs pip install 'clip-curator[browse]'."""
+    from .api import browse as run
+
+    run(db=obj.db, table=obj.table, quiet=obj.quiet, **options)
 
 
 def main(argv=None):

@@ -42,8 +42,9 @@ class DemoResult:
 
 def demo(*, out: str = "curator-demo", samples: int = 4000, seed: int = 0, dim: int = 128,
          quiet: bool = True) -> DemoResult:
-    """Synthetic data → ingest (3 batches) → refresh → cluster → dedupe → rebalance →
-    export → report, into ``out`` (replaced if it holds an earlier demo)."""
+    """Synthetic data → ingest (3 batches) → refresh → cluster → dedupe → negatives →
+    rebalance per sample among the non-duplicates → export of the kept (image, caption)
+    pairs → report, into ``out`` (replaced if it holds an earlier demo)."""
     from .io.ingest import ingest
     from .maintenance.refresh import refresh
     from .maintenance.stats import stats
@@ -83,11 +84,14 @@ def demo(*, out: str = "curator-demo", samples: int = 4000, seed: int = 0, dim: 
 def _curation_steps(step, db, seed):
     from .curation.clusters import cluster
     from .curation.dedupe import dedupe
+    from .curation.negatives import negatives
     from .curation.rebalance import rebalance
 
     step("cluster", lambda: _line(cluster(db=db, k=16, seed=seed)))
     step("dedupe", lambda: _line(dedupe(db=db, eps=0.002, modality="image")))
-    step("rebalance", lambda: _line(rebalance(db=db, cap=200, by="cluster", seed=seed)))
+    step("negatives", lambda: _line(negatives(db=db)))
+    step("rebalance", lambda: _line(rebalance(db=db, cap=200, by="cluster", seed=seed,
+                                              where="not coalesce(is_duplicate, false)")))
 
 
 def _export_and_report(step, result, db, out, seed):
@@ -95,8 +99,7 @@ def _export_and_report(step, result, db, out, seed):
     from .views.report import report
 
     export_dir = os.path.join(out, "export")
-    predicate = "rebalance_keep AND NOT coalesce(is_duplicate, false)"
-    step("export", lambda: _line(export(db=db, out=export_dir, where=predicate, unit="sample",
+    step("export", lambda: _line(export(db=db, out=export_dir, where="rebalance_keep", unit="pair",
                                         format="parquet")))
     result.export = export_dir
     report_dir = os.path.join(out, "report")

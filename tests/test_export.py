@@ -75,17 +75,20 @@ def test_rows_match_the_predicate_oracle(ingested, tmp_path):
     assert got.schema.field("embedding").type == t.schema.field("embedding").type
 
 
-def test_unit_sample_keeps_whole_samples(ingested, tmp_path):
+def test_unit_sample_keeps_images_with_a_matching_caption(ingested, tmp_path):
+    """numpy oracle: a sample is exported when its image matches and one of its captions
+    does; it exports the image and its matching captions (more cases: test_export_units)."""
     t = read_table(ingested)
     mask = _oracle_mask(t)
     samples = np.array(t.column("sample_id").to_pylist(), object)
-    hit = set(samples[mask])
-    want = np.array([s in hit for s in samples])
-    assert want.sum() > mask.sum()
+    mods = np.array(t.column("modality").to_pylist())
+    image_hit = set(samples[mask & (mods == "image")])
+    caption_hit = set(samples[mask & (mods == "text")])
+    want = mask & np.array([s in image_hit and s in caption_hit for s in samples])
+    assert 0 < want.sum() < mask.sum()
     result = export(db=ingested, out=str(tmp_path / "out"), where=WHERE, unit="sample")
     got = _read_parquet(tmp_path / "out")
     assert sorted(got.column("id").to_pylist()) == sorted(np.array(t.column("id").to_pylist())[want])
-    mods = np.array(t.column("modality").to_pylist())
     for m in ("image", "text"):
         rows = want & (mods == m)
         assert result.counts[m] == {"rows": int(rows.sum()), "samples": len(set(samples[rows]))}
@@ -205,7 +208,8 @@ def test_manifest_follows_the_schema_and_checksums_match(ingested, tmp_path, fmt
     assert manifest["schema"] == "curator.manifest.v1"
     assert manifest["source"]["table_version"] == _version(ingested)
     assert manifest["source"]["dim"] == 32 and manifest["source"]["table"] == "embeddings"
-    assert manifest["predicate"] == "concept < 3" and manifest["unit"] == "sample"
+    assert manifest["predicate"] == {"text": "(concept < 3)", "columns": ["concept"]}
+    assert manifest["unit"] == "sample"
     assert manifest["rows"] == result.rows == sum(c["rows"] for c in manifest["counts"].values())
     on_disk = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
     assert on_disk == sorted([f["path"] for f in manifest["files"]] + ["manifest.json"])
@@ -213,7 +217,7 @@ def test_manifest_follows_the_schema_and_checksums_match(ingested, tmp_path, fmt
         data = (out / f["path"]).read_bytes()
         assert len(data) == f["bytes"]
         assert hashlib.sha256(data).hexdigest() == f["sha256"]
-    assert "export" in manifest["command"] and "--where 'concept < 3'" in manifest["command"]
+    assert "export" in manifest["command"] and "--where '(concept < 3)'" in manifest["command"]
 
 
 def test_manifest_command_reproduces_the_export(ingested, tmp_path):

@@ -247,9 +247,34 @@ def test_cluster_assignment_matches_local_and_brute_force(ray_local, twins, pair
         assert np.array_equal(b["cluster_size"][rows], np.bincount(expected, minlength=5)[expected])
 
 
-@pytest.mark.parametrize("options", [{"by": "concept", "cap": 20, "seed": 5},
+@pytest.mark.parametrize("options", [
+    {"by": "concept", "cap": 20, "seed": 5},
+    {"by": "conformity", "bins": 6, "cap": 30, "seed": 1, "where": "conformity > 0.1"},
+    {"by": "concept", "cap": 12, "seed": 2, "modality": "text", "where": "id > 'txt-000100'",
+     "into": "text_keep"}])
+def test_rebalance_per_sample_decides_as_local(ray_local, twins, options, ray_calls):
+    """Per sample (the default): the same decisions and report on Ray, and the rule's."""
+    from mixed_samples import expected, snapshot
+
+    from curator.curation.rebalance import rebalance
+
+    local = rebalance(db=twins[0], **options)
+    remote = rebalance(db=twins[1], engine="ray", **options)
+    assert "piece_units" in ray_calls and "update_fragment" in ray_calls
+    assert remote.to_dict() == local.to_dict()
+    into = options.get("into", "rebalance_keep")
+    a, b = by_id(twins[0]), by_id(twins[1])
+    assert list(a[into]) == list(b[into])
+    rule = {k: v for k, v in options.items() if k != "into"}
+    values, groups, undecided = expected(snapshot(twins[1]), **rule)
+    assert dict(zip(b["id"], (bool(x) for x in b[into]))) == values
+    assert {(g["modality"], g["group"]): (g["before"], g["after"]) for g in remote.groups} == groups
+    assert remote.undecided_samples == undecided
+
+
+@pytest.mark.parametrize("options", [{"by": "concept", "cap": 20, "seed": 5, "per": "row"},
                                      {"by": "conformity", "bins": 6, "cap": 30, "seed": 1,
-                                      "modality": "text"}])
+                                      "modality": "text", "per": "row"}])
 def test_rebalance_decides_as_local(ray_local, twins, options):
     from curator.curation.rebalance import rebalance
 
@@ -286,25 +311,28 @@ def _bins(columns: dict, bins: int):
     return [(m, bin_) for _, m, bin_ in sorted(out)]
 
 
-@pytest.mark.parametrize("fmt", ["parquet", "npy", "jsonl"])
-def test_export_writes_the_same_files(ray_local, twins, tmp_path, fmt, ray_calls):
+@pytest.mark.parametrize("fmt, unit", [("parquet", "row"), ("npy", "row"), ("jsonl", "row"),
+                                       ("parquet", "sample"), ("parquet", "pair"), ("npy", "pair")])
+def test_export_writes_the_same_files(ray_local, twins, tmp_path, fmt, unit, ray_calls):
     import glob
     import json
 
     from curator.io.export import export
 
     where = "modality = 'image' OR concept < 3"
-    local = export(db=twins[0], out=str(tmp_path / "a"), where=where, format=fmt, rows_per_file=150)
+    local = export(db=twins[0], out=str(tmp_path / "a"), where=where, format=fmt, rows_per_file=150,
+                   unit=unit)
     remote = export(db=twins[1], out=str(tmp_path / "b"), where=where, format=fmt,
-                    rows_per_file=150, engine="ray")
+                    rows_per_file=150, engine="ray", unit=unit)
     assert remote.rows == local.rows and remote.counts == local.counts and remote.files == local.files > 2
+    assert "piece_selection" in ray_calls  # the predicate ran in Ray tasks
     files = []
     for result in (local, remote):
         with open(result.manifest) as fh:
             files.append(json.load(fh)["files"])
     assert files[0] == files[1]  # same paths, bytes and sha256
     assert "piece_rows" in ray_calls  # the rows were read by Ray tasks
-    if fmt == "parquet":  # oracle: the selected ids, by the predicate written in numpy
+    if fmt == "parquet" and unit == "row":  # oracle: the selected ids, by the predicate in numpy
         import pyarrow.parquet as pq
 
         parts = sorted(glob.glob(str(tmp_path / "b" / "part-*.parquet")))
@@ -387,6 +415,6 @@ def test_cli_passes_the_engine(ray_local, twins, ray_calls):
     remote = CliRunner().invoke(cli, ["--db", twins[1], "--engine", "ray"] + args)
     assert local.exit_code == remote.exit_code == 0, remote.output
     assert json.loads(remote.output) == json.loads(local.output)
-    assert ray_calls == ["piece_counts", "_map_fragment"]
+    assert ray_calls == ["piece_modalities", "piece_units", "update_fragment"]
     bad = CliRunner().invoke(cli, ["--db", twins[1], "--engine", "spark"] + args)
     assert bad.exit_code == 1 and "unknown engine 'spark'" in bad.output

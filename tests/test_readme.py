@@ -53,13 +53,77 @@ def test_readme_queries_run_and_return_rows(clustered):
         assert len(result.stdout.strip().splitlines()) > 1, args  # a header and rows
 
 
-def test_readme_curation_commands_run(clustered, tmp_path, monkeypatch):
+def _block(section: str) -> list[str]:
+    """The lines of the first bash block after ``section``, comments removed."""
+    text = README.read_text()
+    block = text[text.index(section):]
+    block = block[block.index("```bash") + 7:]
+    block = block[:block.index("```")]
+    lines = [re.sub(r"\s+#\s.*$", "", line).strip() for line in block.splitlines()]
+    return [line for line in lines if line and not line.startswith("#")]
+
+
+def test_readme_curate_block_gives_capped_clusters(tmp_path, monkeypatch):
+    """The curate-and-export block, run as written after `curator demo --out curator-demo`
+    in a fresh folder: the exported pairs hold at most the cap of images per cluster
+    (within binomial noise), exactly the images the rebalance kept."""
+    import json
+    import math
+
+    import lance
+    import numpy as np
+    import pyarrow.parquet as pq
+
     monkeypatch.chdir(tmp_path)
-    commands = _commands("### Curate and export")
-    assert [c[0] for c in commands] == ["cluster", "dedupe", "rebalance", "rebalance", "export", "report"]
-    for args in commands:
-        args = [a if a != "64" else "4" for a in args]  # a small table: fewer clusters
-        result = CliRunner().invoke(cli, ["--db", clustered, *args])
-        assert result.exit_code == 0, (args, result.output)
-    assert (tmp_path / "curated" / "manifest.json").exists()
-    assert (tmp_path / "report" / "index.html").exists()
+    monkeypatch.delenv("CURATOR_DB", raising=False)
+    demo = CliRunner().invoke(cli, ["demo", "--out", "curator-demo"])
+    assert demo.exit_code == 0, demo.output
+    lines = _block("### Curate and export")
+    assert lines[0].startswith("export CURATOR_DB=") and lines[1].startswith("curator ")
+    outputs = {}
+    for line in lines:
+        args = shlex.split(line)
+        if args[0] == "export":  # the shell's: an environment variable for what follows
+            name, value = args[1].split("=", 1)
+            monkeypatch.setenv(name, value)
+            continue
+        assert args[0] == "curator", line
+        result = CliRunner().invoke(cli, args[1:])
+        assert result.exit_code == 0, (line, result.output)
+        outputs.setdefault(args[1], []).append(result.output)
+    rebalance_line = next(a for a in map(shlex.split, lines) if a[1:2] == ["rebalance"])
+    cap = int(rebalance_line[rebalance_line.index("--cap") + 1])
+    assert "--where" in rebalance_line and "--into" not in rebalance_line
+
+    pairs = pq.read_table("curated/part-00000.parquet", columns=["image_id", "image_cluster"])
+    manifest = json.loads(open("curated/manifest.json").read())
+    assert manifest["unit"] == "pair" and manifest["predicate"]["columns"] == ["rebalance_keep"]
+    images: dict = {}
+    for image, cluster in zip(pairs.column("image_id").to_pylist(), pairs.column("image_cluster").to_pylist()):
+        images.setdefault(cluster, set()).add(image)
+    table = lance.dataset("curator-demo/curator.lancedb/embeddings.lance",
+                          version=manifest["source"]["table_version"]).to_table(
+        columns=["id", "modality", "cluster", "is_duplicate", "rebalance_keep"])
+    rows = table.to_pylist()
+    candidates: dict = {}
+    for r in rows:
+        if r["modality"] == "image" and not r["is_duplicate"]:
+            candidates[r["cluster"]] = candidates.get(r["cluster"], 0) + 1
+    crowded = 0
+    for cluster, before in candidates.items():
+        p = min(1.0, cap / before)
+        kept = len(images.get(cluster, ()))
+        assert kept <= cap + 4 * math.sqrt(before * p * (1 - p)) + 1, (cluster, before, kept)
+        crowded += before > cap
+        # the export holds exactly the images the rebalance kept
+        assert kept == sum(r["rebalance_keep"] for r in rows
+                           if r["modality"] == "image" and r["cluster"] == cluster)
+    assert crowded >= 3
+    assert not any(r["rebalance_keep"] and r["is_duplicate"] for r in rows)
+    largest = max(candidates.values())
+    assert f"largest {largest} -> " in outputs["rebalance"][0]  # what it reported
+    assert (tmp_path / "curated-npy" / "img_emb" / "img_emb_0.npy").exists()
+    sizes = sorted((len(v) for v in images.values()), reverse=True)[:3]
+    shown = outputs["query"][0].splitlines()[2:5]
+    assert [int(line.split()[1]) for line in shown] == sizes
+    assert np.all(np.array(sizes) <= cap + 4 * math.sqrt(cap))

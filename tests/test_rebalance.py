@@ -35,7 +35,7 @@ def _oracle_uniform(seed, row_id) -> float:
 
 def test_caps_per_group_within_binomial_tolerance(ingested):
     cap = 25
-    result = rebalance(db=ingested, cap=cap, by="concept", seed=3)
+    result = rebalance(db=ingested, cap=cap, by="concept", seed=3, per="row")
     t = read_table(ingested)
     mods = np.array(t.column("modality").to_pylist())
     concept = t.column("concept").to_numpy()
@@ -69,7 +69,7 @@ def test_caps_per_group_within_binomial_tolerance(ingested):
 
 def test_decisions_follow_the_documented_hash_rule(ingested):
     cap = 30
-    rebalance(db=ingested, cap=cap, by="concept", seed=11)
+    rebalance(db=ingested, cap=cap, by="concept", seed=11, per="row")
     t = read_table(ingested)
     mods, concept = t.column("modality").to_pylist(), t.column("concept").to_pylist()
     counts = {}
@@ -96,9 +96,9 @@ def test_same_seed_same_decisions_across_layouts_other_seed_differs(tmp_path, pa
 
 
 def test_modality_leaves_other_rows_unchanged(ingested):
-    rebalance(db=ingested, cap=10, by="concept", seed=1)
+    rebalance(db=ingested, cap=10, by="concept", seed=1, per="row")
     before = read_table(ingested)
-    result = rebalance(db=ingested, cap=60, by="concept", modality="text", seed=2)
+    result = rebalance(db=ingested, cap=60, by="concept", modality="text", seed=2, per="row")
     after = read_table(ingested)
     mods = np.array(after.column("modality").to_pylist())
     b, a = (np.array(x.column("rebalance_keep").to_pylist()) for x in (before, after))
@@ -111,7 +111,7 @@ def test_modality_leaves_other_rows_unchanged(ingested):
 
 def test_conformity_bins_flatten_the_distribution(ingested):
     bins = 12
-    result = rebalance(db=ingested, cap=30, by="conformity", bins=bins, seed=0)
+    result = rebalance(db=ingested, cap=30, by="conformity", bins=bins, seed=0, per="row")
     t = read_table(ingested)
     mods = np.array(t.column("modality").to_pylist())
     conf = t.column("conformity").to_numpy(zero_copy_only=False).astype(np.float64)

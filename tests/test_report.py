@@ -22,7 +22,6 @@ from curator.geometry.diagnostics import (
     divergences,
     effective_rank,
     linear_separability,
-    top_direction,
 )
 from curator.store.arrow import fixed_list
 from curator.store.database import Database
@@ -136,15 +135,37 @@ def test_gap_sweep_matches_pairwise_oracle(built):
     _, _, data, synth, _ = built
     X = _by_modality(synth)
     sweep = data["cross"]["gap_sweep"]
-    assert len(sweep["alphas"]) == 21 and sweep["alphas"][0] == -1 and sweep["alphas"][-1] == 1
-    for k in (0, 10, 20):
-        alpha = sweep["alphas"][k]
+    alphas = np.asarray(sweep["alphas"])
+    # the grid: [−1, 1] in steps of 0.1, grown by whole units while the minimum or its basin
+    # touched an end (here the minimum sits above 1, so the grid grew upwards)
+    assert alphas[0] <= -1 and alphas[-1] >= 1 and np.allclose(np.diff(alphas), 0.1)
+    assert sweep["extended"] and alphas[-1] == 2
+    oracle = {}
+    for alpha in (alphas[0], 0.0, 1.0, sweep["best_alpha"], alphas[-1]):
         ci = brute_conformity(X["image"] - alpha * X["image"].mean(axis=0))
         ct = brute_conformity(X["text"] - alpha * X["text"].mean(axis=0))
-        js, tv = _js_tv(ci, ct, sweep["bins"])
-        assert sweep["jensen_shannon_bits"][k] == pytest.approx(js, abs=0.01)
-        assert sweep["total_variation"][k] == pytest.approx(tv, abs=0.01)
-    assert sweep["best_alpha"] == sweep["alphas"][int(np.argmin(sweep["jensen_shannon_bits"]))]
+        oracle[alpha] = _js_tv(ci, ct, sweep["bins"])
+    for alpha in (alphas[0], 0.0, 1.0, alphas[-1]):
+        k = int(np.argmin(np.abs(alphas - alpha)))
+        assert sweep["jensen_shannon_bits"][k] == pytest.approx(oracle[alpha][0], abs=0.01)
+        assert sweep["total_variation"][k] == pytest.approx(oracle[alpha][1], abs=0.01)
+    assert sweep["js_at_zero"] == pytest.approx(oracle[0.0][0], abs=0.01)
+    # the minimum lies inside the grid, and the refinement (steps of 0.01) is at least as low
+    k = int(np.argmin(sweep["jensen_shannon_bits"]))
+    assert 0 < k < len(alphas) - 1
+    assert abs(sweep["best_alpha"] - alphas[k]) <= 0.1 + 1e-9
+    assert sweep["js_min"] <= min(sweep["jensen_shannon_bits"]) + 1e-12
+    assert sweep["js_min"] == pytest.approx(oracle[sweep["best_alpha"]][0], abs=0.01)
+    # the basin holds the minimum, lies within the grid, and is where JS ≤ minimum + floor
+    lo, hi = sweep["basin"]
+    assert lo <= sweep["best_alpha"] <= hi and alphas[0] < lo and hi < alphas[-1]
+    level = sweep["js_min"] + sweep["noise_floor_bits"]
+    inside = [j for a, j in zip(alphas, sweep["jensen_shannon_bits"]) if lo <= a <= hi]
+    assert all(j <= level + 1e-12 for j in inside)
+    assert sweep["width"] == pytest.approx(hi - lo)
+    assert 0 < sweep["noise_floor_bits"] < 0.2
+    assert sweep["interval"][0] <= sweep["interval"][1]
+    assert sweep["zero_in_basin"] == (lo <= 0 <= hi)
 
 
 def _js_tv(a, b, bins):
@@ -245,14 +266,6 @@ def test_shifted_conformity_matches_pairwise():
     shifted = _ShiftedConformity(X, m)
     for alpha in (-1.0, -0.3, 0.0, 0.5, 1.0):
         assert np.allclose(shifted(alpha), brute_conformity(X - alpha * m), atol=1e-12)
-
-
-def test_top_direction_is_the_top_singular_vector():
-    rng = np.random.default_rng(3)
-    P = rng.normal(size=(500, 30)) * np.geomspace(5, 0.1, 30)
-    P = P @ np.linalg.qr(rng.normal(size=(30, 30)))[0]
-    v = np.linalg.svd(P, full_matrices=False)[2][0]
-    assert abs(top_direction(P) @ v) == pytest.approx(1.0, abs=1e-9)
 
 
 def test_divergences_bounds():

@@ -17,7 +17,7 @@ from click.testing import CliRunner
 
 from curator import cluster
 from curator.cli import cli
-from curator.geometry.diagnostics import gap_view
+from curator.geometry import projection
 from curator.synthetic import make_pairs
 from curator.views import figures
 from curator.views.report import shown_location
@@ -62,7 +62,10 @@ def test_two_shells_caption_holds_on_planted_concepts():
     data = make_pairs(samples=1500, dim=64, seed=0)
     image, text = (data.modality == "image"), (data.modality == "text")
     A, B = data.vectors[image], data.vectors[text]
-    a, b, _, _ = gap_view(A, B, A.astype(np.float64).mean(0), B.astype(np.float64).mean(0))
+    A64, B64 = A.astype(np.float64), B.astype(np.float64)
+    view = projection.gap_view(A64.mean(0), B64.mean(0), *projection.pooled(
+        [projection.sample_moments(A64), projection.sample_moments(B64)]))
+    a, b = view.coordinates(A64), view.coordinates(B64)
     assert a[:, 0].min() > b[:, 0].max()  # two separate groups along the gap direction
     ca, cb = data.concept[image], data.concept[text]
 

@@ -59,7 +59,11 @@ def iter_piece_rows(piece: Piece, rowids: np.ndarray | None, columns: list[str],
 
 def select_rows(dataset, rowids: np.ndarray, columns: list[str], *, engine: str | None = None
                 ) -> Iterator[tuple[np.ndarray, pa.RecordBatch]]:
-    """(row ids, batch) of the sorted ``rowids`` of ``dataset``, in row-id order."""
+    """(row ids, batch) of the sorted ``rowids`` of ``dataset``, in row-id order.
+
+    Per fragment, only the span from the first to the last wanted row is read: by
+    random access when the wanted rows are at most ``TAKE_SHARE`` of it, else by a scan
+    of the span (cut into pieces)."""
     if len(rowids) == 0:
         return
     run = executor(engine)
@@ -74,8 +78,9 @@ def select_rows(dataset, rowids: np.ndarray, columns: list[str], *, engine: str 
         if lo == hi:
             continue
         wanted = rowids[lo:hi]
-        physical = parts[0].fragment.physical_rows
-        if hi - lo <= TAKE_SHARE * physical:
+        parts = _spanning(parts, wanted)
+        span = sum(p.rows for p in parts) or parts[0].fragment.physical_rows
+        if hi - lo <= TAKE_SHARE * span:
             jobs.append((parts[0], wanted, columns, True))
             continue
         shared = run.put(wanted)
@@ -86,6 +91,24 @@ def select_rows(dataset, rowids: np.ndarray, columns: list[str], *, engine: str 
         return
     for result in run.map(piece_rows, jobs):
         yield from result
+
+
+def _spanning(parts: list[Piece], wanted: np.ndarray) -> list[Piece]:
+    """The pieces of one fragment narrowed to the rows from the first to the last wanted
+    one. Without deletions a row's offset in its fragment is ``_rowid`` & 0xFFFFFFFF; with
+    deletions every piece is kept whole."""
+    fragment = parts[0].fragment
+    if fragment.metadata.deletion_file is not None:
+        return parts
+    offsets = wanted & np.uint64(0xFFFFFFFF)
+    first, last = int(offsets[0]), int(offsets[-1]) + 1
+    out = []
+    for p in parts:
+        start, stop = max(p.offset, first), min(p.offset + p.rows, last)
+        if start < stop:
+            out.append(Piece(fragment, start, stop - start,
+                             whole=p.whole and start == p.offset and stop == p.offset + p.rows))
+    return out or parts[:1]
 
 
 def take_vectors(dataset, rowids: np.ndarray) -> np.ndarray:

@@ -3,7 +3,9 @@
 - :func:`write_columns`: set columns of given rows to given values (the caller computed
   them, e.g. cluster labels or duplicate flags);
 - :func:`map_columns`: compute columns from each fragment's rows with a module-level
-  function (e.g. rebalance decisions), in the task that reads them.
+  function (e.g. rebalance decisions), in the task that reads them;
+- :func:`add_columns`: the same for columns the table does not have yet (a tag, 2-D
+  coordinates): new nullable columns and their values in one ``Merge`` commit.
 
 Both run on either engine with the same per-fragment function and commit once, from the
 caller; nothing is committed when a task fails. The vectors are never rewritten.
@@ -75,3 +77,42 @@ def map_columns(dataset, fn: Callable, args: tuple, read_columns: list[str], *,
         results.append((metadata, modified))
         infos.extend(info)
     return commit_updates(dataset, results, message), infos
+
+
+def _add_fragment(fragment, fn: Callable, args: tuple, read_columns: list[str],
+                  out_schema: pa.Schema):
+    """New column files of one fragment holding ``fn(batch, *args)`` for its rows (Lance
+    may call ``fn`` once more on a probe batch); returns (metadata, new Lance schema)."""
+
+    def values(batch):
+        out = fn(batch, *args)
+        return pa.record_batch([out.column(f.name) for f in out_schema], schema=out_schema)
+
+    return fragment.merge_columns(values, columns=["_rowid", *read_columns])
+
+
+def add_columns(dataset, fn: Callable, args: tuple, read_columns: list[str], *,
+                out_schema: pa.Schema, message: str = "", engine: str | None = None):
+    """Add the (nullable) columns of ``out_schema`` to the table, computed per fragment by
+    ``fn(batch, *args)`` (a module-level function) from batches of ``read_columns`` plus
+    ``_rowid``; it returns a record batch of the out columns aligned with the batch. One
+    ``Merge`` commit adds the columns with their values; nothing is committed when a task
+    fails. Returns the new dataset."""
+    import lance
+
+    from ..store.columns import commit
+
+    missing = [f.name for f in out_schema if not f.nullable]
+    if missing:
+        raise ValueError(f"added columns must be nullable: {missing}")
+    run = executor(engine)
+    shared = run.put(args)
+    jobs = [(f, fn, shared, read_columns, out_schema) for f in dataset.get_fragments()]
+    fragments, schema = [], None
+    for metadata, schema in run.map(_add_fragment, jobs):
+        fragments.append(metadata)
+    if schema is None:  # an empty table: the columns alone
+        dataset.add_columns(list(out_schema))
+        return lance.dataset(dataset.uri)
+    operation = lance.LanceOperation.Merge(fragments, schema, preserves_nullability=True)
+    return commit(dataset, operation, message)

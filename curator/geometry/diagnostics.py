@@ -1,13 +1,17 @@
 """Diagnostics of the double-ellipsoid geometry on in-memory samples: the covariance
 spectrum's effective rank, the conformity–estimator fit, divergences between conformity
-distributions, linear separability of the modalities, the 2-D view of the two shells
-and the gap sweep. Pure numpy; the report (:mod:`curator.views.report`) feeds it samples."""
+distributions, linear separability of the modalities and the gap sweep. Pure numpy; the
+report (:mod:`curator.views.report`) feeds it samples. The 2-D view of the two shells is
+:func:`curator.geometry.projection.gap_view`, shared with ``curator project``."""
 
 from __future__ import annotations
 
 import numpy as np
 
-SWEEP_ALPHAS = np.round(np.linspace(-1.0, 1.0, 21), 10)
+SWEEP_STEP = 0.1  # the grid's step; it starts at [−1, 1] and grows while the minimum is at an end
+SWEEP_FINE = 0.01  # refinement step around the grid's minimum
+SWEEP_LIMIT = 5.0  # the grid never goes beyond |α| = 5
+SWEEP_RESAMPLES = 20
 SWEEP_BINS = 50
 TEST_FRACTION = 0.3
 
@@ -82,48 +86,127 @@ def linear_separability(A: np.ndarray, B: np.ndarray, seed: int) -> dict:
                       f"seeded {1 - TEST_FRACTION:.0%}/{TEST_FRACTION:.0%} split"}
 
 
-def gap_view(A: np.ndarray, B: np.ndarray, m_a: np.ndarray, m_b: np.ndarray):
-    """Coordinates on (unit gap ĝ = (m_a − m_b)/‖·‖, top principal direction of the pooled
-    sample with ĝ projected out). Returns (coords_a, coords_b, ĝ, p)."""
-    g = (m_a - m_b) / np.linalg.norm(m_a - m_b)
-    pooled = np.concatenate([A, B]).astype(np.float64)
-    centre = pooled.mean(axis=0)
-    P = pooled - centre
-    P -= np.outer(P @ g, g)
-    p = top_direction(P)
-    p -= (p @ g) * g
-    p /= np.linalg.norm(p)
-
-    def coords(X):
-        X = np.asarray(X, np.float64)
-        return np.stack([X @ g, (X - centre) @ p], axis=1)
-
-    return coords(A), coords(B), g, p
-
-
-def top_direction(P: np.ndarray, block: int = 6, iterations: int = 20) -> np.ndarray:
-    """Top right singular vector of P (n, d) by seeded subspace iteration (no d×d matrix)."""
-    rng = np.random.default_rng(0)
-    V = np.linalg.qr(rng.normal(size=(P.shape[1], min(block, P.shape[1]))))[0]
-    for _ in range(iterations):
-        V = np.linalg.qr(P.T @ (P @ V))[0]
-    W = P @ V
-    _, vecs = np.linalg.eigh(W.T @ W)
-    return V @ vecs[:, -1]
-
-
 def gap_sweep(A: np.ndarray, B: np.ndarray, m_a: np.ndarray, m_b: np.ndarray,
-              alphas=SWEEP_ALPHAS) -> dict:
-    """For each α: shift each modality by v − α·m, recompute conformity within each sample,
-    and measure the divergence of the two conformity histograms."""
+              alphas=None, *, seed: int = 0, resamples: int = SWEEP_RESAMPLES) -> dict:
+    """The gap sweep (protocol in docs/gap-sweep.md): shift each modality by v − α·m (its
+    own raw mean; α = 0 is the embedding as trained, α = 1 centres both), recompute
+    conformity within each sample, and measure the Jensen–Shannon divergence (bits,
+    [0, 1], 0 = identical histograms) of the two conformity histograms.
+
+    1. Grid: α from −1 to 1 in steps of 0.1; while the smallest divergence sits at an
+       end of the grid, the grid grows by 1 on that side (up to |α| ≤ 5).
+    2. Refinement: steps of 0.01 within ±0.1 of the grid's minimum: ``best_alpha``.
+    3. Uncertainty: ``resamples`` seeded bootstrap resamples of both samples, each swept
+       on the refined grid: the 5–95% interval of their minima (``interval``).
+    4. Noise floor: the 95th percentile of the divergence between two random splits of
+       the pooled conformities at ``best_alpha`` (the same sizes): two samples of one
+       distribution differ by this much. The basin is the contiguous α range around the
+       minimum where the divergence is within that floor of the minimum; ``width`` its
+       length.
+    """
     sweep_a, sweep_b = ShiftedConformity(A, m_a), ShiftedConformity(B, m_b)
-    js, tv = [], []
-    for alpha in alphas:
-        j, t = divergences(sweep_a(alpha), sweep_b(alpha))
-        js.append(j), tv.append(t)
-    best = int(np.argmin(js))
-    return {"alphas": [float(a) for a in alphas], "jensen_shannon_bits": js, "total_variation": tv,
-            "best_alpha": float(alphas[best]), "bins": SWEEP_BINS}
+    cache: dict[float, tuple[float, float]] = {}
+
+    def at(alpha: float) -> tuple[float, float]:
+        alpha = round(float(alpha), 6)
+        if alpha not in cache:
+            fill([alpha])
+        return cache[alpha]
+
+    def fill(alphas) -> None:
+        todo = [a for a in dict.fromkeys(round(float(x), 6) for x in alphas) if a not in cache]
+        if todo:
+            ca, cb = sweep_a.many(todo), sweep_b.many(todo)
+            for k, a in enumerate(todo):
+                cache[a] = divergences(ca[:, k], cb[:, k])
+
+    fixed = alphas is not None
+    grid = [round(float(a), 6) for a in alphas] if fixed else _grid(-1.0, 1.0)
+    extended = []
+    while True:
+        fill(grid)
+        js = [at(a)[0] for a in grid]
+        k = int(np.argmin(js))
+        if not fixed and k == 0 and grid[0] > -SWEEP_LIMIT:  # the minimum at an end: grow
+            grid, _ = _grid(grid[0] - 1.0, grid[-1]), extended.append("below")
+            continue
+        if not fixed and k == len(grid) - 1 and grid[-1] < SWEEP_LIMIT:
+            grid, _ = _grid(grid[0], grid[-1] + 1.0), extended.append("above")
+            continue
+        fine = _grid(grid[k] - SWEEP_STEP, grid[k] + SWEEP_STEP, SWEEP_FINE)
+        fill(fine)
+        fine_js = [at(a)[0] for a in fine]
+        best_alpha = fine[int(np.argmin(fine_js))]
+        js_min = float(min(fine_js))
+        floor = _null_divergence(sweep_a(best_alpha), sweep_b(best_alpha), seed)
+        evaluated = np.array(sorted(cache))
+        basin = _basin(evaluated, np.array([cache[a][0] for a in evaluated]), best_alpha, js_min + floor)
+        if not fixed and basin[0] <= grid[0] and grid[0] > -SWEEP_LIMIT:  # the basin too
+            grid, _ = _grid(grid[0] - 1.0, grid[-1]), extended.append("below (basin)")
+            continue
+        if not fixed and basin[1] >= grid[-1] and grid[-1] < SWEEP_LIMIT:
+            grid, _ = _grid(grid[0], grid[-1] + 1.0), extended.append("above (basin)")
+            continue
+        break
+    tv = [at(a)[1] for a in grid]
+    near = [a for a in grid if abs(a - best_alpha) <= 1.0]
+    interval = _bootstrap_minimum(A, B, m_a, m_b, fine + near, seed, resamples)
+    return {"alphas": [float(a) for a in grid], "jensen_shannon_bits": js, "total_variation": tv,
+            "bins": SWEEP_BINS, "grid_best_alpha": float(grid[k]), "extended": extended,
+            "refined": {"alphas": [float(a) for a in fine], "jensen_shannon_bits": fine_js},
+            "best_alpha": float(best_alpha), "js_min": js_min,
+            "js_at_zero": float(at(0.0)[0]), "noise_floor_bits": floor,
+            "basin": [float(basin[0]), float(basin[1])], "width": round(float(basin[1] - basin[0]), 6),
+            "basin_at_limit": bool(basin[0] <= -SWEEP_LIMIT or basin[1] >= SWEEP_LIMIT),
+            "interval": [round(float(interval[0]), 6), round(float(interval[1]), 6)],
+            "resamples": resamples,
+            "zero_in_basin": bool(basin[0] <= 0.0 <= basin[1]),
+            "zero_in_interval": bool(interval[0] <= 0.0 <= interval[1]),
+            "rows": [len(A), len(B)]}
+
+
+def _grid(lo: float, hi: float, step: float = SWEEP_STEP) -> list[float]:
+    return [float(a) for a in np.round(np.arange(lo, hi + step / 2, step), 6)]
+
+
+def _null_divergence(a: np.ndarray, b: np.ndarray, seed: int, draws: int = 40) -> float:
+    """95th percentile of the JS divergence between random splits (sizes len(a), len(b))
+    of the pooled values: what two samples of one distribution differ by."""
+    pooled = np.concatenate([a[np.isfinite(a)], b[np.isfinite(b)]])
+    rng = np.random.default_rng(seed + 7919)
+    out = []
+    for _ in range(draws):
+        perm = rng.permutation(len(pooled))
+        out.append(divergences(pooled[perm[:len(a)]], pooled[perm[len(a):]])[0])
+    return float(np.quantile(out, 0.95))
+
+
+def _basin(alphas: np.ndarray, js: np.ndarray, best: float, level: float) -> tuple[float, float]:
+    """The contiguous α interval around ``best`` where js ≤ level (on the evaluated α)."""
+    order = np.argsort(alphas)
+    alphas, js = alphas[order], js[order]
+    k = int(np.argmin(np.abs(alphas - best)))
+    lo = hi = k
+    while lo > 0 and js[lo - 1] <= level:
+        lo -= 1
+    while hi < len(js) - 1 and js[hi + 1] <= level:
+        hi += 1
+    return alphas[lo], alphas[hi]
+
+
+def _bootstrap_minimum(A, B, m_a, m_b, alphas, seed: int, resamples: int) -> tuple[float, float]:
+    """5–95% interval of the α of the smallest divergence over bootstrap resamples."""
+    if resamples < 2:
+        return float("nan"), float("nan")
+    alphas = sorted(set(round(float(a), 6) for a in alphas))
+    rng = np.random.default_rng(seed + 104729)
+    minima = []
+    for _ in range(resamples):
+        ca = ShiftedConformity(A[rng.integers(0, len(A), len(A))], m_a).many(alphas)
+        cb = ShiftedConformity(B[rng.integers(0, len(B), len(B))], m_b).many(alphas)
+        js = [divergences(ca[:, k], cb[:, k])[0] for k in range(len(alphas))]
+        minima.append(alphas[int(np.argmin(js))])
+    return tuple(np.quantile(minima, [0.05, 0.95]))
 
 
 class ShiftedConformity:
@@ -140,6 +223,17 @@ class ShiftedConformity:
         self.xm = self.X @ self.m
         self.mm = float(self.m @ self.m)
 
+    def many(self, alphas) -> np.ndarray:
+        """Conformity after each shift, (n, len(alphas)): the same formula as one pair of
+        matrix products for every α at once."""
+        a = np.asarray(alphas, np.float64)[None, :]
+        norm2 = self.sq[:, None] - 2 * a * self.xm[:, None] + a * a * self.mm
+        with np.errstate(divide="ignore"):
+            w = np.where(norm2 > 0, 1.0 / np.sqrt(np.maximum(norm2, 0)), 0.0)
+        U = self.X.T @ w - np.outer(self.m, a[0] * w.sum(axis=0))
+        dots = w * (self.X @ U - a * (self.m @ U)[None, :])
+        return (dots - 1.0) / max(len(self.X) - 1, 1)
+
     def __call__(self, alpha: float) -> np.ndarray:
         norm2 = self.sq - 2 * alpha * self.xm + alpha * alpha * self.mm
         with np.errstate(divide="ignore"):
@@ -153,3 +247,23 @@ def _num(x):
     """A finite float, else None (JSON has no NaN)."""
     x = float(x)
     return x if np.isfinite(x) else None
+
+
+def ks_statistic(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
+    """Two-sample Kolmogorov–Smirnov statistic sup_x |F_a(x) − F_b(x)| ([0, 1], 0 = the
+    same empirical distribution; exact, from the sorted samples) and its asymptotic
+    p-value (Kolmogorov's distribution at √(n_a·n_b/(n_a+n_b))·D; small = different)."""
+    a = np.sort(np.asarray(a, np.float64)[np.isfinite(a)])
+    b = np.sort(np.asarray(b, np.float64)[np.isfinite(b)])
+    if not len(a) or not len(b):
+        return float("nan"), float("nan")
+    x = np.concatenate([a, b])
+    d = float(np.max(np.abs(np.searchsorted(a, x, "right") / len(a)
+                            - np.searchsorted(b, x, "right") / len(b))))
+    en = np.sqrt(len(a) * len(b) / (len(a) + len(b)))
+    lam = (en + 0.12 + 0.11 / en) * d  # Stephens' small-sample correction
+    if lam < 1e-3:
+        return d, 1.0
+    j = np.arange(1, 101)
+    p = float(2 * np.sum((-1.0) ** (j - 1) * np.exp(-2 * j * j * lam * lam)))
+    return d, float(min(1.0, max(0.0, p)))

@@ -370,7 +370,11 @@ def _clip_retrieval(source: Source, ids_only: bool) -> Iterator[pa.RecordBatch]:
     Image and text rows of line i of shard K share ``sample_id`` (the metadata's
     ``sample_id`` or ``key`` column when present, else ``K:i``). Ids come from the
     metadata's ``image_id``/``text_id`` columns when present, else ``SAMPLE:image`` /
-    ``SAMPLE:text``. Every other metadata column is kept on both rows.
+    ``SAMPLE:text``. Every other metadata column is kept on both rows (``image:X`` /
+    ``text:X`` give one modality's row its own ``X``). Consecutive lines that repeat an
+    image (or caption) id, as clip-retrieval writes an image with several captions (and
+    ``export --unit pair --format npy`` does), add that row once; their vectors must be
+    identical.
     """
     import pyarrow.parquet as pq
 
@@ -378,6 +382,7 @@ def _clip_retrieval(source: Source, ids_only: bool) -> Iterator[pa.RecordBatch]:
     images = {_shard_key(p): p for p in glob.glob(os.path.join(root, "img_emb", "img_emb_*.npy"))}
     texts = {_shard_key(p): p for p in glob.glob(os.path.join(root, "text_emb", "text_emb_*.npy"))}
     metas = {_shard_key(p): p for p in glob.glob(os.path.join(root, "metadata", "metadata_*.parquet"))}
+    previous: dict = {"image": None, "text": None}  # the last line's (id, vector) per modality
     for key in sorted(set(images) | set(texts), key=lambda k: (len(k), k)):
         img = _load_npy(images[key]) if key in images else None
         txt = _load_npy(texts[key]) if key in texts else None
@@ -407,11 +412,14 @@ def _clip_retrieval(source: Source, ids_only: bool) -> Iterator[pa.RecordBatch]:
                     ids = pc.binary_join_element_wise(samples, pa.scalar(modality), ":")
                 columns = {"id": ids, "sample_id": samples,
                            "modality": pa.array([modality] * (stop - start), pa.string())}
+                block = None if ids_only else np.asarray(matrix[start:stop], dtype=np.float32)
+                repeat = _repeated_lines(ids, block, previous, modality, f"{root}: shard {key}", start)
                 if not ids_only:
-                    columns["embedding"] = fixed_list(np.asarray(matrix[start:stop], dtype=np.float32))
+                    columns["embedding"] = fixed_list(block)
                     if part is not None:
                         columns.update(_line_metadata(part, modality, columns))
-                lines.append(pa.RecordBatch.from_pydict(columns))
+                batch = pa.RecordBatch.from_pydict(columns)
+                lines.append(batch.filter(pa.array(~repeat)) if repeat.any() else batch)
             # The image and text rows of these lines in one batch, so each pair meets in
             # it (ingest takes their dot there); metadata one modality lacks is null.
             yield _stack(lines)
@@ -435,6 +443,32 @@ def _stack(batches: list[pa.RecordBatch]) -> pa.RecordBatch:
             raise BadInput(f"metadata column {name!r} has different types for images and "
                            "captions") from None
     return pa.RecordBatch.from_arrays(arrays, names=names)
+
+
+def _repeated_lines(ids: pa.Array, block, previous: dict, modality: str, where: str,
+                    offset: int) -> np.ndarray:
+    """Lines whose id is the previous line's (one image, several captions): True where the
+    row was already read. Their vectors (when read) must equal the first line's."""
+    values = ids.to_numpy(zero_copy_only=False)
+    repeat = np.zeros(len(values), bool)
+    if len(values) == 0:
+        return repeat
+    repeat[1:] = values[1:] == values[:-1]
+    last = previous[modality]
+    repeat[0] = last is not None and last[0] == values[0]
+    if block is not None and repeat.any():
+        bits = block.view(np.uint32)
+        same = np.ones(len(values), bool)
+        inner = np.flatnonzero(repeat[1:]) + 1
+        same[inner] = (bits[inner] == bits[inner - 1]).all(axis=1)
+        if repeat[0] and last[1] is not None:
+            same[0] = np.array_equal(bits[0], last[1].view(np.uint32))
+        if not same.all():
+            j = int(np.flatnonzero(~same)[0])
+            raise BadInput(f"{where}, line {offset + j}: {modality} id {values[j]!r} repeats the previous "
+                           "line's id with another vector")
+    previous[modality] = (values[-1], None if block is None else block[-1].copy())
+    return repeat
 
 
 def _line_metadata(part: pa.Table, modality: str, taken) -> dict[str, pa.Array]:

@@ -3,7 +3,8 @@
 Every command that selects rows by a predicate (export, rebalance, tag, negatives,
 compare, browse) takes it through :func:`parse`:
 
-1. DuckDB's tokenizer refuses comments (``--``, ``/* */``), which could cut the text;
+1. DuckDB's tokenizer refuses comments (``--``, ``/* */``), which could cut the text, and
+   any ``;`` outside a string (a statement separator has no place in an expression);
 2. DuckDB's expression parser (``duckdb.SQLExpression``) must find exactly one
    expression: a second statement, ``LIMIT``, ``ORDER BY`` or an unbalanced parenthesis
    is a parse error;
@@ -21,6 +22,7 @@ with file access off. Nothing the user typed is ever concatenated into a stateme
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -64,7 +66,7 @@ class Predicate:
         """
         import duckdb
 
-        con = _connection()
+        con = _evaluator()
         try:
             relation = con.from_arrow(pa.Table.from_batches([batch]) if isinstance(
                 batch, pa.RecordBatch) else batch)
@@ -100,11 +102,15 @@ def parse(where: str | None, schema: pa.Schema, *, what: str = "--where") -> Pre
         raise BadInput(f"{what}: {_first_line(exc)}") from None
     if any(kind == duckdb.token_type.comment for _, kind in tokens):
         raise BadInput(f"{what}: comments are not allowed in a predicate")
+    if any(kind == duckdb.token_type.operator and where[at] == ";" for at, kind in tokens):
+        raise BadInput(f"{what}: ';' is not allowed in a predicate (one expression, no statements)")
     try:
-        expression = duckdb.SQLExpression(where)
+        # DuckDB's rendering of the parsed tree (it parses to itself): what is checked,
+        # evaluated (here and, parsed again, on Ray workers) and recorded is this text.
+        text = duckdb.SQLExpression(where).get_name()
+        expression = duckdb.SQLExpression(text)
     except (duckdb.Error, ValueError, TypeError) as exc:
         raise BadInput(f"{what}: not one expression ({_first_line(exc)})") from None
-    text = str(expression)
     tree = _tree(text, what)
     used: list[str] = []
     _walk(tree, used, what)
@@ -135,13 +141,21 @@ def _connection():
     return con
 
 
+_local = threading.local()
+
+
+def _evaluator():
+    """This thread's connection for evaluating predicates on batches (opening one costs
+    tens of milliseconds, as much as evaluating a batch)."""
+    con = getattr(_local, "con", None)
+    if con is None:
+        con = _local.con = _connection()
+    return con
+
+
 def _tree(text: str, what: str) -> dict:
     """DuckDB's parse tree of the (already single, normalised) expression."""
-    con = _connection()
-    try:
-        row = con.execute("SELECT json_serialize_sql(?)", ["SELECT " + text]).fetchone()
-    finally:
-        con.close()
+    row = _evaluator().execute("SELECT json_serialize_sql(?)", ["SELECT " + text]).fetchall()[0]
     tree = json.loads(row[0])
     if tree.get("error") or len(tree.get("statements", [])) != 1:
         raise BadInput(f"{what}: not one expression ({tree.get('error_message', 'parse error')})")
@@ -183,7 +197,7 @@ def _check_boolean(expression, text: str, schema: pa.Schema, columns: tuple[str,
     import duckdb
 
     fields = [schema.field(c) for c in columns]
-    con = _connection()
+    con = _evaluator()
     try:
         empty = pa.table({f.name: pa.array([], f.type) for f in fields}) if fields else \
             pa.table({"_": pa.array([], pa.int8())})
@@ -192,8 +206,6 @@ def _check_boolean(expression, text: str, schema: pa.Schema, columns: tuple[str,
         relation.filter(expression).limit(0).fetchall()  # binds as a filter: no aggregates
     except duckdb.Error as exc:
         raise BadInput(f"{what}: {_first_line(exc)}") from None
-    finally:
-        con.close()
     if kind not in ("BOOLEAN", '"NULL"', "NULL"):
         raise BadInput(f"{what}: {text!r} is {kind}, not a true/false condition")
 

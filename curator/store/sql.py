@@ -56,12 +56,6 @@ def check_single_query(sql: str, what: str = "query") -> str:
     return sql
 
 
-def check_predicate(where: str) -> str:
-    """A WHERE predicate must be one expression: no second statement, no subquery writes."""
-    check_single_query(f"SELECT 1 FROM t WHERE ({where})", "--where")
-    return where
-
-
 def first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0][:300] if text else type(exc).__name__

@@ -174,18 +174,103 @@ def gap_view(path: str, coords: dict[str, np.ndarray], centres: dict[str, list[f
     return _save(plt, fig, path)
 
 
-def gap_sweep(path: str, alphas: list[float], js: list[float], tv: list[float]) -> str:
-    """Divergence of the image and text conformity histograms against the shift α."""
+def gap_sweep(path: str, alphas: list[float], js: list[float], tv: list[float],
+              sweep: dict | None = None) -> str:
+    """Divergence of the image and text conformity histograms against the shift α, with
+    (from ``sweep``) the refined minimum, its bootstrap interval, the noise floor and the
+    basin where the curve is within that floor of its minimum."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(WIDTH, 4.3))
     ax.plot(alphas, js, "o-", ms=4, label="Jensen–Shannon (bits)", color="#333333")
     ax.plot(alphas, tv, "s--", ms=3, label="total variation", color="#999999")
-    best = int(np.nanargmin(js))
     ax.axvline(0, color="#bbbbbb", lw=1)
-    ax.plot([alphas[best]], [js[best]], "o", ms=9, mfc="none", mec="#d62728", mew=2,
-            label=f"minimum at α = {alphas[best]:+.1f}")
+    if sweep:
+        lo, hi = sweep["basin"]
+        ax.axvspan(lo, hi, color="#2ca02c", alpha=0.12, label=f"basin: α in [{lo:+.2f}, {hi:+.2f}]")
+        ax.axhline(sweep["js_min"] + sweep["noise_floor_bits"], color="#2ca02c", lw=0.8, ls=":",
+                   label=f"minimum + noise floor ({sweep['noise_floor_bits']:.3f})")
+        best, err = sweep["best_alpha"], sweep["interval"]
+        ax.errorbar([best], [sweep["js_min"]], xerr=[[best - err[0]], [err[1] - best]], fmt="o", ms=8,
+                    mfc="none", mec="#d62728", mew=2, ecolor="#d62728", capsize=3,
+                    label=f"minimum at α = {best:+.2f} (90%: {err[0]:+.2f}…{err[1]:+.2f})")
+    else:
+        best = int(np.nanargmin(js))
+        ax.plot([alphas[best]], [js[best]], "o", ms=9, mfc="none", mec="#d62728", mew=2,
+                label=f"minimum at α = {alphas[best]:+.1f}")
     ax.set_xlabel("α   (each modality shifted by v − α·m_modality)")
     ax.set_ylabel("divergence of conformity histograms")
     ax.set_ylim(bottom=0)
     ax.legend()
+    return _save(plt, fig, path)
+
+
+def compare_distributions(path: str, hists: dict[str, dict], numbers: dict[str, dict],
+                          table: str, reference: str) -> str:
+    """Per modality: the table's conformity against the reference (as a share of rows per
+    bin, common bins) above, and the two empirical CDFs (the KS statistic is their largest
+    vertical distance) below."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(2, len(hists), figsize=(max(4.4 * len(hists), 4.8), 5.6), squeeze=False)
+    for k, (m, h) in enumerate(hists.items()):
+        edges = np.asarray(h["edges"], float)
+        mine, ref = (np.asarray(h[key], float) for key in ("table", "reference"))
+        top, bottom = axes[0][k], axes[1][k]
+        top.stairs(ref / max(ref.sum(), 1), edges, fill=True, color="#bbbbbb", alpha=0.8,
+                   label=f"reference {reference}")
+        top.stairs(mine / max(mine.sum(), 1), edges, color=colour(m, k), lw=1.8, label=f"table {table}")
+        r = numbers[m]
+        top.set_title(f"{m}: JS {r['js']:.3f} bits, KS {r['ks']:.3f}")
+        top.set_ylabel("share of rows")
+        top.legend(fontsize=8)
+        centres = edges[1:]
+        bottom.plot(centres, np.cumsum(ref) / max(ref.sum(), 1), color="#888888", lw=1.5, label="reference")
+        bottom.plot(centres, np.cumsum(mine) / max(mine.sum(), 1), color=colour(m, k), lw=1.5, label="table")
+        bottom.set_xlabel("conformity against the reference")
+        bottom.set_ylabel("cumulative share")
+        bottom.set_ylim(0, 1.02)
+    return _save(plt, fig, path)
+
+
+def concept_ratios(path: str, concepts: list[dict], show: int = 12) -> str:
+    """The most over- and under-represented reference concepts: log2 of the share ratio."""
+    finite = [c for c in concepts if c["ratio"] is not None and c["count"] + c["reference_count"] > 0]
+    over = [c for c in finite if c["ratio"] >= 1][: show // 2]
+    under = [c for c in finite if c["ratio"] < 1][-(show // 2):]
+    rows = over + under
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, max(2.4, 0.32 * len(rows) + 1.2)))
+    if rows:
+        values = [np.log2(max(c["ratio"], 1e-3)) for c in rows]
+        labels = [f"{c['modality']} #{c['cluster']}  ({c['count']} / {c['reference_count']})" for c in rows]
+        y = np.arange(len(rows))[::-1]
+        ax.barh(y, values, color=["#d62728" if v > 0 else "#1f77b4" for v in values])
+        ax.set_yticks(y, labels, fontsize=8.5)
+        ax.axvline(0, color="#333333", lw=0.8)
+    ax.set_xlabel("log2(share in table / share in reference)   (> 0: over-represented)")
+    ax.set_title("concepts of the reference (count in table / in reference)")
+    return _save(plt, fig, path)
+
+
+def concept_negatives(path: str, modalities: dict[str, dict]) -> str:
+    """Per modality: each concept cluster's size (x, log) against its mean fn_count (y),
+    coloured by its mean conformity: the paper's "frequent concepts yield more false
+    negatives" as one cloud of points."""
+    plt, fig, axes = _panels(len(modalities), width=3.9, height=3.4)
+    for ax, (m, r) in zip(axes, modalities.items()):
+        c = r["clusters"]
+        size = np.array([x["rows"] for x in c], float)
+        fn = np.array([x["mean_fn_count"] for x in c], float)
+        conf = np.array([np.nan if x["mean_conformity"] is None else x["mean_conformity"] for x in c], float)
+        dots = ax.scatter(size, fn, c=conf, cmap="viridis", s=28, edgecolors="white", linewidths=0.5)
+        ax.set_xscale("log")
+        from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+        ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xlabel("cluster size (rows)")
+        ax.set_ylabel("mean fn_count of its rows")
+        rho = r.get("spearman_size_fn")
+        ax.set_title(f"{m}: Spearman ρ = {rho:+.2f}" if rho is not None else m)
+        fig.colorbar(dots, ax=ax, label="mean conformity", fraction=0.046, pad=0.03)
     return _save(plt, fig, path)

@@ -10,6 +10,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..geometry import diagnostics as dg
+from ..geometry import projection
 from ..geometry.sums import ModalityStats, TableStats
 from ..store.arrow import vectors
 from ..store.columns import SCAN_BATCH_ROWS
@@ -273,7 +274,8 @@ def _cross(pair, stats, samples, seed) -> dict:
     a, b = pair
     m_a, m_b = stats.modalities[a].mean, stats.modalities[b].mean
     A, B = samples[a], samples[b]
-    coords_a, coords_b, _, _ = dg.gap_view(A, B, m_a, m_b)
+    view = projection.gap_view_of(stats.modalities[a], stats.modalities[b])  # = curator project
+    coords_a, coords_b = view.coordinates(A), view.coordinates(B)
     return {
         "modalities": [a, b],
         "gap_norm": float(np.linalg.norm(m_a - m_b)),
@@ -281,7 +283,7 @@ def _cross(pair, stats, samples, seed) -> dict:
         "separability": dg.linear_separability(A, B, seed),
         "gap_view": {
             "x_axis": "<x, g> with g = (m_a - m_b)/||m_a - m_b||",
-            "y_axis": "top principal direction of the pooled sample with g projected out (centred)",
+            "y_axis": "top principal direction of the pooled table with g projected out (centred)",
             "centres": {a: coords_a.mean(axis=0).tolist(), b: coords_b.mean(axis=0).tolist()},
             "spread": {a: coords_a.std(axis=0).tolist(), b: coords_b.std(axis=0).tolist()},
         },

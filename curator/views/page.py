@@ -57,12 +57,15 @@ def render_html(data: dict) -> str:
          f"<code>{_e(data.get('db_shown', data['db']))}</code> · generated {_e(data['generated'])}</div>"),
         _cards(data),
         _sample_line(data),
+        (f"<div class='meta'>Look at the rows behind these plots, filter, select and tag them: "
+         f"<code>curator --db {_e(data.get('db_shown', data['db']))} --table {_e(data['table'])} "
+         "browse</code></div>"),
     ]
     if cross:
         parts += [f"<h2>Across modalities: {_e(cross['modalities'][0])} vs {_e(cross['modalities'][1])}</h2>",
                   "<div class='grid'>", _figure(data, "gap_view", "Two shells and the gap", _GAP_VIEW_HELP),
                   _figure(data, "gap_sweep", "Gap sweep", _SWEEP_HELP.format(
-                      best=cross["gap_sweep"]["best_alpha"])), "</div>"]
+                      verdict=sweep_verdict(cross["gap_sweep"]))), "</div>"]
     else:
         parts.append("<h2>Across modalities</h2><p class='note'>Only one modality in this table: "
                      "the gap, separability and gap sweep need two.</p>")
@@ -78,7 +81,8 @@ def render_html(data: dict) -> str:
         parts.append("<figure class='wide'><h3>Concept frequency (clusters)</h3><p class='note'>No clusters yet: "
                      "run <code>curator cluster</code>, then the report again, to see the rank–size "
                      "(Zipf) plot of concept frequencies.</p></figure>")
-    parts += ["</div>", _extremes_html(data), _footer(data), "</main></body></html>"]
+    parts += ["</div>", concept_negatives_html(data), _extremes_html(data), _footer(data),
+              "</main></body></html>"]
     return "\n".join(parts)
 
 
@@ -91,9 +95,30 @@ _GAP_VIEW_HELP = ("<b>How to read this:</b> every dot is a sampled row. Left–r
                   "concepts within its shell (images and their captions split alike), not more shells.")
 
 
-_SWEEP_HELP = ("<b>How to read this:</b> each modality is shifted by v − α·m (its own mean), conformity is "
-               "recomputed, and the curve shows how different the two conformity distributions are (0 = "
-               "identical). The paper finds the minimum near α = 0, the gap CLIP learned; here: α = {best:+.1f}.")
+_SWEEP_HELP = ("<b>How to read this:</b> each modality is shifted by v − α·m (its own raw mean; α = 0 is the "
+               "embedding as trained, α = 1 centres both), conformity is recomputed, and the curve is the "
+               "Jensen–Shannon divergence of the two conformity histograms (0 = identical). The grid starts at "
+               "α ∈ [−1, 1] and grows until the minimum and its basin end inside it. {verdict}")
+
+
+def sweep_verdict(sw: dict) -> str:
+    """One sentence comparing the sweep with the paper's claim, from its numbers."""
+    lo, hi = sw["basin"]
+    a, b = sw["interval"]
+    where = (f"Here the minimum is at α = {sw['best_alpha']:+.2f} (90% bootstrap interval "
+             f"{a:+.2f} to {b:+.2f}); within the noise floor of two samples of one distribution "
+             f"({sw['noise_floor_bits']:.3f} bits), the curve is flat for α in [{lo:+.2f}, {hi:+.2f}]"
+             + (" (reaching the sweep's limit)" if sw.get("basin_at_limit") else "") + ". ")
+    if sw["zero_in_basin"]:
+        verdict = ("α = 0 lies in that basin: the trained gap is among the best-matching positions, "
+                   "as the paper reports for CLIP on MS-COCO")
+        if hi - lo > 1:
+            verdict += ", though a basin this wide says the sample cannot single it out"
+    else:
+        verdict = (f"α = 0 lies outside it (divergence {sw['js_at_zero']:.3f} bits against "
+                   f"{sw['js_min']:.3f} at the minimum): on this table, along this family of shifts, "
+                   "the trained gap is not where the conformity distributions match best")
+    return _e(where + verdict + ".")
 
 
 _NORM_HELP = ("<b>How to read this:</b> a narrow peak far from zero means the vectors lie on a thin shell "
@@ -136,10 +161,9 @@ def _cards(data: dict) -> str:
         cards.append(("gap norm ‖m_img − m_txt‖", _fmt(cross["gap_norm"]),
                       f"cosine between the means {cross['gap_cosine_of_means']:.3f}"))
         sw = cross["gap_sweep"]
-        js = dict(zip(sw["alphas"], sw["jensen_shannon_bits"]))
-        cards.append(("gap sweep minimum", f"α = {sw['best_alpha']:+.1f}",
-                      (f"JS {js[sw['best_alpha']]:.3f} bits there, {js.get(0.0, float('nan')):.3f} at α = 0 "
-                       "(paper: minimum near 0)")))
+        cards.append(("gap sweep minimum", f"α = {sw['best_alpha']:+.2f}",
+                      (f"JS {sw['js_min']:.3f} bits there, {sw['js_at_zero']:.3f} at α = 0; basin "
+                       f"[{sw['basin'][0]:+.2f}, {sw['basin'][1]:+.2f}] (paper: the trained gap, α = 0)")))
     out = ["<div class='cards'>"]
     for k, v, s in cards:
         out.append(f"<div class='card'><div class='k'>{k}</div><div class='v'>{v}</div><div class='s'>{s}</div></div>")
@@ -237,3 +261,44 @@ def _footer(data: dict) -> str:
             f"<code>report.json</code> beside this page. The report reads the table (version "
             f"{data['table_version']}) and never changes it.</footer>")
 
+
+
+_FN_HELP = ("<b>How to read this:</b> each dot is a concept cluster: its size (how frequent the concept "
+            "is) against the mean number of false negatives of its rows (other samples' partners that "
+            "fit a row at least as well as its own; <code>curator negatives</code>), coloured by the "
+            "concept's mean conformity. The paper: frequent concepts yield more false negatives, which "
+            "makes them more uncertain; a rising cloud (Spearman ρ &gt; 0) agrees.")
+
+
+def concept_negatives_html(data: dict) -> str:
+    """The "concepts and false negatives" section (or a note saying what to run)."""
+    section = data.get("concept_negatives") or {"available": False, "note": "not computed"}
+    out = ["<h2>Concepts and false negatives</h2>"]
+    if not section.get("available"):
+        out.append(f"<p class='note'>Frequent concepts and their false negatives: {_e(section['note'])}.</p>")
+        return "".join(out)
+    out.append("<div class='grid'>")
+    out.append(_figure(data, "concept_negatives", "Concept size against false negatives", _FN_HELP))
+    rows = [("rows with a cluster and fn_count", lambda r: f"{r['rows']:,}"),
+            ("clusters", lambda r: f"{len(r['clusters'])}"),
+            ("Spearman ρ: cluster size vs mean fn_count", lambda r: _fmt(r["spearman_size_fn"], "+.3f")),
+            ("Pearson r: cluster size vs mean fn_count", lambda r: _fmt(r["pearson_size_fn"], "+.3f")),
+            ("Spearman ρ: mean conformity vs mean fn_count", lambda r: _fmt(r["spearman_conformity_fn"], "+.3f")),
+            ("Spearman ρ per row: conformity vs fn_count", lambda r: _fmt(r["row_spearman_conformity_fn"], "+.3f"))]
+    mods = section["modalities"]
+    head = "".join(f"<th>{_e(m)}</th>" for m in mods)
+    body = "".join(f"<tr><td>{_e(label)}</td>" + "".join(f"<td class='num'>{_e(fn(v))}</td>" for v in mods.values())
+                   + "</tr>" for label, fn in rows)
+    out.append(f"<div><table class='measures'><tr><th>measure</th>{head}</tr>{body}</table>")
+    for m, r in mods.items():
+        top = sorted(r["clusters"], key=lambda c: -c["mean_fn_count"])[:5]
+        cells = "".join(f"<tr><td class='num'>{c['cluster']}</td><td class='num'>{c['rows']:,}</td>"
+                        f"<td class='num'>{_fmt(c['mean_conformity'], '.4f')}</td>"
+                        f"<td class='num'>{c['mean_fn_count']:.3g}</td></tr>" for c in top)
+        out.append(f"<h3 style='font-size:15px;margin:12px 0 6px'>{_e(m)}: clusters with the most false "
+                   f"negatives</h3><table><tr><th>cluster</th><th>rows</th><th>mean conformity</th>"
+                   f"<th>mean fn_count</th></tr>{cells}</table>")
+    out.append("<p class='muted'>Curate with it: <code>curator export --where \"fn_count = 0\"</code> "
+               "keeps the rows no other sample fits as well as their own partner; "
+               "<code>--where \"fn_rate &lt; 0.01\"</code> drops the most generic ones.</p></div></div>")
+    return "".join(out)

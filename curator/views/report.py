@@ -36,6 +36,7 @@ from ..engine.statistics import current as current_stats
 from ..errors import BadInput, CuratorError
 from ..store.database import Database, TableMeta
 from . import figures as figs
+from .concepts import concept_negatives
 from .measures import PATH_COLUMNS, PLOT_POINTS, compute, jsonable, rounded, scan, thin
 from .page import render_html
 
@@ -107,6 +108,7 @@ def report(*, db=None, table: str = "embeddings", out, sample: int = 5000, seed:
     scans = scan(dataset, stats, sample, seed)
     timings["scan"] = time.time() - started - sum(timings.values())
     data = compute(dataset, stats, meta, scans, database, table, sample, seed)
+    data["concept_negatives"] = concept_negatives(dataset)
     timings["sample_measures"] = time.time() - started - sum(timings.values())
     data["db_shown"] = shown_location(database.uri)
     figures = _draw(out, data, scans, stats)
@@ -199,6 +201,8 @@ def _draw(out: str, data: dict, scans, stats) -> dict[str, str]:
     clusters = {m: v["clusters"]["sizes"] for m, v in mods.items() if v["clusters"]}
     if clusters:
         save("clusters.png", figs.zipf, clusters)
+    if (data.get("concept_negatives") or {}).get("available"):
+        save("concept_negatives.png", figs.concept_negatives, data["concept_negatives"]["modalities"])
     cross = data.get("cross")
     if cross:
         coords = {m: thin((c,), PLOT_POINTS)[0] for m, c in cross.pop("_coords").items()}
@@ -206,7 +210,8 @@ def _draw(out: str, data: dict, scans, stats) -> dict[str, str]:
         cross["gap_view"]["points"] = {m: {"gap": rounded(c[:, 0]), "principal": rounded(c[:, 1])}
                                        for m, c in coords.items()}
         sw = cross["gap_sweep"]
-        save("gap_sweep.png", figs.gap_sweep, sw["alphas"], sw["jensen_shannon_bits"], sw["total_variation"])
+        save("gap_sweep.png", figs.gap_sweep, sw["alphas"], sw["jensen_shannon_bits"], sw["total_variation"],
+             sw)
     data.pop("_points", None)
     return files
 

@@ -1,33 +1,38 @@
-"""``export``: the rows a SQL predicate selects, streamed to files, with a manifest.
+"""``export``: the rows (or pairs) a predicate selects, streamed to files, with a manifest.
 
-Selection: the predicate (DuckDB SQL, one expression) runs once over the table pinned to
-one version (the version the manifest names), projecting only ``id``, ``sample_id`` and the
-columns the predicate uses; the vectors are then streamed from that same version in row-id
-order, in batches, so memory holds one batch of vectors plus the ids and sample ids.
-``unit='sample'`` keeps a whole sample when any of its rows matches (a row without a
-``sample_id`` is its own sample). Export never writes to the table.
+Selection (:mod:`curator.io.export.selection`): ``--where`` is parsed as one boolean
+expression (:func:`curator.store.predicate.parse`) before anything is created, then
+evaluated per piece of the table pinned to one version (the version the manifest
+names), on scalar columns only. Units:
+
+- ``row``: exactly the rows that match;
+- ``sample``: a sample is exported when its image row matches and, if it has captions, at
+  least one caption matches; it exports the image and the matching captions only. A
+  sample with no image row exports its matching captions;
+- ``pair``: one record per (image, caption) of a sample where both rows match, with
+  ``sample_id``, ``image_id``, ``text_id``, the metadata columns, every score prefixed
+  ``image_`` / ``text_`` and both vectors (:mod:`curator.io.export.pairs`).
+
+The vectors are then streamed from that same version by row id, so memory holds one
+batch (or one chunk of pairs) plus the selection's row ids and sample ids. Export never
+writes to the table.
 
 Formats (in the folder ``out``; written to a temporary sibling and moved into place, so a
 failed export leaves nothing behind):
 
 - ``parquet``: ``part-00000.parquet``, … every column of the table (scores included), the
-  table's Arrow schema and its metadata (model, dim).
+  table's Arrow schema and its metadata (model, dim); pair records for ``--unit pair``.
 - ``jsonl`` / ``csv``: ``part-00000.jsonl`` / ``.csv``; the embedding is a JSON list (in csv
   a JSON list string); floats print so that they parse back to the same float32.
 - ``npy``: the clip-retrieval layout ``curator ingest`` reads: ``img_emb/img_emb_K.npy``,
-  ``text_emb/text_emb_K.npy`` and ``metadata/metadata_K.parquet`` aligned line by line.
-  A line pairs a sample's first image with its first caption when their metadata columns
-  agree (the reader puts a line's metadata on both rows); every other image or caption
-  (further captions, unpaired rows, rows without a sample) goes to image-only or text-only
-  shards, whose ``K`` follow the paired ones. No row is duplicated. The metadata
-  parquet holds ``sample_id``, ``image_id`` / ``text_id`` and the table's metadata columns
-  (not the score columns), so re-ingest gives the same ids, samples and metadata. Only
-  image and text rows can be written this way.
+  ``text_emb/text_emb_K.npy`` and ``metadata/metadata_K.parquet`` aligned line by line
+  (:mod:`curator.io.export.clip`): rows without duplication, or one line per pair.
 - ``lance``: a Lance dataset ``data.lance``.
 
 ``manifest.json`` (schemas/manifest.v1.json) names the source table and version, the
-predicate, unit and format, row and sample counts per modality, every file with its bytes
-and sha256, and the command that reproduces the export.
+parsed predicate (DuckDB's normalised text and the columns it reads), unit and format,
+records and per-modality row and sample counts, every file with its bytes and sha256,
+and the command that reproduces the export.
 """
 
 from __future__ import annotations
@@ -41,26 +46,29 @@ from dataclasses import asdict, dataclass, field
 
 from ...errors import BadInput
 from ...store.database import Database
-from ...store.sql import check_predicate
-from .clip import check_clip_layout
+from ...store.predicate import parse
+from .clip import check_clip_layout, write_npy, write_pair_npy
 from .manifest import MANIFEST, checksums, manifest
-from .selection import Source, select
+from .pairs import check_pair_names, pair_batches, pair_schema
+from .selection import UNITS, Source, batches, select, table_schema
 from .writers import WRITERS
 
 FORMATS = ("parquet", "jsonl", "csv", "npy", "lance")
-UNITS = ("row", "sample")
 ROWS_PER_FILE = {"parquet": 500_000, "jsonl": 500_000, "csv": 500_000, "npy": 100_000,
                  "lance": 1 << 20}
 
 
 @dataclass
 class ExportResult:
-    """What an export wrote, from which table version (export never writes the table)."""
+    """What an export wrote, from which table version (export never writes the table).
+
+    ``rows`` counts records (rows, or pairs for ``unit='pair'``); ``counts`` the distinct
+    table rows and samples written per modality."""
 
     out: str
     format: str
     unit: str
-    predicate: str | None
+    predicate: str | None  # the normalised expression
     rows: int
     counts: dict = field(default_factory=dict)  # modality -> {rows, samples}
     files: int = 0
@@ -76,7 +84,8 @@ class ExportResult:
     def summary(self) -> str:
         per = ", ".join(f"{m} {c['rows']} rows / {c['samples']} samples" for m, c in self.counts.items())
         where = f"where {self.predicate}" if self.predicate else "all rows"
-        return (f"exported {self.rows} rows ({per or 'none'}) of table version "
+        what = "pairs" if self.unit == "pair" else "rows"
+        return (f"exported {self.rows} {what} ({per or 'none'}) of table version "
                 f"{self.table_version_read} ({where}, unit {self.unit}) as {self.format} to {self.out}: "
                 f"{self.files} files, {self.bytes} bytes; table unchanged at version {self.table_version}\n"
                 f"manifest: {self.manifest}")
@@ -86,8 +95,9 @@ def export(*, db=None, table: str = "embeddings", out, where: str | None = None,
            format: str = "parquet", unit: str = "row", overwrite: bool = False,
            table_version: int | None = None, rows_per_file: int | None = None,
            engine: str | None = None) -> ExportResult:
-    """Write the rows matching ``where`` (all rows when None) of ``table`` to ``out``.
-    ``engine`` ``ray`` reads the selected rows in Ray tasks (same files)."""
+    """Write the rows (``unit`` row or sample) or pairs (``unit`` pair) matching ``where``
+    (all when None) of ``table`` to ``out``. Everything is checked before anything is
+    created. ``engine`` ``ray`` runs the selection and reads in Ray tasks (same files)."""
     started = time.time()
     if format not in FORMATS:
         raise BadInput(f"--format must be one of {', '.join(FORMATS)}")
@@ -96,22 +106,31 @@ def export(*, db=None, table: str = "embeddings", out, where: str | None = None,
     rows_per_file = rows_per_file or ROWS_PER_FILE[format]
     if rows_per_file < 1:
         raise BadInput("rows_per_file must be ≥ 1")
-    if where is not None:
-        check_predicate(where)
     database = Database(db)
     dataset = database.dataset(table, table_version)
+    if where is not None and not str(where).strip():
+        raise BadInput("--where is empty; leave it out to export every row")
+    predicate = parse(where, dataset.schema)
+    if unit == "pair":
+        check_pair_names(dataset.schema)
     out = _check_out(out, overwrite, database)
-    selection = select(dataset, table, where, unit)
+    selection = select(dataset, predicate, unit, engine=engine)
     if format == "npy":
         check_clip_layout(dataset.schema, selection)
 
+    source = Source(dataset, engine)
     parent = os.path.dirname(out)
     os.makedirs(parent, exist_ok=True)
     work = tempfile.mkdtemp(prefix=".curator-export-", dir=parent)
     try:
-        WRITERS[format](Source(dataset, engine), selection, work, rows_per_file)
+        if format == "npy":
+            (write_pair_npy if unit == "pair" else write_npy)(source, selection, work, rows_per_file)
+        elif unit == "pair":
+            WRITERS[format](pair_schema(dataset), pair_batches(source, selection), work, rows_per_file)
+        else:
+            WRITERS[format](table_schema(dataset), batches(source, selection), work, rows_per_file)
         files = checksums(work)
-        record = manifest(database, table, dataset, where, unit, format, selection, files, out)
+        record = manifest(database, table, dataset, predicate, unit, format, selection, files, out)
         with open(os.path.join(work, MANIFEST), "w", encoding="utf-8") as fh:
             json.dump(record, fh, indent=2)
             fh.write("\n")
@@ -121,8 +140,9 @@ def export(*, db=None, table: str = "embeddings", out, where: str | None = None,
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
-    return ExportResult(out, format, unit, where, len(selection.rowids), record["counts"],
-                        len(files), sum(f["bytes"] for f in files), os.path.join(out, MANIFEST),
+    return ExportResult(out, format, unit, predicate.text if predicate is not None else None,
+                        selection.records, record["counts"], len(files),
+                        sum(f["bytes"] for f in files), os.path.join(out, MANIFEST),
                         dataset.version, dataset.version, time.time() - started)
 
 

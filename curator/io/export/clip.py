@@ -1,10 +1,19 @@
 """The clip-retrieval layout that ``curator ingest`` reads: ``img_emb/img_emb_K.npy``,
 ``text_emb/text_emb_K.npy`` and ``metadata/metadata_K.parquet`` aligned line by line.
 
-A line pairs a sample's first image with its first caption when their metadata columns
-agree (the reader puts a line's metadata on both rows); every other image or caption
-goes to image-only or text-only shards, whose ``K`` follow the paired ones. No row is
-duplicated. Only image and text rows can be written this way.
+Rows (``--unit row`` or ``sample``, :func:`write_npy`): a line pairs a sample's first
+image with its first caption when their metadata columns agree (the reader puts a line's
+metadata on both rows); every other image or caption goes to image-only or text-only
+shards, whose ``K`` follow the paired ones. No row is duplicated. Only image and text
+rows can be written this way.
+
+Pairs (``--unit pair``, :func:`write_pair_npy`): line i of shard K is one pair, so
+``img_emb_K[i]`` and ``text_emb_K[i]`` are aligned, and an image with several captions
+is repeated on consecutive lines (what clip-retrieval writes for multi-caption data, and
+what ``curator ingest`` reads back as one image row). The metadata holds ``sample_id``,
+``image_id``, ``text_id``, each metadata column ``X`` with the pair's value (the caption's,
+else the image's), and ``image:X`` / ``text:X`` with each row's own value, so that ingest
+restores both rows exactly.
 """
 
 from __future__ import annotations
@@ -18,23 +27,20 @@ import pyarrow.compute as pc
 
 from ...errors import BadInput
 from ...store.arrow import vectors
-from ...store.schema import column_names
-from .selection import Selection, table_schema
+from .pairs import chunks, metadata_names
+from .selection import PairSelection, Selection, table_schema
 
 _CLIP_RESERVED = ("key", "image_id", "text_id")
 
 
-def _metadata_names(schema: pa.Schema) -> list[str]:
-    declared = set(column_names())
-    return [n for n in schema.names if n not in declared]
-
-
-def check_clip_layout(schema: pa.Schema, selection: Selection) -> None:
-    clash = [n for n in _metadata_names(schema) if n in _CLIP_RESERVED]
+def check_clip_layout(schema: pa.Schema, selection: Selection | PairSelection) -> None:
+    clash = [n for n in metadata_names(schema) if n in _CLIP_RESERVED or ":" in n]
     if clash:
         raise BadInput(f"--format npy: metadata column(s) {', '.join(clash)} clash with the "
                        "clip-retrieval layout; use --format parquet")
-    other = sorted(set(selection.modality.to_pylist()) - {"image", "text"})
+    if isinstance(selection, PairSelection):
+        return
+    other = sorted(set(pc.unique(selection.modality).to_pylist()) - {"image", "text"})
     if other:
         raise BadInput(f"--format npy holds image and text rows only; the selection has "
                        f"modality {', '.join(other)} (narrow --where or use --format parquet)")
@@ -107,7 +113,7 @@ def write_npy(source, selection, folder, rows_per_file):
 
     for sub in ("img_emb", "text_emb", "metadata"):
         os.makedirs(os.path.join(folder, sub))
-    meta = _metadata_names(source.dataset.schema)
+    meta = metadata_names(source.dataset.schema)
     columns = ["id", "sample_id", "embedding"] + meta
     schema = table_schema(source.dataset)
     shard = itertools.count()
@@ -158,3 +164,49 @@ def _flush(write, modality: str, rows: list) -> None:
     write(table if modality == "image" else None, table if modality == "text" else None)
     rows.clear()
 
+
+
+def write_pair_npy(source, pairs: PairSelection, folder: str, rows_per_file: int) -> None:
+    """One line per pair, ``rows_per_file`` lines a shard; the vectors are appended to the
+    ``.npy`` files chunk by chunk, so memory holds one chunk of pairs."""
+    import pyarrow.parquet as pq
+
+    for sub in ("img_emb", "text_emb", "metadata"):
+        os.makedirs(os.path.join(folder, sub))
+    schema = table_schema(source.dataset)
+    meta = metadata_names(schema)
+    dim = schema.field("embedding").type.list_size
+    fields = [pa.field(n, pa.string()) for n in ("sample_id", "image_id", "text_id")]
+    fields += [schema.field(n).with_nullable(True) for n in meta]
+    fields += [schema.field(n).with_name(f"{side}:{n}").with_nullable(True)
+               for side in ("image", "text") for n in meta]
+    md_schema = pa.schema(fields)
+    for k, start in enumerate(range(0, pairs.records, rows_per_file)):
+        shard = pairs.slice(start, min(start + rows_per_file, pairs.records))
+        files = {stem: _npy_file(os.path.join(folder, stem, f"{stem}_{k}.npy"), shard.records, dim)
+                 for stem in ("img_emb", "text_emb")}
+        lines = []
+        with files["img_emb"], files["text_emb"]:
+            for samples, images, texts, image_x, text_x in chunks(source, shard, ["id"] + meta):
+                files["img_emb"].write(memoryview(np.ascontiguousarray(image_x, "<f4")))
+                files["text_emb"].write(memoryview(np.ascontiguousarray(text_x, "<f4")))
+                columns = [samples, images.column("id"), texts.column("id")]
+                columns += [pc.coalesce(texts.column(c), images.column(c)) for c in meta]
+                columns += [images.column(c) for c in meta] + [texts.column(c) for c in meta]
+                lines.append(pa.table([_plain(c).cast(f.type) for c, f in zip(columns, md_schema)],
+                                      schema=md_schema))
+        pq.write_table(pa.concat_tables(lines) if lines else md_schema.empty_table(),
+                       os.path.join(folder, "metadata", f"metadata_{k}.parquet"))
+
+
+def _npy_file(path: str, rows: int, dim: int):
+    """An open ``.npy`` file of float32 (rows, dim) with its header written; the caller
+    appends the rows' bytes in order (what ``np.save`` writes, streamed)."""
+    fh = open(path, "wb")
+    np.lib.format.write_array_header_1_0(fh, {"descr": np.lib.format.dtype_to_descr(np.dtype("<f4")),
+                                              "fortran_order": False, "shape": (rows, dim)})
+    return fh
+
+
+def _plain(column) -> pa.Array:
+    return column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column

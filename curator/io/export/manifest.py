@@ -1,8 +1,10 @@
 """``manifest.json``: what an export holds and how to write it again.
 
 Declared in ``schemas/manifest.v1.json``: the source table and version (tagged so that
-``optimize`` keeps it), the predicate, unit and format, counts per modality, every file
-with its bytes and sha256, and the command that reproduces the export.
+``optimize`` keeps it), the parsed predicate (``{"text": DuckDB's normalised expression,
+"columns": [the columns it reads]}``, null for every row), unit and format, records and
+counts per modality, every file with its bytes and sha256, and the command that
+reproduces the export (with the normalised predicate, which parses to itself).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import shlex
 from datetime import datetime, timezone
 
 from ...store.database import TableMeta
+from ...store.tags import tags_used
 from ...store.versions import protect_version
 
 MANIFEST = "manifest.json"
@@ -37,7 +40,7 @@ def checksums(folder: str) -> list[dict]:
     return sorted(files, key=lambda f: f["path"])
 
 
-def manifest(database, table, dataset, where, unit, fmt, selection, files, out) -> dict:
+def manifest(database, table, dataset, predicate, unit, fmt, selection, files, out) -> dict:
     from ... import __version__
 
     meta = TableMeta.from_schema(dataset.schema)
@@ -52,13 +55,16 @@ def manifest(database, table, dataset, where, unit, fmt, selection, files, out) 
         "created": created.isoformat(timespec="seconds"),
         "source": {"db": database.uri, "table": table, "table_version": dataset.version,
                    "model": meta.model, "dim": meta.dim, "tag": tag},
-        "predicate": where,
+        "predicate": ({"text": predicate.text, "columns": list(predicate.columns)}
+                      if predicate is not None else None),
+        "tags": tags_used(dataset.schema, predicate),
         "unit": unit,
         "format": fmt,
-        "rows": len(selection.rowids),
+        "rows": selection.records,
         "counts": selection.counts(),
         "files": files,
-        "command": command(database.uri, table, dataset.version, out, where, fmt, unit),
+        "command": command(database.uri, table, dataset.version, out,
+                           predicate.text if predicate is not None else None, fmt, unit),
     }
 
 

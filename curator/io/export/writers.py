@@ -1,6 +1,6 @@
-"""Writers of the export formats: parquet, jsonl, csv and lance (the clip-retrieval
-npy layout lives in :mod:`curator.io.export.clip`). Each streams the selected rows in
-row-id order and cuts files at ``rows_per_file`` rows."""
+"""Writers of the record formats: parquet, jsonl, csv and lance (the clip-retrieval npy
+layout lives in :mod:`curator.io.export.clip`). Each takes a schema and a stream of
+record batches (rows, or pair records) and cuts files at ``rows_per_file`` records."""
 
 from __future__ import annotations
 
@@ -10,8 +10,6 @@ import os
 import pyarrow as pa
 
 from ...store.database import STORAGE_VERSION
-from .clip import write_npy
-from .selection import batches, table_schema
 
 
 def _parts(stream, rows_per_file: int):
@@ -28,12 +26,11 @@ def _parts(stream, rows_per_file: int):
             start += take
 
 
-def _write_parquet(source, selection, folder, rows_per_file):
+def _write_parquet(schema, stream, folder, rows_per_file):
     import pyarrow.parquet as pq
 
-    schema = table_schema(source.dataset)
     wrote = False
-    for part, group in itertools.groupby(_parts(batches(source, selection), rows_per_file),
+    for part, group in itertools.groupby(_parts(stream, rows_per_file),
                                          key=lambda pb: pb[0]):
         with pq.ParquetWriter(os.path.join(folder, f"part-{part:05d}.parquet"), schema) as writer:
             for _, batch in group:
@@ -46,13 +43,12 @@ def _write_parquet(source, selection, folder, rows_per_file):
 def _write_text(kind: str):
     options = {"jsonl": "FORMAT json", "csv": "FORMAT csv, HEADER true"}[kind]
 
-    def write(source, selection, folder, rows_per_file):
+    def write(schema, stream, folder, rows_per_file):
         import duckdb
 
         con = duckdb.connect()  # no user SQL runs here: the statements are ours
-        schema = table_schema(source.dataset)
         try:
-            groups = itertools.groupby(_parts(batches(source, selection), rows_per_file),
+            groups = itertools.groupby(_parts(stream, rows_per_file),
                                        key=lambda pb: pb[0])
             wrote = False
             for part, group in groups:
@@ -76,21 +72,18 @@ def _copy(con, reader, path: str, options: str) -> None:
         con.unregister("_export_src")
 
 
-def _write_lance(source, selection, folder, rows_per_file):
+def _write_lance(schema, stream, folder, rows_per_file):
     import lance
 
-    schema = table_schema(source.dataset)
-    reader = pa.RecordBatchReader.from_batches(schema, batches(source, selection))
+    reader = pa.RecordBatchReader.from_batches(schema, stream)
     lance.write_dataset(reader, os.path.join(folder, "data.lance"), schema=schema,
                         data_storage_version=STORAGE_VERSION,
                         max_rows_per_file=max(rows_per_file, 1024))
-
 
 
 WRITERS = {
     "parquet": _write_parquet,
     "jsonl": _write_text("jsonl"),
     "csv": _write_text("csv"),
-    "npy": write_npy,
     "lance": _write_lance,
 }
