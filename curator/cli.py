@@ -291,7 +291,8 @@ def rebalance(obj, as_json, **options):
 @click.option("--where", default=None, help="Only these rows: counted and counted against.")
 @click.option("--recall", default=0.995, show_default=True, type=float,
               help="Large tables: calibrated pair recall of the skip rule (1 = exact).")
-@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--seed", default=0, show_default=True, type=int,
+              help="Seed of the calibration and audit samples and the k-means.")
 @json_option
 @click.pass_obj
 @library_call
@@ -385,13 +386,14 @@ def report(obj, as_json, **options):
 @click.option("--out", default=None, type=click.Path(), help="Folder for index.html, PNGs, compare.json.")
 @click.option("--k", "k", default=16, show_default=True, type=int,
               help="Clusters trained on the reference when it has none stored.")
-@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--seed", default=0, show_default=True, type=int,
+              help="Seed of those clusters (sample and k-means).")
 @click.option("--top", default=10, show_default=True, type=int, help="Atypical rows listed per modality.")
 @json_option
 @click.pass_obj
 @library_call
 def compare(obj, as_json, **options):
-    """Conformity distributions and concept frequencies against a reference table."""
+    """Conformity and concept frequencies against a reference table."""
     from .api import compare as run
 
     emit(run(db=obj.db, table=obj.table, quiet=obj.quiet, engine=obj.engine, **options), as_json)

@@ -29,7 +29,7 @@ import numpy as np
 
 DIM = 512
 CHUNK = 250_000
-GOAL_RSS = 2 << 30
+GOAL_RSS = 2_000_000_000  # bytes: the goal is 2 GB, decimal
 
 RAW_SCAN = """
 import sys, time

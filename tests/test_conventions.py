@@ -140,7 +140,8 @@ JSON_COMMANDS = [["stats"], ["refresh"], ["cluster", "--k", "3"], ["dedupe", "--
                                                          "embeddings group by modality"],
                  ["export", "--out", "{tmp}/exported"], ["report", "--out", "{tmp}/report"],
                  ["verify"], ["optimize"], ["project"],
-                 ["tag", "picked", "--where", "modality = 'image'"]]
+                 ["tag", "picked", "--where", "modality = 'image'"], ["negatives"],
+                 ["compare", "--reference", "ref", "--out", "{tmp}/compared"]]
 
 
 def test_json_is_exactly_one_object_for_every_reporting_command(ingested, tmp_path):
@@ -157,6 +158,10 @@ def test_json_is_exactly_one_object_for_every_reporting_command(ingested, tmp_pa
             pq.write_table(pa.table({"id": [f"more{i}" for i in range(4)], "modality": ["image"] * 4,
                                      "embedding": pa.array(list(X), pa.list_(pa.float32(), 32))}),
                            tmp_path / "more.parquet")
+        if args[0] == "compare":  # a reference table: the first source part alone
+            from curator import ingest
+
+            ingest([str(sorted((tmp_path / "src").glob("*.parquet"))[0])], db=ingested, table="ref")
         args = [a.replace("{tmp}", str(tmp_path)) for a in args]
         result = CliRunner().invoke(cli, ["--db", ingested, *args, "--json"])
         assert result.exit_code == 0, (args, result.output)

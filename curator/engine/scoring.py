@@ -298,7 +298,9 @@ class Scoring:
         reader = con.sql("SELECT modality, conformity, old_conformity FROM spill").to_arrow_reader(1 << 17)
         for batch in reader:
             modality = batch.column(0).to_numpy(zero_copy_only=False)
-            new = batch.column(1).to_numpy(zero_copy_only=False).astype(np.float64)
+            # At the stored precision (float32): the sketch is the histogram of the stored
+            # column, so a rebuild from the table finds the same counts in the same bins.
+            new = batch.column(1).to_numpy(zero_copy_only=False).astype(np.float32).astype(np.float64)
             old = batch.column(2).to_numpy(zero_copy_only=False).astype(np.float64)
             for m in np.unique(modality):
                 s = self.stats.modalities.get(str(m))
