@@ -65,6 +65,8 @@ def _jsonable(value):
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+DEVICE_HELP = ("Where the products run: auto (a CUDA GPU when torch sees one, else cpu), "
+               "cpu (numpy), cuda, cuda:N, torch-cpu.")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -164,6 +166,7 @@ def refresh(obj, tolerance, reference, as_json):
 @click.option("--sample", default=None, type=int,
               help="Rows to train on (default: all up to 200,000).")
 @click.option("--iterations", default=25, show_default=True, type=int)
+@click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
 @json_option
 @click.pass_obj
 @library_call
@@ -180,6 +183,7 @@ def cluster(obj, as_json, **options):
 @click.option("--keep", type=click.Choice(["least-conformity", "most-conformity", "best-alignment",
                                            "random"]), default="least-conformity", show_default=True)
 @click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
 @json_option
 @click.pass_obj
 @library_call
