@@ -53,6 +53,13 @@ def select_rows(dataset, rowids: np.ndarray, columns: list[str], *, engine: str 
     if len(rowids) == 0:
         return
     run = executor(engine)
+    for result in run.map(piece_rows, _row_jobs(dataset, rowids, columns, run)):
+        yield from result
+
+
+def _row_jobs(dataset, rowids: np.ndarray, columns: list[str], run) -> list[tuple]:
+    """The (piece, wanted row ids, columns, take) jobs of :func:`piece_rows` for the sorted
+    ``rowids``: random access where a fragment's share is small, else scans of its pieces."""
     split = ROWS_PER_PIECE if run.name != LOCAL else SCAN_BATCH_ROWS * 16
     fragment_of = (rowids >> np.uint64(32)).astype(np.int64)
     jobs = []
@@ -70,25 +77,53 @@ def select_rows(dataset, rowids: np.ndarray, columns: list[str], *, engine: str 
             continue
         shared = run.put(wanted)
         jobs += [(p, shared, columns, False) for p in parts]
-    for result in run.map(piece_rows, jobs):
-        yield from result
+    return jobs
 
 
-def take_vectors(dataset, rowids: np.ndarray) -> np.ndarray:
+def take_vectors(dataset, rowids: np.ndarray, *, engine: str | None = None) -> np.ndarray:
     """Vectors of the given row ids, in the order given (float32, (n, d)); repeated ids
-    are read once."""
+    are read once. With the local engine a scanned batch's chosen rows are copied straight
+    into the result (one copy of the vectors); with Ray the tasks return the rows."""
     rowids = np.asarray(rowids, np.uint64)
+    dim = dataset.schema.field("embedding").type.list_size
     if len(rowids) == 0:
-        dim = dataset.schema.field("embedding").type.list_size
         return np.zeros((0, dim), np.float32)
-    unique, inverse = np.unique(rowids, return_inverse=True)
-    parts, got = [], []
-    for ids, batch in select_rows(dataset, unique, ["embedding"]):
-        got.append(ids)
-        parts.append(np.array(vectors(batch)))
-    X = np.concatenate(parts)
-    order = np.searchsorted(np.concatenate(got), unique)
-    return X[order][inverse]
+    ordered = bool((rowids[1:] > rowids[:-1]).all())  # sorted and unique: no reordering
+    unique, inverse = (rowids, None) if ordered else np.unique(rowids, return_inverse=True)
+    X = np.empty((len(unique), dim), np.float32)
+    run = executor(engine)
+    jobs = _row_jobs(dataset, unique, ["embedding"], run)
+    if run.name == LOCAL:
+        found = (part for piece, wanted, columns, take in jobs
+                 for part in _vector_parts(piece, wanted, take))
+    else:
+        found = ((ids, vectors(batch), None) for result in run.map(piece_rows, jobs)
+                 for ids, batch in result)
+    for ids, V, hit in found:
+        at = np.searchsorted(unique, ids)
+        if len(at) and at[-1] - at[0] == len(at) - 1:  # consecutive (rows come in id order)
+            target = X[at[0]:at[-1] + 1]
+            if hit is None:
+                target[:] = V
+            else:
+                np.compress(hit, V, axis=0, out=target)
+        elif len(at):
+            X[at] = V if hit is None else V[hit]
+    return X if inverse is None else X[inverse]
+
+
+def _vector_parts(piece: Piece, rowids: np.ndarray, take: bool):
+    """(chosen row ids, the batch's vectors, mask of the chosen rows or None) per batch."""
+    if take:
+        for ids, batch in piece_rows(piece, rowids, ["embedding"], True):
+            yield ids, vectors(batch), None
+        return
+    last = len(rowids) - 1
+    for batch in piece.batches(["embedding"], with_row_id=True):
+        ids = batch.column("_rowid").to_numpy()
+        hit = rowids[np.minimum(np.searchsorted(rowids, ids), last)] == ids
+        if hit.any():
+            yield ids[hit], vectors(batch), hit
 
 
 def piece_matches(piece: Piece, predicate, columns: list[str]) -> np.ndarray:

@@ -38,6 +38,7 @@ from __future__ import annotations
 import glob
 import importlib.util
 import sys
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -157,10 +158,10 @@ class NumpyBackend(Backend):
                 cos[a:a + len(S), q] = S[r, best]
                 if q + 1 < p:
                     S[r, best] = -np.inf
-            if not unit:
-                norms = np.sqrt(np.einsum("ij,ij->i", block, block, dtype=np.float64))
+            if not unit:  # float32 norms (5× faster than float64 here; relative error ~2e-7)
+                norms = np.sqrt(np.einsum("ij,ij->i", block, block))
                 norms[norms == 0] = np.inf
-                cos[a:a + len(S)] /= norms[:, None].astype(np.float32)
+                cos[a:a + len(S)] /= norms[:, None]
         return labels, cos
 
     def threshold_pairs(self, A: np.ndarray, B: np.ndarray | None, thr: float
@@ -202,7 +203,9 @@ class TorchBackend(Backend):
 
     def _put(self, X: np.ndarray):
         torch = _torch()
-        t = torch.from_numpy(np.ascontiguousarray(X, np.float32))
+        with warnings.catch_warnings():  # read-only Arrow buffers: torch only reads them
+            warnings.simplefilter("ignore", UserWarning)
+            t = torch.from_numpy(np.ascontiguousarray(X, np.float32))
         return t if self.device == "torch-cpu" else t.to(self._dev, non_blocking=False)
 
     def _rows_per_block(self, width: int) -> int:
