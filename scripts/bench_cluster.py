@@ -156,8 +156,9 @@ def main(argv=None) -> int:
                               for x in runs])
         rest = med([x["seconds"] - sum(m.get(key, 0.0) for m in x["report"]["modalities"].values()
                                        for key in stage) for x in runs])
+        read = "–" if not stage["read_seconds"] else f"{stage['read_seconds']:.2f}"  # older: in train
         print(f"| {name} | {med(walls):.2f} | {span(walls)} | {med(walls) / base:.1f} | "
-              f"{med([x['cpu'] for x in runs]):.1f} | {stage['read_seconds']:.2f} | "
+              f"{med([x['cpu'] for x in runs]):.1f} | {read} | "
               f"{stage['train_seconds']:.2f} | {stage['assign_seconds']:.2f} | {rest:.2f} |")
     if results["faiss"]:
         f = results["faiss"]

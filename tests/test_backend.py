@@ -205,3 +205,18 @@ def test_backend_is_its_name_across_processes(device):
     b = get_backend(device)
     again = pickle.loads(pickle.dumps(b))
     assert again == b and again.device == device and len(pickle.dumps(b)) < 200
+
+
+def test_without_torch(monkeypatch):
+    """No torch: auto is numpy without importing anything; a torch device says what to install."""
+    import sys
+
+    from curator.errors import MissingDependency
+    from curator.geometry import backend as backend_mod
+
+    monkeypatch.setitem(sys.modules, "torch", None)  # import torch raises ImportError
+    monkeypatch.setattr(backend_mod.importlib.util, "find_spec", lambda name: None)
+    assert resolve_device("auto") == "cpu" and get_backend() is NUMPY
+    for device in ("torch-cpu", "cuda"):
+        with pytest.raises(MissingDependency, match=r"clip-curator\[gpu\]"):
+            resolve_device(device)

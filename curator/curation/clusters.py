@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 
 from .. import progress as progress_mod
-from ..engine.executor import executor
+from ..engine.executor import RAY, executor, resolve_engine
 from ..engine.fragments import Piece, pieces
 from ..engine.index import RowIndex, read_index
 from ..engine.rows import take_vectors
@@ -95,7 +95,7 @@ def cluster(*, db=None, table: str = "embeddings", k: int, modality: str | None 
         raise BadInput("--iterations must be at least 1")
     if sample is not None and sample < 1:
         raise BadInput("--sample must be at least 1")
-    device = resolve_device(device)
+    device = pass_device(device, engine)
     backend = get_backend(device)
     database = Database(db)
     dataset = database.dataset(table)
@@ -227,6 +227,22 @@ def chosen_modalities(names: list[str], modality: str | None) -> list[str]:
         present = ", ".join(sorted(names)) or "none"
         raise BadInput(f"no rows of modality {modality!r} (present: {present})")
     return [modality]
+
+
+def pass_device(device: str | None, engine: str | None) -> str:
+    """The device a command's passes run on (:func:`~curator.geometry.backend.resolve_device`).
+
+    Ray gives its tasks no GPU, so with the Ray engine ``auto`` means ``cpu`` and a CUDA
+    device is refused (one line) before anything is read or written.
+    """
+    if resolve_engine(engine) != RAY:
+        return resolve_device(device)
+    name = (device or "auto").strip().lower()
+    resolved = "cpu" if name == "auto" else resolve_device(name)
+    if resolved.startswith("cuda"):
+        raise BadInput(f"--device {name} with --engine ray: Ray tasks are given no GPU; "
+                       "use --device cpu, or the local engine for the GPU")
+    return resolved
 
 
 def modality_filter(modality: str) -> str:

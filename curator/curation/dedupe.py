@@ -37,7 +37,7 @@ from ..engine.index import RowIndex, read_index
 from ..engine.rows import take_vectors
 from ..engine.writes import write_columns
 from ..errors import BadInput
-from ..geometry.backend import get_backend, resolve_device
+from ..geometry.backend import get_backend
 from ..geometry.kmeans import unit_rows
 from ..geometry.neighbours import (
     COS_TOL,
@@ -56,7 +56,7 @@ from ..geometry.neighbours import (
 from ..store.arrow import vectors
 from ..store.database import Database
 from ..store.versions import curation_step
-from .clusters import chosen_modalities, modality_filter
+from .clusters import chosen_modalities, modality_filter, pass_device
 
 KEEP_POLICIES = ("least-conformity", "most-conformity", "best-alignment", "random")
 IN_MEMORY_ROWS = 65_536  # at most this many rows of a modality: no spill file
@@ -262,7 +262,7 @@ def dedupe(*, db=None, table: str = "embeddings", eps: float, modality: str | No
     check_eps(eps)
     if keep not in KEEP_POLICIES:
         raise BadInput(f"--keep must be one of {', '.join(KEEP_POLICIES)}")
-    device = resolve_device(device)
+    device = pass_device(device, engine)
     database = Database(db)
     dataset = database.dataset(table)
     index = read_index(dataset, ["id", "conformity", "alignment"], samples=False)

@@ -49,7 +49,7 @@ DEVICES = ("auto", "cpu", "cuda", "torch-cpu")
 COS_ATOL = 1e-5  # stated agreement of cosines / dots of unit rows with float64
 _BLOCK = 8_192  # numpy: rows per top-centroid block (the block's scores stay in cache)
 _PAIR_ELEMENTS = 16 << 20  # numpy: score-matrix block of threshold_pairs, rows × columns
-_TORCH_ELEMENTS = 64 << 20  # torch: elements of one block's input or score matrix
+_CUDA_ELEMENTS = 64 << 20  # cuda: elements of one block's input or score matrix (256 MB)
 
 
 def resolve_device(device: str | None = "auto") -> str:
@@ -98,8 +98,8 @@ def _torch():
     try:
         import torch
     except ImportError as exc:
-        raise MissingDependency("a torch device needs torch: pip install torch "
-                                "(a CUDA build for --device cuda)") from exc
+        raise MissingDependency("a torch device needs torch: pip install 'clip-curator[gpu]' "
+                                "(a CUDA build of torch for --device cuda)") from exc
     return torch
 
 
@@ -192,7 +192,8 @@ class NumpyBackend(Backend):
 @dataclass(frozen=True, eq=False, repr=False)
 class TorchBackend(Backend):
     """torch, float32, on ``device`` (``cuda``, ``cuda:N`` or ``torch-cpu``). Inputs go to
-    the device in row blocks of at most 64M elements; results come back as numpy."""
+    the device in row blocks (64M elements on CUDA, 16M on the CPU); results come back as
+    numpy."""
 
     device: str = "torch-cpu"
 
@@ -209,7 +210,8 @@ class TorchBackend(Backend):
         return t if self.device == "torch-cpu" else t.to(self._dev, non_blocking=False)
 
     def _rows_per_block(self, width: int) -> int:
-        return max(1, _TORCH_ELEMENTS // max(1, width))
+        elements = _PAIR_ELEMENTS if self.device == "torch-cpu" else _CUDA_ELEMENTS
+        return max(1, elements // max(1, width))
 
     def second_moment(self, X: np.ndarray, shift: np.ndarray) -> np.ndarray:
         torch = _torch()
@@ -243,7 +245,7 @@ class TorchBackend(Backend):
         labels = np.empty((n, p), np.int32)
         cos = np.empty((n, p), np.float32)
         Ct = self._put(C).T.contiguous()
-        step = self._rows_per_block(max(U.shape[1] if U.ndim == 2 else 1, k))
+        step = self._rows_per_block(max(U.shape[1], k))
         with torch.inference_mode():
             for a in range(0, n, step):
                 block = self._put(U[a:a + step])
