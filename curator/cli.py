@@ -70,6 +70,8 @@ def _jsonable(value):
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+DEVICE_HELP = ("Where the products run: auto (a CUDA GPU when torch sees one, else cpu), "
+               "cpu (numpy), cuda, cuda:N, torch-cpu.")
 
 
 class Command(click.Command):
@@ -215,6 +217,7 @@ def refresh(obj, tolerance, columns, reference, as_json):
               help="Rows to train on (default: all up to 200,000).")
 @click.option("--iterations", default=25, show_default=True, type=int,
               help="Most k-means iterations.")
+@click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
 @json_option
 @click.pass_obj
 @library_call
@@ -236,6 +239,7 @@ def cluster(obj, as_json, **options):
               help="Which member of a group is kept (the others get is_duplicate).")
 @click.option("--seed", default=0, show_default=True, type=int,
               help="Seed of the search partitions and of --keep random.")
+@click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
 @json_option
 @click.pass_obj
 @library_call

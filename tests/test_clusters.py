@@ -152,8 +152,22 @@ def test_ingest_without_centroids_leaves_cluster_null(two_modalities):
     assert t.column("cluster").null_count == t.num_rows
 
 
+def test_torch_device_gives_the_same_clusters(two_modalities):
+    pytest.importorskip("torch")
+    db, _ = two_modalities
+    columns = []
+    for device in ("cpu", "torch-cpu"):
+        result = cluster(db=db, k=K, seed=2, device=device)
+        assert result.device == device and result.to_dict()["device"] == device
+        _, t = read(db)
+        check_against_oracle(db, t)
+        columns.append((t.column("cluster").to_pylist(), t.column("cluster_size").to_pylist()))
+    assert columns[0] == columns[1]
+
+
 @pytest.mark.parametrize("kwargs", [{"k": 0}, {"k": 5000}, {"k": 3, "modality": "audio"},
-                                    {"k": 3, "iterations": 0}, {"k": 10, "sample": 5}])
+                                    {"k": 3, "iterations": 0}, {"k": 10, "sample": 5},
+                                    {"k": 3, "device": "tpu"}])
 def test_errors_leave_table_unchanged(two_modalities, kwargs):
     db, _ = two_modalities
     before = lance.dataset(f"{db}/embeddings.lance").version
@@ -161,3 +175,15 @@ def test_errors_leave_table_unchanged(two_modalities, kwargs):
         cluster(db=db, **kwargs)
     assert lance.dataset(f"{db}/embeddings.lance").version == before
     assert not Database(db).has_table("_curator_centroids_embeddings")
+
+
+def test_cli_device_error_is_one_line(two_modalities):
+    from click.testing import CliRunner
+
+    from curator.cli import cli
+
+    db, _ = two_modalities
+    out = CliRunner().invoke(cli, ["--db", db, "--quiet", "cluster", "--k", "3", "--device", "tpu"])
+    assert out.exit_code == 1
+    assert out.output.strip().splitlines() == [
+        "Error: unknown device 'tpu': use auto, cpu, cuda, cuda:N or torch-cpu"]

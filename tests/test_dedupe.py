@@ -234,8 +234,25 @@ def test_one_modality_leaves_the_other(deduped_db):
     assert result.to_dict()["table_version"] == result.table_version
 
 
+@pytest.mark.parametrize("streamed", [False, True])
+def test_torch_device_finds_the_same_groups(deduped_db, monkeypatch, streamed):
+    pytest.importorskip("torch")
+    if streamed:
+        monkeypatch.setattr(dedupe_mod, "IN_MEMORY_ROWS", 0)
+        monkeypatch.setattr(neighbours, "EXACT_ROWS", 16)
+    columns = []
+    for device in ("cpu", "torch-cpu"):
+        result = dedupe(db=deduped_db, eps=EPS, seed=5, device=device)
+        assert result.device == device and f"on {device}" in result.summary()
+        t = rows_of(deduped_db)[1]
+        columns.append((t.column("dup_group").to_pylist(), t.column("is_duplicate").to_pylist()))
+    assert columns[0] == columns[1]
+    assert sum(f is True for f in columns[0][1]) > 10
+
+
 @pytest.mark.parametrize("kwargs", [{"eps": -0.1}, {"eps": 1.0}, {"eps": 0.01, "keep": "oldest"},
-                                    {"eps": 0.01, "modality": "audio"}])
+                                    {"eps": 0.01, "modality": "audio"},
+                                    {"eps": 0.01, "device": "tpu"}])
 def test_errors_leave_table_unchanged(deduped_db, kwargs):
     before = lance.dataset(f"{deduped_db}/embeddings.lance").version
     with pytest.raises(CuratorError):

@@ -222,6 +222,25 @@ def _uniform(seed: int, row_id: str) -> float:
     return (int.from_bytes(digest, "little") >> 11) / float(1 << 53)
 
 
+def test_device_on_ray_tasks(ray_local, twins):
+    """Ray tasks rebuild the backend from its name; they get no GPU, so CUDA is refused."""
+    pytest.importorskip("torch")
+    from curator.curation.clusters import cluster
+    from curator.curation.dedupe import dedupe
+
+    local = cluster(db=twins[0], k=4, seed=1, device="cpu")
+    remote = cluster(db=twins[1], k=4, seed=1, engine="ray", device="torch-cpu")
+    assert remote.device == "torch-cpu"
+    assert list(by_id(twins[0])["cluster"]) == list(by_id(twins[1])["cluster"])
+    assert remote.modalities["image"]["sizes"] == local.modalities["image"]["sizes"]
+    assert cluster(db=twins[1], k=4, seed=1, engine="ray").device == "cpu"  # auto on Ray
+    before = Database(twins[1]).dataset("embeddings").version
+    for command, options in ((cluster, {"k": 4}), (dedupe, {"eps": 0.01})):
+        with pytest.raises(BadInput, match="cuda"):
+            command(db=twins[1], engine="ray", device="cuda", **options)
+    assert Database(twins[1]).dataset("embeddings").version == before
+
+
 def test_cluster_assignment_matches_local_and_brute_force(ray_local, twins, pairs_small):
     from curator.curation.clusters import cluster
     from curator.store.centroids import CentroidStore

@@ -15,7 +15,9 @@ Groups are the connected components of the duplicate-pair graph. ``dup_group`` i
 smallest row id (``_rowid``) in the group (null for rows without a duplicate);
 ``is_duplicate`` is true for every member but the kept one, false for all other rows of
 the modalities processed. Cosines are float32; a tolerance of 1e-6 makes exact
-duplicates count even with ε = 0.
+duplicates count even with ε = 0. The products (partition training and assignment, the
+blocked search) run on the ``device`` (:mod:`curator.geometry.backend`); the per-piece
+and per-partition functions receive the device's name, so a Ray task rebuilds the backend.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from ..engine.index import RowIndex, read_index
 from ..engine.rows import take_vectors
 from ..engine.writes import write_columns
 from ..errors import BadInput
+from ..geometry.backend import get_backend
 from ..geometry.kmeans import unit_rows
 from ..geometry.neighbours import (
     COS_TOL,
@@ -53,7 +56,7 @@ from ..geometry.neighbours import (
 from ..store.arrow import vectors
 from ..store.database import Database
 from ..store.versions import curation_step
-from .clusters import chosen_modalities, modality_filter
+from .clusters import chosen_modalities, modality_filter, pass_device
 
 KEEP_POLICIES = ("least-conformity", "most-conformity", "best-alignment", "random")
 IN_MEMORY_ROWS = 65_536  # at most this many rows of a modality: no spill file
@@ -120,10 +123,11 @@ class _Spill:
 
 
 
-def piece_units(piece: Piece, flt: str, plan: PartitionPlan | None):
+def piece_units(piece: Piece, flt: str, plan: PartitionPlan | None, device: str = "cpu"):
     """The partition pass's per-piece function: the unit vectors of the piece's rows that
     pass ``flt``. Without a plan: (row ids, U). With one: each row once per usable
-    partition, as (partition, row id, is-home, U)."""
+    partition, as (partition, row id, is-home, U), assigned on the backend of ``device``."""
+    backend = get_backend(device)
     parts = []
     for batch in piece.batches(["embedding"], filter=flt, with_row_id=True):
         U = unit_rows(vectors(batch))
@@ -131,7 +135,7 @@ def piece_units(piece: Piece, flt: str, plan: PartitionPlan | None):
         if plan is None:
             parts.append((ids, U))
             continue
-        labels, usable = plan.assign(U)
+        labels, usable = plan.assign(U, backend=backend)
         r, slot = np.nonzero(usable)
         parts.append((labels[r, slot].astype(np.int64), ids[r], slot == 0, U[r]))
     width = 2 if plan is None else 4
@@ -140,15 +144,18 @@ def piece_units(piece: Piece, flt: str, plan: PartitionPlan | None):
     return tuple(np.concatenate([p[k] for p in parts]) for k in range(width))
 
 
-def search_partition(U: np.ndarray, pos: np.ndarray, home: np.ndarray, thr: float):
+def search_partition(U: np.ndarray, pos: np.ndarray, home: np.ndarray, thr: float,
+                     device: str = "cpu"):
     """The search pass's per-partition function: exact pairs (i, j, cos) among the home
-    rows and between visiting and home rows of one partition, cosine ≥ thr."""
-    return partition_pairs(U[home], pos[home], U[~home], pos[~home], thr)
+    rows and between visiting and home rows of one partition, cosine ≥ thr, on the
+    backend of ``device``."""
+    return partition_pairs(U[home], pos[home], U[~home], pos[~home], thr,
+                           backend=get_backend(device))
 
 
 def stream_pairs(dataset, positions_of, rowids: np.ndarray, modality: str, eps: float, *,
                  seed: int = 0, probes: int = DEFAULT_PROBES, partitions: int | None = None,
-                 quiet: bool = True, engine: str | None = None
+                 quiet: bool = True, engine: str | None = None, device: str = "cpu"
                  ) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray], dict]:
     """Near-duplicate pairs among the rows of ``modality`` (their sorted ``rowids``).
 
@@ -157,41 +164,44 @@ def stream_pairs(dataset, positions_of, rowids: np.ndarray, modality: str, eps: 
     ``IN_MEMORY_ROWS`` rows are searched in memory; above, one pass assigns rows to
     partitions and spills their unit vectors to a temporary file grouped by partition,
     then each partition is searched exactly (one task per partition), so memory is
-    bounded by the largest partition plus a 64 MB spill buffer.
+    bounded by the largest partition plus a 64 MB spill buffer. The products run on the
+    backend of ``device`` (a resolved name).
     """
+    backend = get_backend(device)
     n = len(rowids)
     flt = modality_filter(modality)
     k = partitions or auto_partitions(n)
     run = executor(engine)
     if n <= IN_MEMORY_ROWS:
-        found = [r for r in run.map(piece_units, [(p, flt, None) for p in pieces(dataset)])
+        found = [r for r in run.map(piece_units, [(p, flt, None, device) for p in pieces(dataset)])
                  if r is not None]
         if not found:
             return empty_pairs(), {"partitions": 0, "probes": 0}
         pos = positions_of(np.concatenate([ids for ids, _ in found]))
         U = np.concatenate([u for _, u in found])
-        i, j, c = near_duplicate_pairs(U, eps, partitions=k, probes=probes, seed=seed, unit=True)
+        i, j, c = near_duplicate_pairs(U, eps, partitions=k, probes=probes, seed=seed, unit=True,
+                                       backend=backend)
         return (pos[i], pos[j], c), {"partitions": k, "probes": probes if k > 1 else 1}
 
     rng = np.random.default_rng(seed)
     size = min(n, max(20_000, 40 * k))
     sample = np.sort(rng.choice(rowids, size, replace=False))
-    plan = PartitionPlan.train(unit_rows(take_vectors(dataset, sample)), k, eps, probes=probes,
-                               seed=seed)
+    plan = PartitionPlan.train(unit_rows(take_vectors(dataset, sample), copy=False), k, eps,
+                               probes=probes, seed=seed, backend=backend)
     dim = dataset.schema.field("embedding").type.list_size
     thr = threshold(eps)
     with tempfile.TemporaryDirectory(prefix="curator-dedupe-") as folder:
         spill = _Spill(folder, dim)
         bar = progress_mod.bar(f"partition {modality}", n, quiet=quiet)
         shared = run.put(plan)
-        for found in run.map(piece_units, [(p, flt, shared) for p in pieces(dataset)]):
+        for found in run.map(piece_units, [(p, flt, shared, device) for p in pieces(dataset)]):
             if found is not None:
                 part, ids, home, U = found
                 spill.add(part, positions_of(ids), home, U)
                 bar.advance(int(home.sum()))
         bar.close()
         spill.finish()
-        jobs = ((*spill.partition(c), thr) for c in range(plan.k) if c in spill.segments)
+        jobs = ((*spill.partition(c), thr, device) for c in range(plan.k) if c in spill.segments)
         bar = progress_mod.bar(f"search {modality}", len(spill.segments), quiet=quiet)
         parts = []
         for pairs in run.map(search_partition, jobs):
@@ -218,16 +228,18 @@ class DedupeResult:
     table_version: int
     modalities: dict[str, dict] = field(default_factory=dict)
     seconds: float = 0.0
+    device: str = "cpu"
 
     def to_dict(self) -> dict:
         return {"table": self.table, "eps": self.eps, "keep": self.keep, "seed": self.seed,
                 "table_version_read": self.table_version_read, "table_version": self.table_version,
-                "modalities": self.modalities, "seconds": round(self.seconds, 3)}
+                "modalities": self.modalities, "device": self.device,
+                "seconds": round(self.seconds, 3)}
 
     def summary(self) -> str:
         lines = [(f"deduped {self.table!r} v{self.table_version_read} → v{self.table_version} "
                   f"(cosine ≥ {1 - self.eps:g}, keep {self.keep}, seed {self.seed}) "
-                  f"in {self.seconds:.1f} s")]
+                  f"in {self.seconds:.1f} s on {self.device}")]
         for m, r in self.modalities.items():
             lines.append(f"  {m}: {r['rows']} rows, {r['pairs']} duplicate pairs "
                          f"({r['exact_pairs']} exact), {r['groups']} groups, "
@@ -237,17 +249,20 @@ class DedupeResult:
 
 @curation_step
 def dedupe(*, db=None, table: str = "embeddings", eps: float, modality: str | None = None,
-           keep: str = "least-conformity", seed: int = 0, quiet: bool = True,
-           engine: str | None = None) -> DedupeResult:
+           keep: str = "least-conformity", seed: int = 0, device: str = "auto",
+           quiet: bool = True, engine: str | None = None) -> DedupeResult:
     """Find near-duplicate groups (cosine ≥ 1 − eps) per modality; write ``dup_group`` and
     ``is_duplicate`` in one commit. ``keep`` picks the member that stays:
     least-conformity (the most specific), most-conformity, best-alignment (nulls last) or
     random (seeded); ties go to the smallest id. ``engine`` ``ray`` partitions and
-    searches on Ray (same pairs)."""
+    searches on Ray (same pairs). ``device``: ``auto`` (a CUDA GPU when torch sees one,
+    else numpy), ``cpu`` (numpy), ``cuda[:N]`` or ``torch-cpu``; pairs agree across
+    devices except those within float32 rounding (1e-5) of the threshold."""
     started = time.time()
     check_eps(eps)
     if keep not in KEEP_POLICIES:
         raise BadInput(f"--keep must be one of {', '.join(KEEP_POLICIES)}")
+    device = pass_device(device, engine)
     database = Database(db)
     dataset = database.dataset(table)
     index = read_index(dataset, ["id", "conformity", "alignment"], samples=False)
@@ -263,7 +278,7 @@ def dedupe(*, db=None, table: str = "embeddings", eps: float, modality: str | No
         rows_m = index.rows_of(m)
         processed |= rows_m
         (i, j, c), info = stream_pairs(dataset, index.positions, rowid[rows_m], m, eps,
-                                       seed=seed, quiet=quiet, engine=engine)
+                                       seed=seed, quiet=quiet, engine=engine, device=device)
         label = components(n, i, j) if len(i) else np.arange(n)
         members = np.unique(np.concatenate([i, j]))
         group[members] = rowid[label[members]].astype(np.int64)  # smallest rowid: rowid sorted
@@ -277,7 +292,7 @@ def dedupe(*, db=None, table: str = "embeddings", eps: float, modality: str | No
     new = _write(dataset, rowid, processed, group, flagged,
                  f"curator dedupe eps={eps} keep={keep} seed={seed}", engine)
     return DedupeResult(table, eps, keep, seed, dataset.version, new.version, reports,
-                        time.time() - started)
+                        time.time() - started, device)
 
 
 def _keepers(index: RowIndex, members: np.ndarray, label: np.ndarray, keep: str, seed: int

@@ -59,14 +59,24 @@ def iter_piece_rows(piece: Piece, rowids: np.ndarray | None, columns: list[str],
 
 def select_rows(dataset, rowids: np.ndarray, columns: list[str], *, engine: str | None = None
                 ) -> Iterator[tuple[np.ndarray, pa.RecordBatch]]:
-    """(row ids, batch) of the sorted ``rowids`` of ``dataset``, in row-id order.
-
-    Per fragment, only the span from the first to the last wanted row is read: by
-    random access when the wanted rows are at most ``TAKE_SHARE`` of it, else by a scan
-    of the span (cut into pieces)."""
+    """(row ids, batch) of the sorted ``rowids`` of ``dataset``, in row-id order."""
     if len(rowids) == 0:
         return
     run = executor(engine)
+    jobs = _row_jobs(dataset, rowids, columns, run)
+    if run.name == LOCAL:  # in this process: one batch at a time, never a piece's list
+        for piece, wanted, cols, take in jobs:
+            yield from iter_piece_rows(piece, wanted, cols, take)
+        return
+    for result in run.map(piece_rows, jobs):
+        yield from result
+
+
+def _row_jobs(dataset, rowids: np.ndarray, columns: list[str], run) -> list[tuple]:
+    """The (piece, wanted row ids, columns, take) jobs of :func:`piece_rows` for the sorted
+    ``rowids``. Per fragment, only the span from the first to the last wanted row is read:
+    by random access when the wanted rows are at most ``TAKE_SHARE`` of it, else by a scan
+    of the span (cut into pieces)."""
     split = ROWS_PER_PIECE if run.name != LOCAL else SCAN_BATCH_ROWS * 16
     fragment_of = (rowids >> np.uint64(32)).astype(np.int64)
     jobs = []
@@ -85,12 +95,7 @@ def select_rows(dataset, rowids: np.ndarray, columns: list[str], *, engine: str 
             continue
         shared = run.put(wanted)
         jobs += [(p, shared, columns, False) for p in parts]
-    if run.name == LOCAL:  # in this process: one batch at a time, never a piece's list
-        for piece, wanted, cols, take in jobs:
-            yield from iter_piece_rows(piece, wanted, cols, take)
-        return
-    for result in run.map(piece_rows, jobs):
-        yield from result
+    return jobs
 
 
 def _spanning(parts: list[Piece], wanted: np.ndarray) -> list[Piece]:
@@ -111,21 +116,50 @@ def _spanning(parts: list[Piece], wanted: np.ndarray) -> list[Piece]:
     return out or parts[:1]
 
 
-def take_vectors(dataset, rowids: np.ndarray) -> np.ndarray:
+def take_vectors(dataset, rowids: np.ndarray, *, engine: str | None = None) -> np.ndarray:
     """Vectors of the given row ids, in the order given (float32, (n, d)); repeated ids
-    are read once."""
+    are read once. With the local engine a scanned batch's chosen rows are copied straight
+    into the result (one copy of the vectors); with Ray the tasks return the rows."""
     rowids = np.asarray(rowids, np.uint64)
+    dim = dataset.schema.field("embedding").type.list_size
     if len(rowids) == 0:
-        dim = dataset.schema.field("embedding").type.list_size
         return np.zeros((0, dim), np.float32)
-    unique, inverse = np.unique(rowids, return_inverse=True)
-    parts, got = [], []
-    for ids, batch in select_rows(dataset, unique, ["embedding"]):
-        got.append(ids)
-        parts.append(np.array(vectors(batch)))
-    X = np.concatenate(parts)
-    order = np.searchsorted(np.concatenate(got), unique)
-    return X[order][inverse]
+    ordered = bool((rowids[1:] > rowids[:-1]).all())  # sorted and unique: no reordering
+    unique, inverse = (rowids, None) if ordered else np.unique(rowids, return_inverse=True)
+    X = np.empty((len(unique), dim), np.float32)
+    run = executor(engine)
+    jobs = _row_jobs(dataset, unique, ["embedding"], run)
+    if run.name == LOCAL:
+        found = (part for piece, wanted, columns, take in jobs
+                 for part in _vector_parts(piece, wanted, take))
+    else:
+        found = ((ids, vectors(batch), None) for result in run.map(piece_rows, jobs)
+                 for ids, batch in result)
+    for ids, V, hit in found:
+        at = np.searchsorted(unique, ids)
+        if len(at) and at[-1] - at[0] == len(at) - 1:  # consecutive (rows come in id order)
+            target = X[at[0]:at[-1] + 1]
+            if hit is None:
+                target[:] = V
+            else:
+                np.compress(hit, V, axis=0, out=target)
+        elif len(at):
+            X[at] = V if hit is None else V[hit]
+    return X if inverse is None else X[inverse]
+
+
+def _vector_parts(piece: Piece, rowids: np.ndarray, take: bool):
+    """(chosen row ids, the batch's vectors, mask of the chosen rows or None) per batch."""
+    if take:
+        for ids, batch in iter_piece_rows(piece, rowids, ["embedding"], True):
+            yield ids, vectors(batch), None
+        return
+    last = len(rowids) - 1
+    for batch in piece.batches(["embedding"], with_row_id=True):
+        ids = batch.column("_rowid").to_numpy()
+        hit = rowids[np.minimum(np.searchsorted(rowids, ids), last)] == ids
+        if hit.any():
+            yield ids[hit], vectors(batch), hit
 
 
 def piece_matches(piece: Piece, predicate, columns: list[str]) -> np.ndarray:

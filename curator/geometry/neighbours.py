@@ -17,32 +17,33 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import BadInput
+from .backend import NUMPY, Backend
 from .kmeans import spherical_kmeans, top_centroids, unit_rows
 
 COS_TOL = 1e-6
 EXACT_ROWS = 8_192  # at most this many rows: compare all pairs, no partitioning
 DEFAULT_PROBES = 2
-_BLOCK_ELEMENTS = 16 << 20  # score-matrix block: rows × columns
 
 
 def near_duplicate_pairs(X: np.ndarray, eps: float, *, partitions: int | None = None,
-                         probes: int = DEFAULT_PROBES, seed: int = 0, unit: bool = False
-                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                         probes: int = DEFAULT_PROBES, seed: int = 0, unit: bool = False,
+                         backend: Backend = NUMPY) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """All pairs (i < j) of rows of ``X`` with cos(x̂_i, x̂_j) ≥ 1 − eps.
 
     Returns (i, j, cos) arrays sorted by (i, j); cos in [1 − eps, 1]. ``partitions`` = 1
     compares all pairs exactly; otherwise (default: exact up to 8,192 rows, else about
-    √(2n) partitions) k-means partitions with multi-probe are searched.
+    √(2n) partitions) k-means partitions with multi-probe are searched. The products run
+    on ``backend`` (:mod:`curator.geometry.backend`).
     """
     check_eps(eps)
     U = np.ascontiguousarray(X, np.float32) if unit else unit_rows(X)
     n = len(U)
     k = partitions or auto_partitions(n)
     if k <= 1 or n <= 1:
-        i, j, c = _block_pairs(U, np.arange(n), None, None, threshold(eps))
+        i, j, c = backend.threshold_pairs(U, None, threshold(eps))
         return sorted_unique(i, j, c)
-    planner = PartitionPlan.train(U, k, eps, probes=probes, seed=seed)
-    labels, keep = planner.assign(U)
+    planner = PartitionPlan.train(U, k, eps, probes=probes, seed=seed, backend=backend)
+    labels, keep = planner.assign(U, backend=backend)
     parts = []
     for c in range(planner.k):
         primary = np.flatnonzero(labels[:, 0] == c)
@@ -50,7 +51,7 @@ def near_duplicate_pairs(X: np.ndarray, eps: float, *, partitions: int | None = 
             continue
         secondary = np.flatnonzero(((labels[:, 1:] == c) & keep[:, 1:]).any(axis=1))
         parts.append(partition_pairs(U[primary], primary, U[secondary], secondary,
-                                     threshold(eps)))
+                                     threshold(eps), backend=backend))
     return sorted_unique(*concat_pairs(parts))
 
 
@@ -78,57 +79,34 @@ class PartitionPlan:
         return len(self.centroids)
 
     @classmethod
-    def train(cls, U: np.ndarray, k: int, eps: float, *, probes: int, seed: int) -> PartitionPlan:
+    def train(cls, U: np.ndarray, k: int, eps: float, *, probes: int, seed: int,
+              backend: Backend = NUMPY) -> PartitionPlan:
         k = min(k, len(U))
         rng = np.random.default_rng(seed)
         size = min(len(U), max(20_000, 40 * k))
         sample = U if size == len(U) else U[np.sort(rng.choice(len(U), size, replace=False))]
-        C, _ = spherical_kmeans(sample, k, seed=seed, iterations=8)
+        C, _ = spherical_kmeans(sample, k, seed=seed, iterations=8, backend=backend)
         return cls(C, max(1, min(probes, k)), 2.0 * np.sqrt(2.0 * (eps + COS_TOL)) + 1e-5)
 
-    def assign(self, U: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def assign(self, U: np.ndarray, *, backend: Backend = NUMPY) -> tuple[np.ndarray, np.ndarray]:
         """(labels (n, p), usable (n, p)): the p nearest partitions; a probe is usable when
         its cosine is within the margin of the best (column 0 is the home partition)."""
-        labels, cos = top_centroids(U, self.centroids, self.probes)
+        labels, cos = top_centroids(U, self.centroids, self.probes, backend=backend)
         usable = cos >= cos[:, :1] - self.margin
         return labels, usable
 
 
 def partition_pairs(Up: np.ndarray, pos_p: np.ndarray, Uq: np.ndarray, pos_q: np.ndarray,
-                    thr: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                    thr: float, *, backend: Backend = NUMPY
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Pairs within the home rows ``Up`` (each pair once) and between visiting rows ``Uq``
     and the home rows, with cosine ≥ thr; positions are the global row numbers."""
-    i1, j1, c1 = _block_pairs(Up, pos_p, None, None, thr)
+    r1, c1, s1 = backend.threshold_pairs(Up, None, thr)
     if len(Uq) == 0:
-        return i1, j1, c1
-    i2, j2, c2 = _block_pairs(Uq, pos_q, Up, pos_p, thr)
-    return np.concatenate([i1, i2]), np.concatenate([j1, j2]), np.concatenate([c1, c2])
-
-
-def _block_pairs(A, pos_a, B, pos_b, thr):
-    """Pairs of rows of A × B (or the upper triangle of A × A when B is None) above thr."""
-    out_i, out_j, out_c = [], [], []
-    same = B is None
-    if same:
-        B, pos_b = A, pos_a
-    if len(A) == 0 or len(B) == 0:
-        return empty_pairs()
-    rows = max(1, min(len(A), _BLOCK_ELEMENTS // max(1, len(B))))
-    for a in range(0, len(A), rows):
-        block = A[a:a + rows]
-        start = a if same else 0  # triangle: columns from the block's first row on
-        S = block @ B[start:].T
-        r, c = np.nonzero(S >= thr)
-        if same:
-            upper = c + start > r + a
-            r, c = r[upper], c[upper]
-        if len(r):
-            out_i.append(pos_a[a + r])
-            out_j.append(pos_b[start + c])
-            out_c.append(S[r, c])
-    if not out_i:
-        return empty_pairs()
-    return np.concatenate(out_i), np.concatenate(out_j), np.concatenate(out_c)
+        return pos_p[r1], pos_p[c1], s1
+    r2, c2, s2 = backend.threshold_pairs(Uq, Up, thr)
+    return (np.concatenate([pos_p[r1], pos_q[r2]]), np.concatenate([pos_p[c1], pos_p[c2]]),
+            np.concatenate([s1, s2]))
 
 
 def empty_pairs():

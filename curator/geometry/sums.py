@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import sketch
+from .backend import NUMPY, Backend
 from .whitening import Whitening
 
 
@@ -43,8 +44,10 @@ class ModalityStats:
             self.shift = np.asarray(self.shift, np.float64)
 
     # -- accumulation ---------------------------------------------------------------
-    def add(self, X: np.ndarray, norms: np.ndarray | None = None, sign: int = 1) -> None:
-        """Add (``sign=1``) or remove (``sign=-1``) the rows of X (n, d float32)."""
+    def add(self, X: np.ndarray, norms: np.ndarray | None = None, sign: int = 1, *,
+            backend: Backend = NUMPY) -> None:
+        """Add (``sign=1``) or remove (``sign=-1``) the rows of X (n, d float32); the
+        second moment (the O(n·d²) product) runs on ``backend``."""
         if len(X) == 0:
             return
         X = np.asarray(X, np.float32)
@@ -52,11 +55,10 @@ class ModalityStats:
             norms = row_norms(X)
         if self.shift is None:
             self.shift = X.mean(axis=0, dtype=np.float64).astype(np.float32).astype(np.float64)
-        centered = X - self.shift.astype(np.float32)
         self.n += sign * len(X)
         self.S += sign * X.sum(axis=0, dtype=np.float64)
         self.U += sign * (X.T @ (1.0 / norms).astype(np.float32)).astype(np.float64)  # GEMV, no copy
-        self.Q += sign * (centered.T @ centered).astype(np.float64)
+        self.Q += sign * backend.second_moment(X, self.shift.astype(np.float32))
         norms64 = norms.astype(np.float64)
         self.a += sign * float(norms64.sum())
         self.b += sign * float((norms64 * norms64).sum())
