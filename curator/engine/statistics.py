@@ -80,8 +80,16 @@ def rebuild(db: Database, table: str, dataset=None, *, engine: str | None = None
     store = StatsStore(db, table)
     stats = accumulate(dataset, TableMeta.from_schema(dataset.schema).dim, engine=engine)
     stats.table_version = dataset.version
-    same = _same_version(stats, store.history())
+    history = store.history()
+    same = _same_version(stats, history)
     if same is not None:
+        # The record that version's writer saved, bit for bit, where its snapshots are
+        # kept (a command killed between its table commit and its record save): rows
+        # scored at it then have bound 0, as they had before the crash.
+        kept = {m: e.snapshot for (v, m), e in history.items() if v == same and e.n > 0}
+        if kept and all(s is not None for s in kept.values()) and set(kept) == set(stats.nonempty()):
+            stats = TableStats(stats.dim, same, dataset.version,
+                               dict(kept))
         stats.version = same
     else:
         stats.version = store.latest_version() + 1

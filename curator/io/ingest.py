@@ -327,8 +327,8 @@ class _Ingest:
             scoring.close()
             self.plan.close()
         clock = time.perf_counter()
-        self.store.append_history(stats)
         dataset = outcome.commit(self.dataset, f"curator ingest v{stats.version}")
+        self.store.append_history(stats)  # after the commit: a crash before leaves no orphan
         stats.table_version = dataset.version
         self.store.save(stats)
         self.phases["commit"] = time.perf_counter() - clock

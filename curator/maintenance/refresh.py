@@ -134,8 +134,11 @@ def _refresh_locked(database: Database, table: str, tolerance: float, counted: l
         for phase, seconds in outcome.seconds.items():
             _add(phases, phase, seconds)
         clock = time.perf_counter()
-        store.append_history(stats)
         dataset = outcome.commit(dataset, f"curator refresh v{stats.version}")
+        # After the commit: killed before it, no version number is used up (a rerun gets
+        # the same one); killed after it and before the record is saved, the next command
+        # rebuilds the record and numbers it this version (statistics.rebuild).
+        store.append_history(stats)
         stats.table_version = dataset.version
         store.save(stats)
         _add(phases, "commit", time.perf_counter() - clock)

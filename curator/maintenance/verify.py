@@ -260,8 +260,8 @@ def _repair(result, database, table, dataset, record, truth, stats_drift, drifte
         with Scoring(dataset, stats) as scoring:
             scoring.score_existing(chosen)
             outcome = scoring.finish()
-        store.append_history(stats)
         dataset = outcome.commit(dataset, f"curator verify --repair v{stats.version}")
+        store.append_history(stats)  # after the commit, as refresh does
         result.rows_rescored = outcome.rows
     stats.table_version = dataset.version
     store.save(stats)
