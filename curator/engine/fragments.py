@@ -37,9 +37,15 @@ class Piece:
         kwargs = {} if self.whole else {"offset": self.offset, "limit": self.rows}
         for batch in self.fragment.to_batches(columns=columns, filter=filter,
                                               with_row_id=with_row_id, batch_size=batch_size,
-                                              **kwargs):
+                                              io_buffer_size=IO_BUFFER_BYTES, **kwargs):
             if batch.num_rows:
                 yield batch
+
+
+# Bytes Lance's I/O scheduler may read ahead of the decoder in one scan (its default is
+# 2 GiB: a scan of one large fragment then held up to 2 GiB of vectors). 128 MiB keeps a
+# scan at read speed and its memory set by the batch, not by the fragment.
+IO_BUFFER_BYTES = 128 << 20
 
 
 def pieces(dataset, rows_per_piece: int | None = None) -> list[Piece]:

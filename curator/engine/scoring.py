@@ -116,14 +116,22 @@ class ScoreModel:
 
 def spill_table(keys, sample_id, modality, norms, scalars: dict, pair_dot, dot_with,
                 old_conformity) -> pa.Table:
-    """One spill part (NaN → null, so DuckDB's aggregates skip them)."""
+    """One spill part (NaN → null, so DuckDB's aggregates skip them).
+
+    Every column is a copy: a column of a batch Lance returned (through the Arrow C data
+    interface) keeps the whole batch alive, its vectors included, so a part that
+    referenced one held 32 MB of vectors per 16k rows until the pass ended."""
     def f64(values):
-        values = np.asarray(values, np.float64)
+        values = np.array(values, np.float64)  # a copy, never a view of the batch
         return pa.array(values, pa.float64(), mask=~np.isfinite(values))
+
+    def own(strings):
+        strings = strings.cast(pa.string())
+        return pa.concat_arrays([strings, strings.slice(0, 0)])  # new buffers
 
     return pa.table([
         pa.array(np.asarray(keys, np.int64), pa.int64()),
-        sample_id.cast(pa.string()), modality.cast(pa.string()),
+        own(sample_id), own(modality),
         f64(norms), f64(scalars["conformity"]), f64(scalars["conformity_est"]),
         f64(scalars["loglik"]), f64(scalars["dot_image"]), f64(scalars["dot_text"]),
         f64(pair_dot), dot_with, f64(old_conformity),

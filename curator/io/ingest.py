@@ -164,7 +164,7 @@ class _Ingest:
                     undo_columns(self.database, self.table, self.evolved_from)
                 raise
         clock = time.perf_counter()
-        batch_stats, first = self._statistics_pass(new_rows)
+        batch_stats = self._statistics_pass(new_rows)
         self.phases = {"statistics": time.perf_counter() - clock}
         evolved_from = None
         stats = previous.copy() if previous is not None else TableStats(self.dim)
@@ -189,14 +189,14 @@ class _Ingest:
             raise
 
     # -- pass 1: validation and statistics --------------------------------------------
-    def _statistics_pass(self, new_rows: int) -> tuple[TableStats, pa.RecordBatch]:
-        stats, first = None, None
+    def _statistics_pass(self, new_rows: int) -> TableStats:
+        stats = None
         bar = progress_mod.bar("statistics", new_rows, quiet=self.quiet)
         position = 0
         try:
             for index, (batch, norms) in enumerate(self._validated()):
                 if stats is None:
-                    stats, first = TableStats(self.dim), batch
+                    stats = TableStats(self.dim)
                 self._collect_metadata(batch)
                 _accumulate(stats, batch, norms)
                 self.plan.add(batch, position, index)
@@ -206,7 +206,7 @@ class _Ingest:
             bar.close()
         if stats is None:
             raise BadInput("the input holds no rows")
-        return stats, first
+        return stats
 
     def _collect_metadata(self, batch: pa.RecordBatch) -> None:
         """The metadata columns of every batch (a later source may bring new ones); two

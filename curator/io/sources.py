@@ -397,8 +397,9 @@ def _clip_retrieval(source: Source, ids_only: bool) -> Iterator[pa.RecordBatch]:
                 raise BadInput(f"{metas[key]}: not a readable parquet file ({_first_line(exc)})") from None
             if meta.num_rows != n:
                 raise BadInput(f"{metas[key]}: {meta.num_rows} rows for {n} vectors")
-        for start in range(0, n, BATCH_ROWS):
-            stop = min(start + BATCH_ROWS, n)
+        lines_per_batch = BATCH_ROWS // 2 if img is not None and txt is not None else BATCH_ROWS
+        for start in range(0, n, lines_per_batch):  # a batch: at most BATCH_ROWS rows
+            stop = min(start + lines_per_batch, n)
             part = meta.slice(start, stop - start) if meta is not None else None
             samples = _meta_column(part, ("sample_id", "key"))
             if samples is None:
