@@ -10,7 +10,7 @@ continues it), the lines up to the next ``$ `` are what it prints (stdout and st
 
 A command must exit 1 where its output starts with ``Error:`` and 0 everywhere else.
 Its output must match the README's, except what varies from run to run, which is
-not compared: durations (``0.3 s``, ``"seconds": 0.074``) and the run's own folder (the
+not compared: durations (``0.3 s``, ``"seconds": 0.074``, a ``"phases"`` object) and the run's own folder (the
 README shows paths relative to it). A README line ``…`` stands for any number of lines,
 and ``…`` inside a line for any text, for output a block does not want to pin down.
 A block right after a line ``<!-- readme-console: not run -->`` is shown but not run (a
@@ -37,6 +37,7 @@ ELLIPSIS = "…"
 NOT_RUN = "<!-- readme-console: not run -->"
 _DURATION = re.compile(r"\b\d+(?:\.\d+)?(?: ?s| seconds)\b")
 _SECONDS = re.compile(r'("seconds(?:_\w+)?": )-?[\d.]+(?:e-?\d+)?')
+_PHASES = re.compile(r'("phases": )\{[^{}]*\}')  # seconds per phase of a command
 
 
 @dataclass
@@ -138,7 +139,7 @@ def relative(output: str, folder: str) -> list[str]:
 
 
 def _masked(line: str) -> str:
-    return _SECONDS.sub(r"\1#", _DURATION.sub("# s", line.rstrip()))
+    return _PHASES.sub(r"\1{#}", _SECONDS.sub(r"\1#", _DURATION.sub("# s", line.rstrip())))
 
 
 def matches(expected: list[str], actual: list[str]) -> bool:
