@@ -39,21 +39,10 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from bench_scale import RAW_SCAN  # noqa: E402  (one baseline scan for every benchmark)
+
 from curator.geometry.backend import get_backend  # noqa: E402
 from curator.geometry.kmeans import unit_rows  # noqa: E402
-
-RAW_SCAN = """
-import sys, time
-from curator.store.database import tune_allocator
-tune_allocator()
-import lance
-ds = lance.dataset(sys.argv[1])
-t = time.perf_counter(); total = 0.0
-for b in ds.to_batches(columns=["embedding"], batch_size=16384):
-    v = b.column(0).values.to_numpy(zero_copy_only=False)
-    total += float(v[:1].sum())
-print(time.perf_counter() - t)
-"""
 
 
 def devices() -> tuple[list[str], str]:

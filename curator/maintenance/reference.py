@@ -17,10 +17,10 @@ import pyarrow as pa
 
 from ..engine.statistics import current
 from ..engine.writes import map_columns
-from ..errors import BadInput, SchemaMismatch
+from ..errors import BadInput
 from ..geometry.scores import row_scores
 from ..store.arrow import groups, vectors
-from ..store.database import Database, TableMeta
+from ..store.database import Database, check_same_space
 from ..store.lock import writer_lock
 
 REF_COLUMNS = ("ref_conformity", "ref_conformity_est", "ref_uncertainty", "ref_loglik")
@@ -54,11 +54,7 @@ def score_against(*, db=None, table: str = "embeddings", reference: str,
     database = Database(db)
     dataset = database.dataset(table)
     ref_dataset = database.dataset(reference)
-    mine, theirs = TableMeta.from_schema(dataset.schema), TableMeta.from_schema(ref_dataset.schema)
-    if mine.dim != theirs.dim:
-        raise SchemaMismatch(f"reference {reference!r} holds {theirs.dim}-d vectors, {table!r} {mine.dim}-d")
-    if mine.model != theirs.model:
-        raise SchemaMismatch(f"reference {reference!r} holds model {theirs.model!r}, {table!r} {mine.model!r}")
+    check_same_space(dataset, ref_dataset, table, reference)
     with writer_lock(database, table):
         return _score_locked(database, table, reference, ref_dataset, engine)
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-from ..errors import CuratorError, NoDatabase, NoTable
+from ..errors import CuratorError, NoDatabase, NoTable, SchemaMismatch
 from .schema import DATASET_SCHEMA_VERSION
 
 DEFAULT_DB = "./curator.lancedb"
@@ -191,6 +191,15 @@ class Database:
             return set()
         wanted = pa.array(ids, pa.string()) if not isinstance(ids, pa.Array) else ids
         return set(ids_present(self.dataset(name), wanted).to_pylist())
+
+
+def check_same_space(dataset, ref_dataset, table: str, reference: str) -> None:
+    """Scores against another table need its model and dimension: else one error line."""
+    mine, theirs = TableMeta.from_schema(dataset.schema), TableMeta.from_schema(ref_dataset.schema)
+    if mine.dim != theirs.dim:
+        raise SchemaMismatch(f"reference {reference!r} holds {theirs.dim}-d vectors, {table!r} {mine.dim}-d")
+    if mine.model != theirs.model:
+        raise SchemaMismatch(f"reference {reference!r} holds model {theirs.model!r}, {table!r} {mine.model!r}")
 
 
 def _list_table_names(conn) -> list[str]:

@@ -47,13 +47,13 @@ from ..engine.executor import executor
 from ..engine.fragments import Piece, pieces
 from ..engine.rows import select_rows
 from ..engine.statistics import current
-from ..errors import BadInput, CuratorError, SchemaMismatch
+from ..errors import BadInput, CuratorError
 from ..geometry import diagnostics as dg
 from ..geometry.kmeans import spherical_kmeans, top_centroids, unit_rows
 from ..geometry.scores import row_scores
 from ..store.arrow import groups, vectors
 from ..store.centroids import CentroidStore
-from ..store.database import Database, TableMeta
+from ..store.database import Database, check_same_space
 
 HIST_BINS = 50
 TRAIN_SAMPLE = 50_000
@@ -122,11 +122,7 @@ def compare(*, db=None, table: str = "embeddings", reference: str, db_reference=
         raise BadInput("--reference names the table itself")
     dataset = database.dataset(table)
     ref_dataset = ref_database.dataset(reference)
-    mine, theirs = TableMeta.from_schema(dataset.schema), TableMeta.from_schema(ref_dataset.schema)
-    if mine.dim != theirs.dim:
-        raise SchemaMismatch(f"reference {reference!r} holds {theirs.dim}-d vectors, {table!r} {mine.dim}-d")
-    if mine.model != theirs.model:
-        raise SchemaMismatch(f"reference {reference!r} holds model {theirs.model!r}, {table!r} {mine.model!r}")
+    check_same_space(dataset, ref_dataset, table, reference)
     out = _out_folder(out)
     ref_stats = current(ref_database, reference, ref_dataset)
     live = ref_stats.nonempty()
