@@ -1,6 +1,7 @@
 """Scoring at the machine's limits: ingest and refresh against the raw libraries, one run.
 
     python scripts/bench_scores.py [--rows 1000000] [--dim 512] [--repeat 3] [--dir bench-out/scores]
+                                   [--compare-with OTHER_CHECKOUT]
 
 Every stage runs in a fresh process (allocator fixed, imports not timed), ``--repeat``
 times; figures are medians with min–max. Baselines, in the same run:
@@ -12,6 +13,11 @@ times; figures are medians with min–max. Baselines, in the same run:
   numpy (X @ [U, m_img, m_txt]): the fastest honest way to get every row's conformity;
 - **GEMM peak**: float32 matrix products on this machine; the whitening ``loglik`` needs
   is an n × d × d product, so "scan + whitening at peak" is the floor of a refresh.
+
+With ``--compare-with``, ``curator ingest`` and ``curator refresh`` of every row also run
+from another checkout (``PYTHONPATH`` set to it; e.g. the code before a change, for issue
+11's "no slower than before, same run"), rounds interleaved with this checkout's, each on
+a table that checkout made itself.
 
 Goals (issue 15): refresh of every row ≤ 1.5 × (scan + whitening at peak); the
 conformity family alone (``refresh --columns`` without loglik) ≤ 2 × the scan; writing
@@ -65,7 +71,20 @@ def extra(root: str, rows: int, dim: int) -> str:
 
 
 def repeat(n: int, run) -> dict:
-    results = [run() for _ in range(n)]
+    return _summary([run() for _ in range(n)])
+
+
+def paired(n: int, run_a, run_b) -> tuple[dict, dict]:
+    """``repeat`` for two variants with their rounds interleaved (a, b, a, b, ...), so
+    that machine noise falls on both alike."""
+    a, b = [], []
+    for _ in range(n):
+        a.append(run_a())
+        b.append(run_b())
+    return _summary(a), _summary(b)
+
+
+def _summary(results: list[dict]) -> dict:
     seconds = [r["seconds"] for r in results]
     out = dict(results[len(results) // 2])
     out.update(median=statistics.median(seconds), low=min(seconds), high=max(seconds),
@@ -83,6 +102,10 @@ def main() -> None:
     ap.add_argument("--dim", type=int, default=512)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--dir", default="bench-out/scores")
+    ap.add_argument("--compare-with", metavar="CHECKOUT",
+                    help="another curator checkout: its ingest and refresh run in the same rounds")
+    ap.add_argument("--only-compare", action="store_true",
+                    help="with --compare-with: run only the ingest and refresh comparison")
     args = ap.parse_args()
     os.makedirs(args.dir, exist_ok=True)
     src = os.path.join(args.dir, "clip")
@@ -120,6 +143,10 @@ lance.write_dataset(t, {path("bare")!r}, data_storage_version="2.0", max_rows_pe
         shutil.copytree(stale, work)
         return child(setup=SETUP, code=f"RESULT = curator.refresh(db={work!r}, columns={columns!r}).to_dict()")
 
+    if args.compare_with:
+        compare(args, src, stale_batch, path, refresh)
+        if args.only_compare:
+            return
     full = repeat(args.repeat, refresh)
     family = repeat(args.repeat, lambda: refresh(NO_LOGLIK))
     scan = repeat(args.repeat, lambda: child(setup=SETUP, code=f"""
@@ -190,6 +217,39 @@ RESULT = {{"whitening_seconds": time.perf_counter() - t0}}
     print("refresh phases (s):", full["phases"])
     print("conformity-family phases (s):", family["phases"])
     print("ingest phases:", ingest.get("phases"))
+
+
+def compare(args, src: str, stale_batch: str, path, refresh) -> None:
+    """This checkout against ``args.compare_with``: ingest (with scores) and refresh of
+    every row of a table made stale by a small off-distribution batch, interleaved."""
+    other = os.path.abspath(args.compare_with)
+    env = {"PYTHONPATH": other}
+
+    def other_refresh():
+        work = path("db-other-refresh")
+        shutil.copytree(other_stale, work)
+        return child(setup=SETUP, env=env, code=f"RESULT = curator.refresh(db={work!r}).to_dict()")
+
+    ingest_here, ingest_other = paired(args.repeat, lambda: child(
+        setup=SETUP, code=f"RESULT = curator.ingest([{src!r}], db={path('db-cmp')!r}).to_dict()"),
+        lambda: child(setup=SETUP, env=env,
+                      code=f"RESULT = curator.ingest([{src!r}], db={path('db-other')!r}).to_dict()"))
+    other_db = os.path.join(args.dir, "db-other")
+    child(setup=SETUP, env=env, code=f"curator.ingest([{stale_batch!r}], db={other_db!r})")
+    other_stale = os.path.join(args.dir, "db-other-stale")
+    shutil.rmtree(other_stale, ignore_errors=True)
+    shutil.copytree(other_db, other_stale)
+    refresh_here, refresh_other = paired(args.repeat, refresh, other_refresh)
+    rows = []
+    for stage, here, there in (("curator ingest (every score)", ingest_here, ingest_other),
+                               ("curator refresh of every row", refresh_here, refresh_other)):
+        rows.append({"stage": stage, "this checkout": fmt(here), "other": fmt(there),
+                     "ratio": here["median"] / there["median"],
+                     "rss this / other (MB)": f"{here['peak_rss_mb']:.0f} / {there['peak_rss_mb']:.0f}"})
+    print(f"this checkout vs {other}, {args.rows + 2000:,} rows x {args.dim}, rounds interleaved, "
+          f"medians of {args.repeat} (min–max); ratio < 1.10 = within 10%")
+    print(table(rows, ["stage", "this checkout", "other", "ratio", "rss this / other (MB)"]))
+    print(flush=True)
 
 
 if __name__ == "__main__":
