@@ -6,18 +6,82 @@ from the vectors (conformity, estimator, loglik, dots with the modality means) b
 its global step (the sketch, the image–text join, the order of writes) can run. Holding
 them in RAM would grow with the table; here they go to a temporary folder instead, and
 memory stays bounded by a batch plus DuckDB's ``memory_limit``.
+
+Each spill folder is ``curator-spill-<pid>-<random>`` under the temp dir, ``<pid>`` the
+process that made it; it is removed when the spill closes. A command killed outright
+(SIGKILL, out of memory) cannot remove its own, so making a new folder first removes
+the siblings left by dead processes: a ``curator-spill-<pid>-<random>`` folder owned by
+this user whose ``<pid>`` is not running (``os.kill(pid, 0)`` says no such process; a
+permission error means it runs) and that has not changed for a minute. Folders of any
+other name are never touched. (This assumes processes sharing the temp dir share a PID
+namespace; POSIX only.)
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import stat
 import tempfile
+import time
 
 import numpy as np
 import pyarrow as pa
 
 MEMORY_LIMIT = "768MB"  # DuckDB's working memory; beyond it joins and sorts spill to disk
+PREFIX = "curator-spill-"
+STALE_AFTER = 60.0  # seconds unchanged before a dead process's folder is removed
+_FOLDER = re.compile(re.escape(PREFIX) + r"(\d+)-[A-Za-z0-9_]+")
+
+
+def make_folder() -> str:
+    """A new ``curator-spill-<pid>-<random>`` folder in the temp dir, after removing the
+    folders that dead processes left there (:func:`remove_stale`)."""
+    parent = tempfile.gettempdir()
+    remove_stale(parent)
+    return tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-", dir=parent)
+
+
+def remove_stale(parent: str) -> list[str]:
+    """Remove the spill folders under ``parent`` whose process is dead and that have not
+    changed for ``STALE_AFTER`` seconds; return their paths."""
+    if os.name != "posix":  # os.kill(pid, 0) is no liveness test elsewhere
+        return []
+    removed = []
+    now = time.time()
+    try:
+        entries = list(os.scandir(parent))
+    except OSError:
+        return removed
+    for entry in entries:
+        match = _FOLDER.fullmatch(entry.name)
+        if not match:
+            continue
+        pid = int(match.group(1))
+        try:
+            info = entry.stat(follow_symlinks=False)
+        except OSError:
+            continue
+        if (not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid()
+                or now - info.st_mtime < STALE_AFTER or _alive(pid)):
+            continue
+        shutil.rmtree(entry.path, ignore_errors=True)
+        removed.append(entry.path)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (in doubt: yes)."""
+    if pid <= 0 or pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: it exists, under another user
+        return True
+    return True
 
 
 def connect(folder: str):
@@ -43,7 +107,7 @@ class ScalarSpill:
 
     def __init__(self, schema: pa.Schema, folder: str | None = None):
         self.schema = schema
-        self.folder = folder or tempfile.mkdtemp(prefix="curator-spill-")
+        self.folder = folder or make_folder()
         self._own = folder is None
         self.parts = 0
         self.rows = 0

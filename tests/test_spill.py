@@ -1,0 +1,67 @@
+"""Spill folders: named after their process; those of dead processes are removed."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import pyarrow as pa
+import pytest
+
+from curator.engine import spill
+from curator.engine.spill import ScalarSpill
+
+pytestmark = pytest.mark.skipif(os.name != "posix", reason="liveness by os.kill(pid, 0)")
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()  # reaped: the pid names no process now
+    return proc.pid
+
+
+def _folder(parent, name: str, age: float) -> str:
+    path = os.path.join(parent, name)
+    os.makedirs(os.path.join(path, "duckdb"))
+    with open(os.path.join(path, "part-000000.parquet"), "wb") as fh:
+        fh.write(b"x")
+    past = time.time() - age
+    os.utime(path, (past, past))
+    return path
+
+
+def test_new_spill_removes_stale_folders_of_dead_processes(tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    dead = _dead_pid()
+    stale = _folder(tmp_path, f"curator-spill-{dead}-abc123_x", age=3600)
+    recent = _folder(tmp_path, f"curator-spill-{dead}-recent00", age=0)  # too young to judge
+    live = _folder(tmp_path, f"curator-spill-{os.getpid()}-live0000", age=3600)
+    other = _folder(tmp_path, f"curator-spill-{dead}-abc.old", age=3600)  # not our pattern
+    old_style = _folder(tmp_path, "curator-spill-k2j4h5l6", age=3600)  # no pid: never touched
+
+    with ScalarSpill(pa.schema([("x", pa.int64())])) as s:
+        assert os.path.dirname(s.folder) == str(tmp_path)
+        assert os.path.basename(s.folder).startswith(f"curator-spill-{os.getpid()}-")
+        assert os.path.isdir(s.folder)
+    assert not os.path.exists(s.folder)
+
+    assert not os.path.exists(stale)
+    for kept in (recent, live, other, old_style):
+        assert os.path.isdir(kept), kept
+
+
+def test_permission_error_means_alive(monkeypatch):
+    def kill(pid, sig):
+        raise PermissionError
+
+    monkeypatch.setattr(spill.os, "kill", kill)
+    assert spill._alive(12345)
+
+    def gone(pid, sig):
+        raise ProcessLookupError
+
+    monkeypatch.setattr(spill.os, "kill", gone)
+    assert not spill._alive(12345)
