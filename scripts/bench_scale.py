@@ -10,9 +10,27 @@ run: one Lance scan of the embedding column (allocator tuned), in its own proces
 
 Also, ``--fragments K``: K small ingests (fragments), query time before/after optimize.
 
+Stages after the ingests, by name: ``baseline`` (the raw scan), ``refresh``, ``cluster``,
+``dedupe``, ``rebalance``, ``export``, ``report``, ``verify``, ``optimize`` (these nine,
+in this order, are the default), and two more that run only when named:
+``extra-ingest`` ingests one fixed-size batch of ``--extra-rows`` image rows (default
+1.25M, the quarter of a 5M run; seed ``--extra-seed``, default 7; file ``ima_c.npy``,
+so its ids are new) into the big table, and ``refresh-after`` refreshes after it.
+
+``--stages a,b,c`` runs only those stages, in the order given (``--only`` is the older
+form: a filter of the default stages, the baseline always run). ``--existing-db PATH``
+skips generating and ingesting and runs the stages on a table already built (e.g. one
+kept by ``--keep``); the table's row count stands for N (``rebalance --cap`` is N/400),
+its dimension comes from the table, scratch (export, report, the extra batch) goes to
+``WORKDIR/existing`` and is removed after unless ``--keep``. The table itself is never
+removed, but ``extra-ingest`` adds its rows to it and every stage writes its columns.
+
     python scripts/bench_scale.py --sizes 1000000 --workdir /work/scale
     python scripts/bench_scale.py --sizes 1000000 5000000 --workdir /work/scale
     python scripts/bench_scale.py --fragments 1000 --workdir /tmp/frag
+    # the later stages of the 20M × 64 run, on the table its --keep left:
+    python scripts/bench_scale.py --existing-db /work/scale64/n20000000/db.lancedb \\
+        --stages rebalance,export,report,verify,extra-ingest,refresh-after --json rest20m.json
 """
 
 from __future__ import annotations
@@ -30,6 +48,12 @@ import numpy as np
 DIM = 512
 CHUNK = 250_000
 GOAL_RSS = 2_000_000_000  # bytes: the goal is 2 GB, decimal
+BASELINE = "raw Lance scan (baseline)"
+DEFAULT_STAGES = ["baseline", "refresh", "cluster", "dedupe", "rebalance", "export", "report",
+                  "verify", "optimize"]
+STAGES = DEFAULT_STAGES + ["extra-ingest", "refresh-after"]
+EXTRA_ROWS = 1_250_000  # the extra batch: one quarter of a 5M run
+EXTRA_SEED = 7
 
 RAW_SCAN = """
 import sys, time
@@ -45,8 +69,11 @@ print(time.perf_counter() - t)
 """
 
 
-def make_vectors(folder: str, n: int, seed: int = 0, dim: int = DIM) -> list[tuple[str, str]]:
-    """Four .npy files (image/text × two halves) of a double-ellipsoid, written in chunks."""
+def make_vectors(folder: str, n: int, seed: int = 0, dim: int = DIM,
+                 limit: int | None = None) -> list[tuple[str, str]]:
+    """Four .npy files (image/text × two halves) of a double-ellipsoid, written in chunks.
+
+    ``limit``: stop after that many files (the first ones are the same as without it)."""
     os.makedirs(folder, exist_ok=True)
     rng = np.random.default_rng(seed)
     files = []
@@ -67,6 +94,8 @@ def make_vectors(folder: str, n: int, seed: int = 0, dim: int = DIM) -> list[tup
             out.flush()
             del out
             files.append((path, modality))
+            if limit is not None and len(files) >= limit:
+                return files
     return files
 
 
@@ -95,7 +124,8 @@ def raw_scan(db: str) -> float:
 
 
 def pipeline(n: int, workdir: str, keep: bool = False, dim: int = DIM,
-             only: list[str] | None = None) -> dict:
+             only: list[str] | None = None, stages: list[str] | None = None,
+             extra_rows: int = EXTRA_ROWS, extra_seed: int = EXTRA_SEED) -> dict:
     root = os.path.join(workdir, f"n{n}")
     shutil.rmtree(root, ignore_errors=True)
     os.makedirs(root)
@@ -110,26 +140,75 @@ def pipeline(n: int, workdir: str, keep: bool = False, dim: int = DIM,
             db, ["ingest", path, "--modality", modality, "--model", f"synthetic-{dim}"])
         _progress(n, results)
     shutil.rmtree(os.path.join(root, "src"), ignore_errors=True)  # disk: the table holds them now
-    results["raw Lance scan (baseline)"] = {"seconds": raw_scan(db), "rss": 0, "ok": True}
-    stages = [
-        ("refresh", ["refresh"]),
-        ("cluster", ["cluster", "--k", "100", "--seed", "0"]),
-        ("dedupe", ["dedupe", "--eps", "0.01"]),
-        ("rebalance", ["rebalance", "--cap", str(max(n // 400, 1)), "--seed", "0"]),
-        ("export", ["export", "--out", os.path.join(root, "export"), "--where", "rebalance_keep",
-                    "--format", "parquet", "--overwrite"]),
-        ("report", ["report", "--out", os.path.join(root, "report")]),
-        ("verify", ["verify"]),
-        ("optimize", ["optimize"]),
-    ]
-    for name, args in stages:
-        if only and name not in only:
-            continue
-        results[name] = run_stage(db, args)
-        _progress(n, results)
+    if stages is None:
+        stages = ["baseline"] + [s for s in DEFAULT_STAGES[1:] if not only or s in only]
+    run_stages(db, root, n, stages, results, dim=dim, extra_rows=extra_rows, extra_seed=extra_seed)
     if not keep:
         shutil.rmtree(root, ignore_errors=True)
     return results
+
+
+def existing(db: str, workdir: str, stages: list[str], keep: bool = False,
+             extra_rows: int = EXTRA_ROWS, extra_seed: int = EXTRA_SEED) -> tuple[int, dict]:
+    """The stages on a table already built: (its row count before them, the results)."""
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from curator.store.database import Database
+
+    database = Database(db)
+    n = database.dataset("embeddings").count_rows()
+    dim = database.table_meta("embeddings").dim
+    root = os.path.join(workdir, "existing")
+    shutil.rmtree(root, ignore_errors=True)
+    os.makedirs(root)
+    results = {}
+    run_stages(db, root, n, stages, results, dim=dim, extra_rows=extra_rows, extra_seed=extra_seed)
+    if not keep:
+        shutil.rmtree(root, ignore_errors=True)
+    return n, results
+
+
+def run_stages(db: str, root: str, n: int, names: list[str], results: dict, dim: int = DIM,
+               extra_rows: int = EXTRA_ROWS, extra_seed: int = EXTRA_SEED) -> None:
+    """The named stages, in order, on the table of ``n`` rows; outputs go under ``root``."""
+    commands = {
+        "refresh": ["refresh"],
+        "cluster": ["cluster", "--k", "100", "--seed", "0"],
+        "dedupe": ["dedupe", "--eps", "0.01"],
+        "rebalance": ["rebalance", "--cap", str(max(n // 400, 1)), "--seed", "0"],
+        "export": ["export", "--out", os.path.join(root, "export"), "--where", "rebalance_keep",
+                   "--format", "parquet", "--overwrite"],
+        "report": ["report", "--out", os.path.join(root, "report")],
+        "verify": ["verify"],
+        "optimize": ["optimize"],
+    }
+    for name in names:
+        if name == "baseline":
+            results[BASELINE] = {"seconds": raw_scan(db), "rss": 0, "ok": True}
+            continue
+        if name == "extra-ingest":
+            # the first image quarter of a 4 × extra_rows run of seed extra_seed, renamed so
+            # that its ids (file stem and row) are new to the table
+            src = os.path.join(root, "extra")
+            t = time.perf_counter()
+            path, modality = make_vectors(src, 4 * extra_rows, seed=extra_seed, dim=dim, limit=1)[0]
+            os.rename(path, path := os.path.join(src, "ima_c.npy"))
+            results["generate extra (numpy)"] = {"seconds": time.perf_counter() - t, "rss": 0, "ok": True}
+            name = f"ingest {extra_rows / 1e6:g}M into {n / 1e6:g}M"
+            results[name] = run_stage(db, ["ingest", path, "--modality", modality, "--model", f"synthetic-{dim}"])
+            shutil.rmtree(src, ignore_errors=True)
+        elif name == "refresh-after":
+            results["refresh after"] = run_stage(db, ["refresh"])
+        else:
+            results[name] = run_stage(db, commands[name])
+        _progress(n, results)
+
+
+def _stage_list(text: str) -> list[str]:
+    names = [s.strip() for s in text.split(",") if s.strip()]
+    unknown = [s for s in names if s not in STAGES]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown stage(s) {unknown}; choose from {','.join(STAGES)}")
+    return names
 
 
 def _progress(n, results):
@@ -151,14 +230,14 @@ def table(all_results: dict[int, dict]) -> str:
         cells = []
         for n in sizes:
             r = all_results[n].get(name)
-            base = all_results[n]["raw Lance scan (baseline)"]["seconds"]
+            base = all_results[n].get(BASELINE, {}).get("seconds")
             if r is None:
                 cells += ["–", "–", "–"]
                 continue
             flag = "" if r["ok"] else " (failed)"
             over = " ⚠" if r["rss"] > GOAL_RSS else ""
             cells += [f"{r['seconds']:.1f}{flag}", f"{r['rss'] / 2**30:.2f}{over}" if r["rss"] else "–",
-                      f"{r['seconds'] / base:.0f}×"]
+                      f"{r['seconds'] / base:.0f}×" if base else "–"]
         if len(sizes) == 2:
             a, b = all_results[sizes[0]].get(name), all_results[sizes[1]].get(name)
             cells.append(f"{b['seconds'] / a['seconds']:.2f}" if a and b else "–")
@@ -249,11 +328,32 @@ def main(argv=None) -> int:
     parser.add_argument("--keep", action="store_true")
     parser.add_argument("--dim", type=int, default=DIM)
     parser.add_argument("--only", nargs="*", help="after the ingests, only these stages (e.g. refresh)")
+    parser.add_argument("--stages", type=_stage_list,
+                        help=f"comma-separated stages to run after the ingests, in this order, "
+                             f"from: {','.join(STAGES)} (default: {','.join(DEFAULT_STAGES)})")
+    parser.add_argument("--existing-db", metavar="PATH",
+                        help="run the stages on this already built database (no generate, no "
+                             "ingest; N is its row count, the dimension its own)")
+    parser.add_argument("--extra-rows", type=int, default=EXTRA_ROWS,
+                        help="rows of the extra-ingest batch (default: %(default)s)")
+    parser.add_argument("--extra-seed", type=int, default=EXTRA_SEED,
+                        help="seed of the extra-ingest batch (default: %(default)s)")
     parser.add_argument("--no-score", action="store_true", help="--fragments: ingest unscored")
     parser.add_argument("--json", help="also write the raw results here")
     args = parser.parse_args(argv)
     if args.fragments:
         print(fragments(args.fragments, args.workdir, score=not args.no_score))
+        return 0
+    if args.existing_db:
+        if not os.path.isdir(args.existing_db):
+            parser.error(f"--existing-db {args.existing_db}: no such folder")
+        stages = args.stages or DEFAULT_STAGES
+        n, results = existing(args.existing_db, args.workdir, stages, keep=args.keep,
+                              extra_rows=args.extra_rows, extra_seed=args.extra_seed)
+        print(table({n: results}), flush=True)
+        if args.json:
+            with open(args.json, "w") as fh:
+                json.dump({str(n): results}, fh, indent=1)
         return 0
     free = shutil.disk_usage(os.path.dirname(os.path.abspath(args.workdir)) or "/").free
     need = max(args.sizes) * args.dim * 4 * 3.5
@@ -262,7 +362,9 @@ def main(argv=None) -> int:
         return 1
     all_results = {}
     for n in args.sizes:
-        all_results[n] = pipeline(n, args.workdir, keep=args.keep, dim=args.dim, only=args.only)
+        all_results[n] = pipeline(n, args.workdir, keep=args.keep, dim=args.dim, only=args.only,
+                                  stages=args.stages, extra_rows=args.extra_rows,
+                                  extra_seed=args.extra_seed)
         print(table(all_results), flush=True)
         if args.json:
             with open(args.json, "w") as fh:
