@@ -47,3 +47,33 @@ def test_take_vectors_equals_the_table(table, monkeypatch, remote, share):
 def test_take_vectors_of_nothing(table):
     ds, _, _ = table
     assert take_vectors(ds, np.zeros(0, np.uint64)).shape == (0, 16)
+
+
+def test_local_map_on_threads_keeps_job_order_and_bounds_the_window():
+    """``threads`` > 1: every job's result, in job order, equal to one job at a time,
+    with at most ``window`` jobs taken from the iterator ahead of the consumer."""
+    import threading
+    import time as time_mod
+
+    from curator.engine.executor import LocalExecutor
+
+    taken = []
+
+    def jobs():
+        for i in range(40):
+            taken.append(i)
+            yield (i, np.arange(i + 1, dtype=np.float64))
+
+    def work(i, x):
+        time_mod.sleep(0.001 * (i % 3))  # later jobs may finish first
+        return i, threading.get_ident(), float(x @ x)
+
+    run = LocalExecutor()
+    serial = list(run.map(work, jobs()))
+    taken.clear()
+    got = []
+    for result in run.map(work, jobs(), threads=2, window=3):
+        got.append(result)
+        assert len(taken) - len(got) <= 3
+    assert [r[0] for r in got] == list(range(40))
+    assert [r[2] for r in got] == [r[2] for r in serial]

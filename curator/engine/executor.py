@@ -9,6 +9,7 @@ extra (``pip install 'clip-curator[ray]'``), imported only in :mod:`curator.engi
 
 from __future__ import annotations
 
+import collections
 import os
 from collections.abc import Callable, Iterable, Iterator
 
@@ -45,10 +46,41 @@ class LocalExecutor:
         """A handle to a value every job reads (the value itself here)."""
         return value
 
-    def map(self, fn: Callable, jobs: Iterable[tuple], *, window: int | None = None) -> Iterator:
-        """``fn(*job)`` for each job, yielded in job order."""
-        for job in jobs:
-            yield fn(*job)
+    def map(self, fn: Callable, jobs: Iterable[tuple], *, window: int | None = None,
+            threads: int = 1) -> Iterator:
+        """``fn(*job)`` for each job, yielded in job order.
+
+        ``threads`` > 1: that many jobs run at once on threads, each with one BLAS thread,
+        and at most ``window`` (default 2 × threads) are in flight (memory: that many jobs'
+        inputs and results). For functions whose time is BLAS and numpy loops that release
+        the GIL: one job's gathers and comparisons then overlap another's GEMM, where one
+        job at a time with every BLAS thread leaves those steps on one core.
+        """
+        threads = min(max(1, threads), available_cpus())
+        if threads == 1:
+            for job in jobs:
+                yield fn(*job)
+            return
+        from concurrent.futures import ThreadPoolExecutor
+
+        from threadpoolctl import threadpool_limits
+
+        in_flight = collections.deque()
+        with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(threads) as pool:
+            for job in jobs:
+                in_flight.append(pool.submit(fn, *job))
+                if len(in_flight) >= (window or 2 * threads):
+                    yield in_flight.popleft().result()
+            while in_flight:
+                yield in_flight.popleft().result()
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (its affinity set where the platform has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def executor(engine: str | None = None, *, quiet: bool = True):

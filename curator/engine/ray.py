@@ -76,7 +76,10 @@ class RayExecutor:
 
         return ray.put(value)
 
-    def map(self, fn: Callable, jobs: Iterable[tuple], *, window: int | None = None) -> Iterator:
+    def map(self, fn: Callable, jobs: Iterable[tuple], *, window: int | None = None,
+            threads: int = 1) -> Iterator:
+        """``fn(*job)`` for each job as Ray tasks, yielded in job order, at most ``window``
+        in flight (``threads`` is the local engine's; Ray spreads jobs over its CPUs)."""
         import ray
 
         remote = ray.remote(fn)

@@ -57,6 +57,10 @@ from .kmeans import spherical_kmeans, top_centroids
 
 TOL = 1e-6
 _BLOCK_ELEMENTS = 1 << 23  # elements of one score-matrix block (32 MB of float32)
+# A counting block (queries × one cluster's members) small enough that the comparison
+# that follows its GEMM reads it from cache: 8 MB blocks counted 33k × 333 pairs 17% faster
+# than 32 MB blocks on this project's 2-core machines (GEMM alone: 172 GFLOP/s).
+_COUNT_BLOCK_ELEMENTS = 1 << 21
 
 
 # -- own cosines and thresholds --------------------------------------------------------------
@@ -115,7 +119,7 @@ def count_block(Q: np.ndarray, theta: np.ndarray, q_sample: np.ndarray,
     if not len(Q) or not len(X):
         return out
     X = np.ascontiguousarray(X, np.float32)
-    rows = max(1, min(len(Q), _BLOCK_ELEMENTS // max(1, len(X))))
+    rows = max(1, min(len(Q), _COUNT_BLOCK_ELEMENTS // max(1, len(X))))
     for a in range(0, len(Q), rows):
         S = np.asarray(Q[a:a + rows], np.float32) @ X.T
         _mask_same(S, q_sample[a:a + rows], x_sample)
@@ -143,6 +147,15 @@ def exact_counts(T, V, theta_t, theta_v, t_sample, v_sample) -> tuple[np.ndarray
     """Exact ``fn_count`` of every caption and image (brute force, blocked)."""
     fn_t, fn_v = exact_block(T, theta_t, t_sample, V, theta_v, v_sample)
     return fn_t, fn_v
+
+
+def _add_by_label(sums: np.ndarray, labels: np.ndarray, rows: np.ndarray) -> None:
+    """sums[c] += Σ rows of label c (float64 sums): one sort and one ``reduceat``, where
+    ``np.add.at`` with 2-D rows is ~15× slower (32 s for 1M × 512 rows, k = 3,000)."""
+    order = np.argsort(labels, kind="stable")
+    sorted_labels = labels[order]
+    starts = np.flatnonzero(np.r_[True, sorted_labels[1:] != sorted_labels[:-1]])
+    sums[sorted_labels[starts]] += np.add.reduceat(rows[order], starts, axis=0, dtype=np.float64)
 
 
 # -- the skip rule ---------------------------------------------------------------------------
@@ -188,7 +201,7 @@ class ProbePlan:
             part = np.asarray(X[a:a + block], np.float32)
             lab, _ = top_centroids(part, C, 1)
             labels[a:a + block] = lab[:, 0]
-            np.add.at(sums, lab[:, 0], part)
+            _add_by_label(sums, lab[:, 0], part)
         counts = np.bincount(labels, minlength=len(C))
         means = (sums / np.maximum(counts, 1)[:, None]).astype(np.float32)
         radius = np.zeros(len(C))
