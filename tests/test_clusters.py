@@ -187,3 +187,37 @@ def test_cli_device_error_is_one_line(two_modalities):
     assert out.exit_code == 1
     assert out.output.strip().splitlines() == [
         "Error: unknown device 'tpu': use auto, cpu, cuda, cuda:N or torch-cpu"]
+
+
+def test_many_fragments_streamed_one_at_a_time(tmp_path):
+    """Fragments of mixed modalities: every row labelled and sized right after cluster and
+    after arrivals, and the training sample's ordinals map to the same rows as positions
+    in row-id order (the draw before streaming)."""
+    from curator.curation.clusters import modality_rows, ordinal_rowids
+
+    db = str(tmp_path / "db.lancedb")
+    parts = []
+    for i, (modality, seed) in enumerate([("image", 5), ("text", 6), ("image", 7), ("text", 8)]):
+        X, lab = separated(300 + 50 * i, seed=seed)
+        parts.append(write_source(tmp_path / f"p{i}.parquet", X, lab, modality, start=1000 * i))
+    for p in parts:
+        ingest([p], db=db)
+    ds = lance.dataset(f"{db}/embeddings.lance")
+    assert len(ds.get_fragments()) >= 4
+    t = ds.to_table(columns=["modality"], with_row_id=True)
+    order = np.argsort(t.column("_rowid").to_numpy())
+    rowid = t.column("_rowid").to_numpy()[order]
+    mods = np.asarray(t.column("modality").to_pylist())[order]
+    assert modality_rows(ds) == {"image": int((mods == "image").sum()), "text": int((mods == "text").sum())}
+    for m in ("image", "text"):
+        positions = np.flatnonzero(mods == m)
+        chosen = np.sort(np.random.default_rng(3).choice(len(positions), 200, replace=False))
+        np.testing.assert_array_equal(ordinal_rowids(ds, m, chosen), rowid[positions[chosen]])
+
+    cluster(db=db, k=K, seed=0)
+    check_against_oracle(db, read(db)[1])
+    X, lab = separated(120, seed=9)
+    ingest([write_source(tmp_path / "late.parquet", X, lab, "text", start=90_000)], db=db)
+    _, t = read(db)
+    assert t.column("cluster").null_count == 0
+    check_against_oracle(db, t)

@@ -9,6 +9,12 @@ high = common concept) columns by Lance data evolution in one commit. Centroids 
 stored, versioned (:mod:`curator.store.centroids`). Rows ingested later are assigned to
 the latest stored centroids of their modality on arrival (:func:`assign_new_rows`).
 
+Memory is set by a fragment, not the table: the training sample is chosen by ordinal
+within its modality from a scan of the ``modality`` column; the assignment pass spills
+each row's label to Parquet by fragment; one write task per fragment then reads its
+labels back, looks each row's size up in the (modality × k) counts and writes both
+columns. No per-row array of the whole table is held.
+
 The products (the Lloyd assignments and the assignment pass, one GEMM each) run on the
 ``device`` (:mod:`curator.geometry.backend`: numpy on the CPU, or torch on a GPU); the
 per-piece function receives the device's name, so a Ray task rebuilds the same backend.
@@ -16,6 +22,7 @@ per-piece function receives the device's name, so a Ray task rebuilds the same b
 
 from __future__ import annotations
 
+import glob
 import time
 from dataclasses import dataclass, field
 
@@ -25,14 +32,14 @@ import pyarrow as pa
 from .. import progress as progress_mod
 from ..engine.executor import RAY, executor, resolve_engine
 from ..engine.fragments import Piece, pieces
-from ..engine.index import RowIndex, read_index
 from ..engine.rows import take_vectors
-from ..engine.writes import write_columns
+from ..engine.spill import ScalarSpill
 from ..errors import BadInput
 from ..geometry.backend import get_backend, resolve_device
 from ..geometry.kmeans import spherical_kmeans, unit_rows
 from ..store.arrow import vectors
 from ..store.centroids import CentroidStore
+from ..store.columns import commit_updates, update_fragment
 from ..store.database import Database
 from ..store.versions import curation_step
 
@@ -99,42 +106,39 @@ def cluster(*, db=None, table: str = "embeddings", k: int, modality: str | None 
     backend = get_backend(device)
     database = Database(db)
     dataset = database.dataset(table)
-    index = read_index(dataset, samples=False)
-    mods = chosen_modalities(index.names, modality)
+    present = modality_rows(dataset)
+    mods = chosen_modalities(sorted(present), modality)
     for m in mods:
-        n_m = int((index.modality == index.names.index(m)).sum())
-        if n_m < k:
-            raise BadInput(f"modality {m!r} has {n_m} rows, fewer than k={k}")
+        if present[m] < k:
+            raise BadInput(f"modality {m!r} has {present[m]} rows, fewer than k={k}")
 
-    cluster_col = np.full(len(index.rowid), -1, np.int64)
-    reports, centroids = {}, {}
-    for m in mods:
-        code = index.names.index(m)
-        positions = np.flatnonzero(index.modality == code)
-        limit = DEFAULT_SAMPLE if sample is None else sample
-        rng = np.random.default_rng(seed)
-        train_pos = np.sort(rng.choice(positions, size=min(limit, len(positions)), replace=False))
-        if len(train_pos) < k:
-            raise BadInput(f"--sample {len(train_pos)} is smaller than k={k}")
-        t0 = time.time()
-        U = unit_rows(take_vectors(dataset, index.rowid[train_pos]), copy=False)
-        t_read = time.time()
-        C, _ = spherical_kmeans(U, k, seed=seed, iterations=iterations, backend=backend)
-        del U
-        t1 = time.time()
-        stats = assign_all(dataset, index, m, C, cluster_col, quiet=quiet, engine=engine,
-                           device=device)
-        centroids[m] = {"centroids": C, "seed": seed, "table_version": dataset.version}
-        reports[m] = {**stats, "trained_on": len(train_pos),
-                      "read_seconds": round(t_read - t0, 3), "train_seconds": round(t1 - t_read, 3),
-                      "assign_seconds": round(time.time() - t1, 3)}
+    reports, centroids, counts = {}, {}, {}
+    with ScalarSpill(LABELS) as spill:
+        for m in mods:
+            limit = DEFAULT_SAMPLE if sample is None else sample
+            rng = np.random.default_rng(seed)
+            # The same draw as choosing among the modality's row positions in row-id order.
+            chosen = np.sort(rng.choice(present[m], size=min(limit, present[m]), replace=False))
+            if len(chosen) < k:
+                raise BadInput(f"--sample {len(chosen)} is smaller than k={k}")
+            t0 = time.time()
+            U = unit_rows(take_vectors(dataset, ordinal_rowids(dataset, m, chosen)), copy=False)
+            t_read = time.time()
+            C, _ = spherical_kmeans(U, k, seed=seed, iterations=iterations, backend=backend)
+            del U
+            t1 = time.time()
+            stats = assign_all(dataset, m, C, spill, quiet=quiet, engine=engine, device=device,
+                               total=present[m])
+            counts[m] = np.asarray(stats["sizes"], np.int64)
+            centroids[m] = {"centroids": C, "seed": seed, "table_version": dataset.version}
+            reports[m] = {**stats, "trained_on": len(chosen),
+                          "read_seconds": round(t_read - t0, 3), "train_seconds": round(t1 - t_read, 3),
+                          "assign_seconds": round(time.time() - t1, 3)}
 
-    store = CentroidStore(database, table)
-    version = store.latest_version() + 1
-    selected = cluster_col >= 0
-    sizes = _sizes(index, cluster_col)
-    new = write_cluster_columns(dataset, index.rowid, selected, cluster_col, sizes,
-                                f"curator cluster k={k} centroids v{version}", engine=engine)
+        store = CentroidStore(database, table)
+        version = store.latest_version() + 1
+        new = write_labels(dataset, spill, counts, relabel=True,
+                           message=f"curator cluster k={k} centroids v{version}", engine=engine)
     store.append(version, centroids)
     return ClusterResult(table, k, version, dataset.version, new.version, seed, iterations,
                          reports, time.time() - started, device)
@@ -156,14 +160,15 @@ def piece_labels(piece: Piece, flt: str, C: np.ndarray, device: str = "cpu"):
     return np.concatenate(ids), np.concatenate(labels), cos_sum
 
 
-def assign_all(dataset, index: RowIndex, modality: str, C: np.ndarray, cluster_col: np.ndarray,
-               *, flt: str | None = None, quiet: bool = True, engine: str | None = None,
-               device: str = "cpu") -> dict:
-    """Nearest centroid of every row of ``modality`` (one streaming pass, one task per
-    piece, on the backend of ``device``); fills ``cluster_col`` at the rows' index
-    positions.
+def assign_all(dataset, modality: str, C: np.ndarray, spill: ScalarSpill, *,
+               flt: str | None = None, quiet: bool = True, engine: str | None = None,
+               device: str = "cpu", total: int | None = None) -> dict:
+    """Nearest centroid of every row of ``modality`` passing ``flt`` (one streaming pass,
+    one task per piece, on the backend of ``device``); the (row id, label) of each row go
+    to ``spill``, one part name per fragment (:func:`fragment_part`).
 
-    Returns {rows, mean_cosine (in [−1, 1], higher = tighter), inertia (n − Σ cos), sizes}.
+    Returns {rows, mean_cosine (in [−1, 1], higher = tighter), inertia (n − Σ cos), sizes
+    (rows per label)}.
     """
     k = len(C)
     counts = np.zeros(k, np.int64)
@@ -171,11 +176,16 @@ def assign_all(dataset, index: RowIndex, modality: str, C: np.ndarray, cluster_c
     run = executor(engine)
     centroids = run.put(np.ascontiguousarray(C, np.float32))
     flt = flt or modality_filter(modality)
-    bar = progress_mod.bar(f"assign {modality}", int(index.rows_of(modality).sum()), quiet=quiet)
+    bar = progress_mod.bar(f"assign {modality}", total or 0, quiet=quiet)
     try:
         jobs = [(p, flt, centroids, device) for p in pieces(dataset)]
         for ids, labels, part_sum in run.map(piece_labels, jobs):
-            cluster_col[index.positions(ids)] = labels
+            fragment = ids >> np.uint64(32)
+            for f in np.unique(fragment):
+                at = fragment == f
+                spill.add(pa.table({"_rowid": pa.array(ids[at], pa.uint64()),
+                                    "cluster": pa.array(labels[at], pa.int32())}),
+                          fragment_part(int(f)))
             counts += np.bincount(labels, minlength=k)
             cos_sum += part_sum
             n += len(ids)
@@ -195,27 +205,148 @@ def assign_new_rows(database: Database, table: str, dataset, *, engine: str | No
     accepts).
 
     Also rewrites ``cluster_size`` of every row of the affected modalities so it equals the
-    current count of its cluster; one commit. Returns the dataset unchanged when no
-    centroids are stored or no unassigned row has a clustered modality.
+    current count of its cluster; one commit, one task per fragment, memory of a fragment.
+    Returns the dataset unchanged when no centroids are stored or no unassigned row has a
+    clustered modality.
     """
     stored = CentroidStore(database, table).latest()
-    if not stored:
+    if not stored or "cluster" not in dataset.schema.names:
         return dataset
-    index = read_index(dataset, ["cluster"], samples=False)
-    unassigned = index["cluster"] < 0
-    affected = [m for m in stored if m in index.names and (unassigned & index.rows_of(m)).any()]
+    counts, unassigned = _label_counts(dataset, {m: len(stored[m][1]) for m in stored})
+    affected = sorted(m for m in stored if unassigned.get(m, 0))
     if not affected:
         return dataset
-    cluster_col = index["cluster"].copy()
     device = resolve_device(device)
-    for m in affected:
-        assign_all(dataset, index, m, stored[m][1], cluster_col,
-                   flt=f"({modality_filter(m)}) AND cluster IS NULL", engine=engine, device=device)
-    codes = [index.names.index(m) for m in affected]
-    selected = np.isin(index.modality, codes) & (cluster_col >= 0)
-    sizes = _sizes(index, cluster_col)
-    return write_cluster_columns(dataset, index.rowid, selected, cluster_col, sizes,
-                                 f"curator assign clusters ({', '.join(affected)})", engine=engine)
+    with ScalarSpill(LABELS) as spill:
+        for m in affected:
+            stats = assign_all(dataset, m, stored[m][1], spill, engine=engine, device=device,
+                               flt=f"({modality_filter(m)}) AND cluster IS NULL",
+                               total=unassigned[m])
+            counts[m] = counts[m] + np.asarray(stats["sizes"], np.int64)
+        return write_labels(dataset, spill, {m: counts[m] for m in affected}, relabel=False,
+                            message=f"curator assign clusters ({', '.join(affected)})",
+                            engine=engine)
+
+
+# -- streaming helpers -------------------------------------------------------------------
+
+LABELS = pa.schema([("_rowid", pa.uint64()), ("cluster", pa.int32())])
+
+
+def fragment_part(fragment_id: int) -> str:
+    """The spill part name of one fragment's labels."""
+    return f"fragment{fragment_id}"
+
+
+def modality_rows(dataset) -> dict[str, int]:
+    """Rows per modality (one scan of the ``modality`` column)."""
+    import pyarrow.compute as pc
+
+    out: dict[str, int] = {}
+    for batch in dataset.to_batches(columns=["modality"]):
+        for item in pc.value_counts(batch.column("modality")).to_pylist():
+            if item["values"] is not None:
+                out[item["values"]] = out.get(item["values"], 0) + item["counts"]
+    return out
+
+
+def ordinal_rowids(dataset, modality: str, ordinals: np.ndarray) -> np.ndarray:
+    """Row ids of the rows of ``modality`` at the sorted ``ordinals`` (0 = its first row in
+    row-id order); one scan of the ``modality`` column, memory of a batch plus the result."""
+    out = np.empty(len(ordinals), np.uint64)
+    seen, done = 0, 0
+    for fragment in sorted(dataset.get_fragments(), key=lambda f: f.fragment_id):
+        for batch in fragment.to_batches(columns=["modality"], with_row_id=True):
+            if done == len(ordinals):
+                return out
+            mine = np.flatnonzero(_is(batch.column("modality"), modality))
+            hi = np.searchsorted(ordinals, seen + len(mine), "left")
+            if hi > done:
+                ids = batch.column("_rowid").to_numpy()
+                out[done:hi] = ids[mine[ordinals[done:hi] - seen]]
+                done = hi
+            seen += len(mine)
+    return out[:done]
+
+
+def _is(column, value: str) -> np.ndarray:
+    """Boolean numpy mask of ``column == value`` (nulls false)."""
+    import pyarrow.compute as pc
+
+    return pc.fill_null(pc.equal(column, value), False).to_numpy(zero_copy_only=False)
+
+
+def _label_counts(dataset, ks: dict[str, int]) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+    """Per modality of ``ks`` (name → k): rows per stored label, and rows with no label."""
+    counts = {m: np.zeros(k, np.int64) for m, k in ks.items()}
+    unassigned = dict.fromkeys(ks, 0)
+    for batch in dataset.to_batches(columns=["modality", "cluster"]):
+        labels = batch.column("cluster").fill_null(-1).to_numpy(zero_copy_only=False)
+        for m in ks:
+            at = _is(batch.column("modality"), m)
+            if at.any():
+                lab = labels[at]
+                unassigned[m] += int((lab < 0).sum())
+                lab = lab[(lab >= 0) & (lab < ks[m])]
+                counts[m] += np.bincount(lab, minlength=ks[m])[:ks[m]]
+    return counts, unassigned
+
+
+def write_labels(dataset, spill: ScalarSpill, counts: dict[str, np.ndarray], *, relabel: bool,
+                 message: str, engine: str | None = None):
+    """Write ``cluster`` (the spilled label, else the stored one) and ``cluster_size`` (its
+    count in ``counts``) of every row of the modalities in ``counts``, one task per
+    fragment, one commit. ``relabel``: every such row has a spilled label (a new
+    clustering); else rows without one keep theirs (new rows assigned on arrival)."""
+    import pyarrow.parquet as pq
+
+    names = sorted(counts)
+    width = max(len(c) for c in counts.values())
+    sizes = np.full((len(names), width), -1, np.int64)
+    for i, m in enumerate(names):
+        sizes[i, :len(counts[m])] = counts[m]
+    run = executor(engine)
+    shared = run.put((names, sizes, relabel))
+
+    def jobs():
+        for fragment in dataset.get_fragments():
+            files = sorted(glob.glob(spill.glob(fragment_part(fragment.fragment_id))))
+            labels = pa.concat_tables([pq.read_table(f) for f in files]) if files else None
+            if labels is None and relabel:
+                continue
+            yield fragment, labels, shared
+
+    return commit_updates(dataset, run.map(label_fragment, jobs()), message)
+
+
+def label_fragment(fragment, labels: pa.Table | None, shared):
+    """One fragment's part of :func:`write_labels` (a module-level function for Ray)."""
+    names, sizes, relabel = shared
+    columns = ["modality"] if relabel else ["modality", "cluster"]
+    table = fragment.to_table(columns=columns, with_row_id=True)
+    code = np.full(table.num_rows, -1, np.int64)
+    for i, m in enumerate(names):
+        code[_is(table.column("modality"), m)] = i
+    keep = np.flatnonzero(code >= 0)
+    if not len(keep):
+        return None, []
+    rowid = table.column("_rowid").to_numpy()[keep]
+    label = (np.full(len(keep), -1, np.int64) if relabel
+             else table.column("cluster").fill_null(-1).to_numpy(zero_copy_only=False)[keep].astype(np.int64))
+    if labels is not None and labels.num_rows:
+        new_ids = labels.column("_rowid").to_numpy()
+        order = np.argsort(new_ids)
+        at = np.searchsorted(new_ids[order], rowid)
+        at = np.minimum(at, len(new_ids) - 1)
+        hit = new_ids[order][at] == rowid
+        label[hit] = labels.column("cluster").to_numpy()[order][at[hit]]
+    code = code[keep]
+    valid = (label >= 0) & (label < sizes.shape[1])
+    size = np.where(valid, sizes[code, np.where(valid, label, 0)], -1)
+    out = pa.table({"_rowid": pa.array(rowid, pa.uint64()),
+                    "cluster": pa.array(label.astype(np.int32), pa.int32(), mask=label < 0),
+                    "cluster_size": pa.array(size, pa.int64(), mask=size < 0)})
+    return update_fragment(fragment, out)
 
 
 # -- helpers -----------------------------------------------------------------------------
@@ -247,25 +378,3 @@ def pass_device(device: str | None, engine: str | None) -> str:
 
 def modality_filter(modality: str) -> str:
     return "modality = '" + modality.replace("'", "''") + "'"
-
-
-def _sizes(index: RowIndex, cluster_col: np.ndarray) -> np.ndarray:
-    """cluster_size of each row: rows of its modality in its cluster (−1 where unassigned)."""
-    sizes = np.full(len(cluster_col), -1, np.int64)
-    ok = cluster_col >= 0
-    if not ok.any():
-        return sizes
-    key = index.modality[ok].astype(np.int64) * (int(cluster_col.max()) + 1) + cluster_col[ok]
-    sizes[ok] = np.bincount(key)[key]  # counts per (modality, cluster): no sort of every row
-    return sizes
-
-
-def write_cluster_columns(dataset, rowids, selected, cluster_col, sizes, message: str, *,
-                          engine: str | None = None):
-    """Write ``cluster`` and ``cluster_size`` of the selected rows in one commit."""
-    positions = np.flatnonzero(selected)
-    return write_columns(dataset, rowids[positions], {
-        "cluster": pa.array(cluster_col[positions].astype(np.int32), pa.int32()),
-        "cluster_size": pa.array(sizes[positions], pa.int64()),
-    }, message, engine=engine)
-
