@@ -122,7 +122,7 @@ def phase_dedupe(db: str, eps: float, out: str) -> dict:
     seconds = time.time() - t
     i, j, _ = saved["pairs"]
     rows = row_numbers(Database(db).dataset("embeddings"))
-    np.save(out, np.stack([rows[i], rows[j]], axis=1))
+    np.save(out, np.stack([rows(i), rows(j)], axis=1))
     info = result.modalities["image"]
     return {"seconds": seconds, "cpu_seconds": cpu_seconds(), "peak_rss_mb": peak_rss_mb(),
             "pairs": info["pairs"],
@@ -132,12 +132,15 @@ def phase_dedupe(db: str, eps: float, out: str) -> dict:
             "versions": [result.table_version_read, result.table_version]}
 
 
-def row_numbers(dataset) -> np.ndarray:
-    """Row number (from the id rNNNNNNN) of each row, in _rowid order."""
+def row_numbers(dataset):
+    """A function from row ids (``_rowid``, as dedupe's pairs give them) to row numbers
+    (from the id rNNNNNNN)."""
     t = dataset.to_table(columns=["id"], with_row_id=True)
-    order = np.argsort(t.column("_rowid").to_numpy(), kind="stable")
+    rowid = t.column("_rowid").to_numpy().astype(np.int64)
+    order = np.argsort(rowid, kind="stable")
     ids = np.asarray(t.column("id").to_pylist(), object)[order]
-    return np.fromiter((int(s[1:]) for s in ids), np.int64, len(ids))
+    numbers = np.fromiter((int(s[1:]) for s in ids), np.int64, len(ids))
+    return lambda rowids: numbers[np.searchsorted(rowid[order], rowids)]
 
 
 def load_matrix(db: str) -> tuple[np.ndarray, np.ndarray]:

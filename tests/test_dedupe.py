@@ -258,3 +258,32 @@ def test_errors_leave_table_unchanged(deduped_db, kwargs):
     with pytest.raises(CuratorError):
         dedupe(db=deduped_db, **kwargs)
     assert lance.dataset(f"{deduped_db}/embeddings.lance").version == before
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+def test_many_fragments_give_the_groups_of_one(tmp_path, planted, monkeypatch, streamed):
+    """The same rows ingested as four fragments: the same groups and flags, by id, as the
+    one-fragment table (each fragment is written by its own task from the members' marks)."""
+    if streamed:
+        monkeypatch.setattr(dedupe_mod, "IN_MEMORY_ROWS", 0)
+    _, table, _ = planted
+    one, many = str(tmp_path / "one.lancedb"), str(tmp_path / "many.lancedb")
+    whole = str(tmp_path / "all.parquet")
+    pq.write_table(table, whole)
+    ingest([whole], db=one)
+    cuts = np.linspace(0, table.num_rows, 5).astype(int)
+    for a, b in zip(cuts[:-1], cuts[1:]):
+        part = str(tmp_path / f"part{a}.parquet")
+        pq.write_table(table.slice(a, b - a), part)
+        ingest([part], db=many)
+    assert len(lance.dataset(f"{many}/embeddings.lance").get_fragments()) >= 4
+    found = {}
+    for db in (one, many):
+        dedupe(db=db, eps=EPS, keep="random", seed=3)
+        _, t = rows_of(db)
+        ids = t.column("id").to_pylist()
+        by_rowid = dict(zip(t.column("_rowid").to_pylist(), ids))
+        groups = [None if g is None else by_rowid[g] for g in t.column("dup_group").to_pylist()]
+        found[db] = dict(zip(ids, zip(groups, t.column("is_duplicate").to_pylist())))
+    assert found[one] == found[many]
+    assert sum(flag for _, flag in found[one].values()) > 0

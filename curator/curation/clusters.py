@@ -259,7 +259,7 @@ def ordinal_rowids(dataset, modality: str, ordinals: np.ndarray) -> np.ndarray:
         for batch in fragment.to_batches(columns=["modality"], with_row_id=True):
             if done == len(ordinals):
                 return out
-            mine = np.flatnonzero(_is(batch.column("modality"), modality))
+            mine = np.flatnonzero(is_value(batch.column("modality"), modality))
             hi = np.searchsorted(ordinals, seen + len(mine), "left")
             if hi > done:
                 ids = batch.column("_rowid").to_numpy()
@@ -269,7 +269,7 @@ def ordinal_rowids(dataset, modality: str, ordinals: np.ndarray) -> np.ndarray:
     return out[:done]
 
 
-def _is(column, value: str) -> np.ndarray:
+def is_value(column, value: str) -> np.ndarray:
     """Boolean numpy mask of ``column == value`` (nulls false)."""
     import pyarrow.compute as pc
 
@@ -283,7 +283,7 @@ def _label_counts(dataset, ks: dict[str, int]) -> tuple[dict[str, np.ndarray], d
     for batch in dataset.to_batches(columns=["modality", "cluster"]):
         labels = batch.column("cluster").fill_null(-1).to_numpy(zero_copy_only=False)
         for m in ks:
-            at = _is(batch.column("modality"), m)
+            at = is_value(batch.column("modality"), m)
             if at.any():
                 lab = labels[at]
                 unassigned[m] += int((lab < 0).sum())
@@ -326,7 +326,7 @@ def label_fragment(fragment, labels: pa.Table | None, shared):
     table = fragment.to_table(columns=columns, with_row_id=True)
     code = np.full(table.num_rows, -1, np.int64)
     for i, m in enumerate(names):
-        code[_is(table.column("modality"), m)] = i
+        code[is_value(table.column("modality"), m)] = i
     keep = np.flatnonzero(code >= 0)
     if not len(keep):
         return None, []

@@ -31,11 +31,9 @@ import numpy as np
 import pyarrow as pa
 
 from .. import progress as progress_mod
-from ..engine.executor import executor
+from ..engine.executor import LOCAL, executor
 from ..engine.fragments import Piece, pieces
-from ..engine.index import RowIndex, read_index
-from ..engine.rows import take_vectors
-from ..engine.writes import write_columns
+from ..engine.rows import select_rows, take_vectors
 from ..errors import BadInput
 from ..geometry.backend import get_backend
 from ..geometry.kmeans import unit_rows
@@ -54,9 +52,17 @@ from ..geometry.neighbours import (
     threshold,
 )
 from ..store.arrow import vectors
+from ..store.columns import commit_updates, update_fragment
 from ..store.database import Database
 from ..store.versions import curation_step
-from .clusters import chosen_modalities, modality_filter, pass_device
+from .clusters import (
+    chosen_modalities,
+    is_value,
+    modality_filter,
+    modality_rows,
+    ordinal_rowids,
+    pass_device,
+)
 
 KEEP_POLICIES = ("least-conformity", "most-conformity", "best-alignment", "random")
 IN_MEMORY_ROWS = 65_536  # at most this many rows of a modality: no spill file
@@ -66,16 +72,17 @@ _SPILL_BYTES = 64 << 20
 # -- streaming search over a table -----------------------------------------------------
 
 class _Spill:
-    """Unit vectors grouped by partition in a temporary file, written in bounded chunks."""
+    """Unit vectors grouped by partition in temporary files (with each visit's row position
+    and is-home flag beside them), written in bounded chunks: memory is the 64 MB buffer
+    and the segment list, not the table."""
 
     def __init__(self, folder: str, dim: int):
-        self.path = os.path.join(folder, "spill.f32")
-        self.file = open(self.path, "wb")  # noqa: SIM115 (closed by finish)
+        self.paths = {name: os.path.join(folder, f"spill.{name}") for name in ("f32", "pos", "home")}
+        self.files = {name: open(path, "wb") for name, path in self.paths.items()}  # noqa: SIM115
         self.dim = dim
         self.rows = 0
         self.pending, self.pending_bytes = [], 0
         self.segments: dict[int, list[tuple[int, int]]] = {}
-        self.pos, self.home = [], []
 
     def add(self, part: np.ndarray, pos: np.ndarray, home: np.ndarray, U: np.ndarray) -> None:
         self.pending.append((part, pos, home, U))
@@ -87,40 +94,37 @@ class _Spill:
         if not self.pending:
             return
         part = np.concatenate([p[0] for p in self.pending])
-        pos = np.concatenate([p[1] for p in self.pending])
-        home = np.concatenate([p[2] for p in self.pending])
-        U = np.concatenate([p[3] for p in self.pending])
-        self.pending, self.pending_bytes = [], 0
         order = np.argsort(part, kind="stable")
-        part, pos, home = part[order], pos[order], home[order]
-        np.ascontiguousarray(U[order]).tofile(self.file)
+        part = part[order]
+        np.concatenate([p[1] for p in self.pending]).astype(np.int64)[order].tofile(self.files["pos"])
+        np.concatenate([p[2] for p in self.pending]).astype(bool)[order].tofile(self.files["home"])
+        np.ascontiguousarray(np.concatenate([p[3] for p in self.pending])[order]).tofile(self.files["f32"])
+        self.pending, self.pending_bytes = [], 0
         starts = np.flatnonzero(np.r_[True, part[1:] != part[:-1]])
         ends = np.r_[starts[1:], len(part)]
         for s, e in zip(starts.tolist(), ends.tolist()):
             self.segments.setdefault(int(part[s]), []).append((self.rows + s, e - s))
-        self.pos.append(pos)
-        self.home.append(home)
         self.rows += len(part)
 
     def finish(self) -> None:
         self.flush()
-        self.file.close()
-        self.pos = np.concatenate(self.pos) if self.pos else np.zeros(0, np.int64)
-        self.home = np.concatenate(self.home) if self.home else np.zeros(0, bool)
+        for f in self.files.values():
+            f.close()
 
     def partition(self, c: int):
         """(unit vectors, positions, is-home flags) of partition c."""
         segs = self.segments.get(c, [])
-        row_bytes = self.dim * 4
-        chunks = []
-        with open(self.path, "rb") as f:
-            for off, cnt in segs:
-                f.seek(off * row_bytes)
-                chunks.append(np.fromfile(f, np.float32, count=cnt * self.dim))
-        U = np.concatenate(chunks).reshape(-1, self.dim)
-        idx = np.concatenate([np.arange(off, off + cnt) for off, cnt in segs])
-        return U, self.pos[idx], self.home[idx]
-
+        out = []
+        for name, dtype, width in (("f32", np.float32, self.dim), ("pos", np.int64, 1),
+                                   ("home", np.bool_, 1)):
+            step = np.dtype(dtype).itemsize * width
+            chunks = []
+            with open(self.paths[name], "rb") as f:
+                for off, cnt in segs:
+                    f.seek(off * step)
+                    chunks.append(np.fromfile(f, dtype, count=cnt * width))
+            out.append(np.concatenate(chunks))
+        return out[0].reshape(-1, self.dim), out[1], out[2]
 
 
 def piece_units(piece: Piece, flt: str, plan: PartitionPlan | None, device: str = "cpu"):
@@ -128,20 +132,36 @@ def piece_units(piece: Piece, flt: str, plan: PartitionPlan | None, device: str 
     pass ``flt``. Without a plan: (row ids, U). With one: each row once per usable
     partition, as (partition, row id, is-home, U), assigned on the backend of ``device``."""
     backend = get_backend(device)
-    parts = []
-    for batch in piece.batches(["embedding"], filter=flt, with_row_id=True):
-        U = unit_rows(vectors(batch))
-        ids = batch.column("_rowid").to_numpy()
-        if plan is None:
-            parts.append((ids, U))
-            continue
-        labels, usable = plan.assign(U, backend=backend)
-        r, slot = np.nonzero(usable)
-        parts.append((labels[r, slot].astype(np.int64), ids[r], slot == 0, U[r]))
-    width = 2 if plan is None else 4
+    parts = [batch_units(batch, plan, backend)
+             for batch in piece.batches(["embedding"], filter=flt, with_row_id=True)]
     if not parts:
         return None
-    return tuple(np.concatenate([p[k] for p in parts]) for k in range(width))
+    return tuple(np.concatenate([p[k] for p in parts]) for k in range(len(parts[0])))
+
+
+def batch_units(batch: pa.RecordBatch, plan: PartitionPlan | None, backend):
+    """:func:`piece_units` of one batch."""
+    U = unit_rows(vectors(batch))
+    ids = batch.column("_rowid").to_numpy()
+    if plan is None:
+        return ids, U
+    labels, usable = plan.assign(U, backend=backend)
+    r, slot = np.nonzero(usable)
+    return labels[r, slot].astype(np.int64), ids[r], slot == 0, U[r]
+
+
+def _partition_pass(dataset, run, flt: str, plan: PartitionPlan, device: str):
+    """The (partition, row id, is-home, U) parts of every row, in row order. Locally one
+    batch at a time (memory: a batch's visits, not a fragment's); on Ray one per piece."""
+    if run.name == LOCAL:
+        backend = get_backend(device)
+        for piece in pieces(dataset):
+            for batch in piece.batches(["embedding"], filter=flt, with_row_id=True):
+                yield batch_units(batch, plan, backend)
+        return
+    shared = run.put(plan)
+    yield from (found for found in run.map(piece_units, [(p, flt, shared, device) for p in pieces(dataset)])
+                if found is not None)
 
 
 def search_partition(U: np.ndarray, pos: np.ndarray, home: np.ndarray, thr: float,
@@ -153,13 +173,12 @@ def search_partition(U: np.ndarray, pos: np.ndarray, home: np.ndarray, thr: floa
                            backend=get_backend(device))
 
 
-def stream_pairs(dataset, positions_of, rowids: np.ndarray, modality: str, eps: float, *,
+def stream_pairs(dataset, n: int, modality: str, eps: float, *,
                  seed: int = 0, probes: int = DEFAULT_PROBES, partitions: int | None = None,
                  quiet: bool = True, engine: str | None = None, device: str = "cpu"
                  ) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray], dict]:
-    """Near-duplicate pairs among the rows of ``modality`` (their sorted ``rowids``).
+    """Near-duplicate pairs among the ``n`` rows of ``modality``, as row ids (int64).
 
-    ``positions_of(rowids)`` maps row ids to the caller's row numbers, which the pairs use.
     Returns ((i, j, cos), info) where info names the partitions and probes used. Up to
     ``IN_MEMORY_ROWS`` rows are searched in memory; above, one pass assigns rows to
     partitions and spills their unit vectors to a temporary file grouped by partition,
@@ -168,7 +187,6 @@ def stream_pairs(dataset, positions_of, rowids: np.ndarray, modality: str, eps: 
     backend of ``device`` (a resolved name).
     """
     backend = get_backend(device)
-    n = len(rowids)
     flt = modality_filter(modality)
     k = partitions or auto_partitions(n)
     run = executor(engine)
@@ -177,7 +195,7 @@ def stream_pairs(dataset, positions_of, rowids: np.ndarray, modality: str, eps: 
                  if r is not None]
         if not found:
             return empty_pairs(), {"partitions": 0, "probes": 0}
-        pos = positions_of(np.concatenate([ids for ids, _ in found]))
+        pos = np.concatenate([ids for ids, _ in found]).astype(np.int64)
         U = np.concatenate([u for _, u in found])
         i, j, c = near_duplicate_pairs(U, eps, partitions=k, probes=probes, seed=seed, unit=True,
                                        backend=backend)
@@ -185,7 +203,8 @@ def stream_pairs(dataset, positions_of, rowids: np.ndarray, modality: str, eps: 
 
     rng = np.random.default_rng(seed)
     size = min(n, max(20_000, 40 * k))
-    sample = np.sort(rng.choice(rowids, size, replace=False))
+    # The same draw as choosing among the modality's row ids in order.
+    sample = ordinal_rowids(dataset, modality, np.sort(rng.choice(n, size, replace=False)))
     plan = PartitionPlan.train(unit_rows(take_vectors(dataset, sample), copy=False), k, eps,
                                probes=probes, seed=seed, backend=backend)
     dim = dataset.schema.field("embedding").type.list_size
@@ -193,12 +212,9 @@ def stream_pairs(dataset, positions_of, rowids: np.ndarray, modality: str, eps: 
     with tempfile.TemporaryDirectory(prefix="curator-dedupe-") as folder:
         spill = _Spill(folder, dim)
         bar = progress_mod.bar(f"partition {modality}", n, quiet=quiet)
-        shared = run.put(plan)
-        for found in run.map(piece_units, [(p, flt, shared, device) for p in pieces(dataset)]):
-            if found is not None:
-                part, ids, home, U = found
-                spill.add(part, positions_of(ids), home, U)
-                bar.advance(int(home.sum()))
+        for part, ids, home, U in _partition_pass(dataset, run, flt, plan, device):
+            spill.add(part, ids.astype(np.int64), home, U)
+            bar.advance(int(home.sum()))
         bar.close()
         spill.finish()
         jobs = ((*spill.partition(c), thr, device) for c in range(plan.k) if c in spill.segments)
@@ -265,55 +281,61 @@ def dedupe(*, db=None, table: str = "embeddings", eps: float, modality: str | No
     device = pass_device(device, engine)
     database = Database(db)
     dataset = database.dataset(table)
-    index = read_index(dataset, ["id", "conformity", "alignment"], samples=False)
-    mods = chosen_modalities(index.names, modality)
+    present = modality_rows(dataset)
+    mods = chosen_modalities(sorted(present), modality)
 
-    rowid = index.rowid
-    n = len(rowid)
-    group = np.full(n, -1, np.int64)
-    flagged = np.zeros(n, bool)
-    processed = np.zeros(n, bool)
+    found = []  # per modality: (sorted member row ids, their group's smallest row id, flagged)
     reports = {}
     for m in mods:
-        rows_m = index.rows_of(m)
-        processed |= rows_m
-        (i, j, c), info = stream_pairs(dataset, index.positions, rowid[rows_m], m, eps,
-                                       seed=seed, quiet=quiet, engine=engine, device=device)
-        label = components(n, i, j) if len(i) else np.arange(n)
+        (i, j, c), info = stream_pairs(dataset, present[m], m, eps, seed=seed, quiet=quiet,
+                                       engine=engine, device=device)
         members = np.unique(np.concatenate([i, j]))
-        group[members] = rowid[label[members]].astype(np.int64)  # smallest rowid: rowid sorted
-        kept = _keepers(index, members, label[members], keep, seed)
-        flagged[members] = True
+        label = components(len(members), np.searchsorted(members, i), np.searchsorted(members, j))
+        kept = _keepers(dataset, members, label, keep, seed)
+        flagged = np.ones(len(members), bool)
         flagged[kept] = False
-        reports[m] = {"rows": int(rows_m.sum()), "pairs": len(i),
+        found.append((members, members[label], flagged))
+        reports[m] = {"rows": present[m], "pairs": len(i),
                       "exact_pairs": int((c >= 1 - COS_TOL).sum()),
                       "groups": len(kept), "duplicates": int(len(members) - len(kept)),
                       **info}
-    new = _write(dataset, rowid, processed, group, flagged,
-                 f"curator dedupe eps={eps} keep={keep} seed={seed}", engine)
+    members = np.concatenate([f[0] for f in found]) if found else np.zeros(0, np.int64)
+    order = np.argsort(members, kind="stable")
+    marks = (members[order], np.concatenate([f[1] for f in found])[order] if found else members,
+             np.concatenate([f[2] for f in found])[order] if found else np.zeros(0, bool))
+    new = _write(dataset, mods, marks, f"curator dedupe eps={eps} keep={keep} seed={seed}", engine)
     return DedupeResult(table, eps, keep, seed, dataset.version, new.version, reports,
                         time.time() - started, device)
 
 
-def _keepers(index: RowIndex, members: np.ndarray, label: np.ndarray, keep: str, seed: int
+def _keepers(dataset, members: np.ndarray, label: np.ndarray, keep: str, seed: int
              ) -> np.ndarray:
-    """Position of the kept member of each group (policy, then smallest id)."""
+    """Index (into the sorted row ids ``members``) of the kept member of each group
+    (``label``: the group's smallest member index): by policy, then smallest id. Reads
+    the members' scalars only."""
     if len(members) == 0:
         return np.zeros(0, np.int64)
-    take = pa.array(members)
-    cols = {"group": pa.array(label, pa.int64()), "id": index["id"].take(take)}
+    name = "alignment" if keep == "best-alignment" else "conformity"
+    has_key = keep != "random" and name in dataset.schema.names
+    columns = ["id"] + ([name] if has_key else [])
+    ids, parts = [], []
+    for found, batch in select_rows(dataset, members.astype(np.uint64), columns):
+        ids.append(np.asarray(found, np.int64))
+        parts.append(pa.Table.from_batches([batch]).select(columns))
+    scalars = pa.concat_tables(parts).combine_chunks()
+    scalars = scalars.take(pa.array(np.argsort(np.concatenate(ids), kind="stable")))  # as members
+    cols = {"group": pa.array(label, pa.int64()), "id": scalars.column("id")}
     if keep == "random":
         cols["key"] = pa.array(np.random.default_rng(seed).random(len(members)))
         order = "ascending"
     else:
-        name = "alignment" if keep == "best-alignment" else "conformity"
-        if name not in index.columns:
-            cols["key"] = pa.nulls(len(members), pa.float64())
-        else:
-            values = index[name][members].astype(np.float64)
+        if has_key:
+            values = scalars.column(name).cast(pa.float64()).to_numpy(zero_copy_only=False)
             cols["key"] = pa.array(values, pa.float64(), mask=np.isnan(values))
+        else:
+            cols["key"] = pa.nulls(len(members), pa.float64())
         order = "ascending" if keep == "least-conformity" else "descending"
-    cols["member"] = pa.array(members, pa.int64())
+    cols["member"] = pa.array(np.arange(len(members)), pa.int64())
     table = pa.table(cols)
     sorted_t = table.sort_by([("group", "ascending", "at_end"), ("key", order, "at_end"),
                               ("id", "ascending", "at_end")])
@@ -322,11 +344,40 @@ def _keepers(index: RowIndex, members: np.ndarray, label: np.ndarray, keep: str,
     return sorted_t.column("member").to_numpy()[first]
 
 
-def _write(dataset, rowid, processed, group, flagged, message: str, engine: str | None):
-    positions = np.flatnonzero(processed)
-    g = group[positions]
-    return write_columns(dataset, rowid[positions], {
-        "dup_group": pa.array(g, pa.int64(), mask=g < 0),
-        "is_duplicate": pa.array(flagged[positions], pa.bool_()),
-    }, message, engine=engine)
+def _write(dataset, mods: list[str], marks, message: str, engine: str | None):
+    """``dup_group`` and ``is_duplicate`` of every row of ``mods``: from ``marks`` (sorted
+    member row ids, group, flagged) for members, null and false for the others; one task
+    per fragment, one commit."""
+    members, group, flagged = marks
+    fragment_of = members >> 32
+    run = executor(engine)
 
+    def jobs():
+        for fragment in dataset.get_fragments():
+            at = fragment_of == fragment.fragment_id
+            yield fragment, mods, members[at], group[at], flagged[at]
+
+    return commit_updates(dataset, run.map(mark_fragment, jobs()), message)
+
+
+def mark_fragment(fragment, mods: list[str], members, group, flagged):
+    """One fragment's part of :func:`_write` (a module-level function for Ray)."""
+    table = fragment.to_table(columns=["modality"], with_row_id=True)
+    mine = np.zeros(table.num_rows, bool)
+    for m in mods:
+        mine |= is_value(table.column("modality"), m)
+    if not mine.any():
+        return None, []
+    rowid = table.column("_rowid").to_numpy()[mine].astype(np.int64)
+    hit = np.zeros(len(rowid), bool)
+    g = np.full(len(rowid), -1, np.int64)
+    duplicate = np.zeros(len(rowid), bool)
+    if len(members):
+        at = np.minimum(np.searchsorted(members, rowid), len(members) - 1)
+        hit = members[at] == rowid
+        g[hit] = group[at[hit]]
+        duplicate[hit] = flagged[at[hit]]
+    out = pa.table({"_rowid": pa.array(rowid, pa.uint64()),
+                    "dup_group": pa.array(g, pa.int64(), mask=~hit),
+                    "is_duplicate": pa.array(duplicate, pa.bool_())})
+    return update_fragment(fragment, out)

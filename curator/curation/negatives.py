@@ -237,7 +237,7 @@ def _add_columns(database, table, dataset):
 
 def _report(fn: np.ndarray, candidates: np.ndarray, other: int, info: dict) -> dict:
     rate = fn / np.maximum(candidates, 1)
-    return {"rows": int(len(fn)), "candidates": int(other),
+    return {"rows": len(fn), "candidates": int(other),
             "mean_fn_count": float(fn.mean()), "median_fn_count": float(np.median(fn)),
             "max_fn_count": int(fn.max()), "mean_fn_rate": float(rate.mean()),
             "zero_share": float((fn == 0).mean()), **info}
@@ -330,9 +330,9 @@ def _partitioned(run, name, Q, theta_q, sq, X, sx, recall, seed, quiet):
         "method": "partitioned", "partitions": plan.k, "margin": round(plan.margin, 6),
         "margin_rule": margin_rule, "exact_clusters": int((plan.radius <= plan.margin).sum()),
         "work_share": work / max(len(Q) * len(X), 1),
-        "calibration": {"rows": int(len(cal)), "false_negative_pairs": int(len(rows)),
+        "calibration": {"rows": len(cal), "false_negative_pairs": len(rows),
                         "target_recall": recall},
-        "audit": {"rows": int(len(audit)),
+        "audit": {"rows": len(audit),
                   "recall": float(found.sum() / exact_audit.sum()) if exact_audit.sum() else 1.0,
                   "rows_exact": float((found == exact_audit).mean()) if len(audit) else 1.0,
                   "over_counted": int((found > exact_audit).sum()),
