@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 from conftest import read_table
-from mixed_samples import TEXT_ONLY, build, counts_of, expected, oracle, snapshot, uniform
+from mixed_samples import TEXT_ONLY, build, counts_of, expected, mixed_table, oracle, snapshot, uniform
 
 from curator import ingest
 from curator.cli import cli
@@ -230,3 +230,45 @@ def test_cli_per_where_into(mixed):
     text = runner.invoke(cli, ["--db", mixed, "rebalance", "--cap", "10", "--into", "keep_b"])
     assert text.exit_code == 0 and "per sample (decided by the image row)" in text.output
     assert "samples with no image row" in text.output
+
+
+@pytest.mark.parametrize("case", [CASES[2], CASES[3]], ids=["concept-where", "conformity-bins"])
+def test_samples_split_across_many_fragments(tmp_path, monkeypatch, case):
+    """Rows shuffled into six fragments, so a sample's image and captions sit in different
+    fragments and fragments are not in id order; DuckDB's memory squeezed so its joins
+    spill. Per sample, the written column, groups and counts are the rule's; per row too."""
+    from curator import dedupe
+    from curator.engine import spill
+
+    monkeypatch.setattr(spill, "MEMORY_LIMIT", "64MB")
+    table = mixed_table()
+    table = table.take(np.random.default_rng(5).permutation(table.num_rows))
+    db = str(tmp_path / "db.lancedb")
+    step = -(-table.num_rows // 6)
+    for k in range(6):
+        path = tmp_path / f"part-{k}.parquet"
+        pq.write_table(table.slice(k * step, step), path)
+        ingest([str(path)], db=db)
+    assert len(lance.dataset(f"{db}/embeddings.lance").get_fragments()) >= 6
+    dedupe(db=db, eps=0.002, seed=0)
+    snap = snapshot(db)
+    result = rebalance(db=db, **case)
+    values, groups, undecided = expected(snap, **case)
+    got = read_table(db)
+    assert dict(zip(got.column("id").to_pylist(), got.column("rebalance_keep").to_pylist())) == values
+    assert {(g["modality"], g["group"]): (g["before"], g["after"]) for g in result.groups} == groups
+    assert result.undecided_samples == undecided and result.rows == snap.num_rows
+    assert result.counts == counts_of(snap, [i for i, v in values.items() if v])
+
+    per_row = rebalance(db=db, per="row", modality="text", into="text_keep", **case)
+    rows = [r for r in snap.drop_columns(["embedding"]).to_pylist() if r["modality"] == "text"]
+    sub, want_groups, _ = expected(snap.filter(pa.compute.equal(snap.column("modality"), "text"))
+                                   .drop_columns(["sample_id"]).append_column(
+                                       "sample_id", pa.array([None] * len(rows), pa.string())),
+                                   modality="text", **case)
+    got = read_table(db)
+    stored = dict(zip(got.column("id").to_pylist(), got.column("text_keep").to_pylist()))
+    assert {r["id"]: stored[r["id"]] for r in rows} == sub
+    assert all(stored[i] is None for i, m in zip(got.column("id").to_pylist(),
+                                                 got.column("modality").to_pylist()) if m == "image")
+    assert {(g["modality"], g["group"]): (g["before"], g["after"]) for g in per_row.groups} == want_groups

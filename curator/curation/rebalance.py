@@ -33,13 +33,19 @@ gets the decision ``per='row'`` would give it.
 boolean column added by data evolution when missing, so several balances coexist
 (``--into flat_keep``) and combine in one predicate. The pass over the table is one
 per-piece function (:func:`piece_units`, run by the executor, so ``engine='ray'`` decides
-the same) reading scalar columns only (never the vectors); the driver holds the row ids
-and sample ids of the table and one entry per deciding row; one commit writes the column.
+the same) reading scalar columns only (never the vectors). Memory is set by a piece, not
+the table: each piece's row ids, sample ids and candidate decisions go to Parquet in a
+temporary spill folder as they arrive, and the global step (each sample's deciding row,
+the group counts, the decisions, every row's value) runs in DuckDB within its memory
+limit, spilling joins and aggregates to disk (:class:`Decisions`). The values come back
+one fragment at a time, one task per fragment writes its column file, one commit.
 """
 
 from __future__ import annotations
 
+import glob
 import hashlib
+import os
 import re
 from dataclasses import asdict, dataclass, field
 
@@ -49,9 +55,9 @@ import pyarrow.compute as pc
 
 from ..engine.executor import executor
 from ..engine.fragments import Piece, pieces
-from ..engine.writes import write_columns
+from ..engine.spill import ScalarSpill, connect, quote
 from ..errors import BadInput
-from ..store.columns import SCAN_BATCH_ROWS
+from ..store.columns import SCAN_BATCH_ROWS, commit_updates, update_fragment
 from ..store.database import Database
 from ..store.predicate import Predicate, parse
 from ..store.schema import column_names
@@ -154,26 +160,29 @@ def rebalance(*, db=None, table: str = "embeddings", cap: int, by: str = "cluste
     if per == "sample" and modality is None:
         modality = _deciding_modality(dataset, run)
     plan = Plan(per, modality, predicate, by, seed)
-    rows, candidates = _scan(dataset, plan, run)
-    deciding = _deciding_rows(candidates, per)
-    if deciding.num_rows == 0:
-        what = f" of modality {modality!r}" if modality else ""
-        passing = " passing --where" if predicate is not None else ""
-        raise BadInput(f"no rows{what}{passing} in table {table!r} to rebalance")
-    keys, edges = _group_keys(deciding, by, bins if by == CONFORMITY else None)
-    if by == "cluster" and keys.null_count == len(keys):
-        raise BadInput("column cluster is empty: run `curator cluster` first, or use --by")
-    keep, groups = _decide(deciding, keys, cap)
-    values = _row_values(rows, deciding, keep, per)
+    bins = bins if by == CONFORMITY else None
+    with ScalarSpill(_rows_schema()) as rows:
+        candidates = ScalarSpill(_candidates_schema(schema.field(by).type), rows.folder)
+        _scan(dataset, plan, run, rows, candidates)
+        con = connect(rows.folder)
+        try:
+            decided = Decisions(con, rows, candidates, plan, cap, bins)
+            if decided.units == 0:
+                what = f" of modality {modality!r}" if modality else ""
+                passing = " passing --where" if predicate is not None else ""
+                raise BadInput(f"no rows{what}{passing} in table {table!r} to rebalance")
+            if by == "cluster" and decided.keyed == 0:
+                raise BadInput("column cluster is empty: run `curator cluster` first, or use --by")
+            decided.values()
 
-    if into not in schema.names:  # nothing can fail past here but the writes themselves
-        dataset.add_columns([pa.field(into, pa.bool_())])
-        dataset = database.dataset(table)
-    written = write_columns(dataset, rows.column("_rowid").to_numpy(), {into: values},
-                            f"curator rebalance {into} by {by} cap {cap} seed {seed}", engine=engine)
-    undecided = _undecided_samples(rows, deciding) if per == "sample" else 0
-    return _result(plan, into, cap, bins if by == CONFORMITY else None, groups, edges, deciding,
-                   keep, undecided, rows, values, read_version, written.version)
+            if into not in schema.names:  # nothing can fail past here but the writes themselves
+                dataset.add_columns([pa.field(into, pa.bool_())])
+                dataset = database.dataset(table)
+            written = commit_updates(dataset, run.map(update_fragment, decided.fragment_jobs(dataset, into)),
+                                     f"curator rebalance {into} by {by} cap {cap} seed {seed}")
+            return decided.result(into, read_version, written.version)
+        finally:
+            con.close()
 
 
 # -- the plan and the pass -------------------------------------------------------------
@@ -231,20 +240,27 @@ def _concat(tables: list[pa.Table]) -> pa.Table | None:
     return pa.concat_tables(tables) if tables else None
 
 
-def _scan(dataset, plan: Plan, run) -> tuple[pa.Table, pa.Table]:
-    """The pass over every piece, merged in piece order (row-id order)."""
-    rows, candidates = [], []
+def _rows_schema() -> pa.Schema:
+    return pa.schema([("_rowid", pa.uint64()), ("sample_id", pa.string()), ("modality", pa.string()),
+                      ("passes", pa.bool_())])
+
+
+def _candidates_schema(key: pa.DataType) -> pa.Schema:
+    return pa.schema([("_rowid", pa.uint64()), ("sample_id", pa.string()), ("modality", pa.string()),
+                      ("id", pa.string()), ("u", pa.float64()), ("key", key)])
+
+
+def _scan(dataset, plan: Plan, run, rows: ScalarSpill, candidates: ScalarSpill) -> None:
+    """The pass over every piece; each piece's rows and candidates go to disk as it
+    arrives, so the driver holds one piece's scalars at a time."""
+    seen = False
     for r, c in run.map(piece_units, [(p, plan) for p in pieces(dataset)]):
         if r is not None:
-            rows.append(r)
-            candidates.append(c)
-    if not rows:
+            seen = True
+            rows.add(r, "rows")
+            candidates.add(c, "candidates")
+    if not seen:
         raise BadInput("the table has no rows to rebalance")
-    rows = pa.concat_tables(rows).combine_chunks()
-    ids = rows.column("_rowid").to_numpy()
-    if len(ids) > 1 and not (ids[1:] > ids[:-1]).all():  # fragments out of id order
-        rows = rows.take(pa.array(np.argsort(ids, kind="stable")))
-    return rows, pa.concat_tables(candidates).combine_chunks()
 
 
 def piece_modalities(piece: Piece) -> set:
@@ -277,99 +293,159 @@ def uniforms(ids: pa.Array, seed: int) -> np.ndarray:
     return (out >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
 
 
-# -- decisions on the driver -----------------------------------------------------------
+# -- decisions, out of core ----------------------------------------------------------
 
-def _deciding_rows(candidates: pa.Table, per: str) -> pa.Table:
-    """Per sample: each sample's candidate with the smallest id (rows without a sample are
-    their own); per row: every candidate."""
-    if per == "row" or candidates.num_rows == 0:
-        return candidates
-    has = pc.is_valid(candidates.column("sample_id"))
-    grouped = candidates.filter(has)
-    distinct = pc.count_distinct(grouped.column("sample_id")).as_py()
-    if distinct < grouped.num_rows:
-        grouped = grouped.sort_by([("sample_id", "ascending"), ("id", "ascending")])
-        sid = grouped.column("sample_id").combine_chunks()
-        first = np.ones(len(sid), bool)
-        first[1:] = pc.not_equal(sid.slice(1), sid.slice(0, len(sid) - 1)).to_numpy(zero_copy_only=False)
-        grouped = grouped.filter(pa.array(first))
-    solo = candidates.filter(pc.invert(has))
-    return pa.concat_tables([grouped, solo]).combine_chunks()
+class Decisions:
+    """The global step in DuckDB over the spilled scalars, within its memory limit: the
+    deciding row of each sample, the group counts, each unit's decision and the value of
+    every written row. Intermediate results are Parquet files in the spill folder; what
+    stays in Python is one entry per group.
 
+    ``units``: deciding rows; ``keyed``: those with a non-null group key."""
 
-def _group_keys(deciding: pa.Table, by: str, bins: int | None) -> tuple[pa.Array, dict]:
-    """The group of each deciding row (a conformity bin index with ``bins``); and the bin
-    edges per modality."""
-    key = deciding.column("key").combine_chunks()
-    if not bins:
-        return key, {}
-    values = key.to_numpy(zero_copy_only=False).astype(np.float64)
-    mods = deciding.column("modality").to_numpy(zero_copy_only=False)
-    out = np.full(len(values), -1, np.int64)
-    edges = {}
-    for m in np.unique(mods):
-        rows = (mods == m) & ~np.isnan(values)
-        if not rows.any():
-            continue
-        lo, hi = float(values[rows].min()), float(values[rows].max())
-        if hi > lo:
-            out[rows] = np.minimum(((values[rows] - lo) / (hi - lo) * bins).astype(np.int64), bins - 1)
+    def __init__(self, con, rows: ScalarSpill, candidates: ScalarSpill, plan: Plan, cap: int,
+                 bins: int | None):
+        self.con, self.plan, self.cap, self.bins = con, plan, cap, bins
+        self.folder = rows.folder
+        _view(con, "rows", rows, "rows")
+        _view(con, "candidates", candidates, "candidates")
+        if plan.per == "row":
+            deciding = "SELECT _rowid, sample_id, modality, u, key FROM candidates"
+        else:  # each sample's candidate with the smallest id; rows without a sample are their own
+            deciding = ("SELECT s._rowid, sample_id, s.modality, s.u, s.key FROM ("
+                        "SELECT sample_id, arg_min({'_rowid': _rowid, 'modality': modality, "
+                        "'u': u, 'key': key}, id) AS s FROM candidates WHERE sample_id IS NOT NULL "
+                        "GROUP BY sample_id) UNION ALL "
+                        "SELECT _rowid, sample_id, modality, u, key FROM candidates WHERE sample_id IS NULL")
+        self._save("deciding", deciding)
+        self.edges: dict = {}
+        gkey = "key"
+        if bins:
+            gkey = self._bins(bins)
+        self._save("grouped", f"SELECT _rowid, sample_id, modality, u, {gkey} AS gkey FROM deciding d"
+                              + (" LEFT JOIN bounds b USING (modality)" if bins else ""))
+        counts = con.sql("SELECT modality, gkey, count(*) AS before FROM grouped "
+                             "GROUP BY ALL").to_arrow_table()
+        before = counts.column("before").to_numpy().astype(np.int64)
+        p = np.minimum(1.0, cap / before.astype(np.float64)) if len(before) else np.zeros(0)
+        con.register("group_p", counts.append_column("p", pa.array(p, pa.float64())))
+        self._save("decided", "SELECT d._rowid, d.sample_id, d.modality, d.u < g.p AS keep, "
+                              "g.modality AS gm, g.gkey AS gk FROM grouped d JOIN group_p g "
+                              "ON d.modality IS NOT DISTINCT FROM g.modality "
+                              "AND d.gkey IS NOT DISTINCT FROM g.gkey")
+        after = dict(((m, _plain(k)), int(n)) for m, k, n in con.execute(
+            "SELECT gm, gk, count(*) FILTER (WHERE keep) FROM decided GROUP BY ALL").fetchall())
+        groups = []
+        for m, k, c, q in zip(counts.column("modality").to_pylist(), counts.column("gkey").to_pylist(),
+                              before.tolist(), p.tolist()):
+            groups.append({"modality": m, "group": _plain(k), "before": int(c),
+                           "after": after.get((m, _plain(k)), 0), "p": float(q)})
+        groups.sort(key=lambda g: (str(g["modality"]), g["group"] is None, _sortable(g["group"])))
+        self.groups = groups
+        self.units = int(before.sum())
+        self.keyed = sum(g["before"] for g in groups if g["group"] is not None)
+        self.kept_units = sum(g["after"] for g in groups)
+
+    def _save(self, name: str, query: str) -> None:
+        """Write ``query``'s rows to ``<name>.parquet`` and make ``name`` a view of it."""
+        path = os.path.join(self.folder, f"{name}.parquet")
+        self.con.execute(f"COPY ({query}) TO {quote(path)} (FORMAT parquet)")
+        self.con.execute(f"CREATE OR REPLACE VIEW {name} AS SELECT * FROM read_parquet({quote(path)})")
+
+    def _bins(self, bins: int) -> str:
+        """The conformity bin of each deciding row: ``bins`` equal-width bins between the min
+        and max of its modality (float64 arithmetic, as ``numpy`` would do it); null for a
+        null or NaN conformity."""
+        found = self.con.execute("SELECT modality, CAST(min(key) AS DOUBLE), CAST(max(key) AS DOUBLE) "
+                                 "FROM deciding WHERE key IS NOT NULL AND NOT isnan(key) "
+                                 "GROUP BY modality").fetchall()
+        bounds = pa.table({"modality": pa.array([m for m, _, _ in found], pa.string()),
+                           "lo": pa.array([lo for _, lo, _ in found], pa.float64()),
+                           "hi": pa.array([hi for _, _, hi in found], pa.float64())})
+        self.con.register("bounds", bounds)
+        self.edges = {str(m): np.linspace(lo, hi, bins + 1).tolist() for m, lo, hi in found}
+        return ("CASE WHEN d.key IS NULL OR isnan(d.key) OR b.lo IS NULL THEN NULL "
+                f"WHEN b.hi > b.lo THEN least(CAST(trunc((CAST(d.key AS DOUBLE) - b.lo) / (b.hi - b.lo) * {int(bins)}) "
+                f"AS BIGINT), {int(bins) - 1}) ELSE CAST(0 AS BIGINT) END")
+
+    def values(self) -> None:
+        """The value of every written row, partitioned by fragment under ``values/``: per
+        sample, a row passing the predicate gets its sample's decision and a row without a
+        sample its own (false unless it decided); per row, a deciding row its decision and
+        every other row of the modality false."""
+        if self.plan.per == "sample":
+            query = ("SELECT r._rowid >> 32 AS fragment, r._rowid, r.modality, r.sample_id, "
+                     "CASE WHEN r.sample_id IS NULL THEN coalesce(solo.keep, false) "
+                     "ELSE r.passes AND k.sample_id IS NOT NULL END AS value FROM rows r "
+                     "LEFT JOIN (SELECT sample_id FROM decided WHERE keep AND sample_id IS NOT NULL) k "
+                     "ON r.sample_id = k.sample_id "
+                     "LEFT JOIN (SELECT _rowid, keep FROM decided WHERE sample_id IS NULL) solo "
+                     "ON r._rowid = solo._rowid")
         else:
-            out[rows] = 0
-        edges[str(m)] = np.linspace(lo, hi, bins + 1).tolist()
-    return pa.array(out, pa.int64(), mask=out < 0), edges
+            query = ("SELECT r._rowid >> 32 AS fragment, r._rowid, r.modality, r.sample_id, "
+                     "coalesce(d.keep, false) AS value FROM rows r LEFT JOIN decided d ON r._rowid = d._rowid")
+        path = os.path.join(self.folder, "values")
+        self.con.execute(f"COPY ({query}) TO {quote(path)} (FORMAT parquet, PARTITION_BY (fragment))")
+        self.con.execute("CREATE OR REPLACE VIEW written AS SELECT * FROM read_parquet("
+                         f"{quote(os.path.join(path, '*', '*.parquet'))}, hive_partitioning = false)")
+
+    def fragment_jobs(self, dataset, into: str):
+        """(fragment, its rows' ``_rowid`` and ``into`` in row-id order) of each fragment
+        with written rows, for :func:`update_fragment`."""
+        import pyarrow.parquet as pq
+
+        for fragment in dataset.get_fragments():
+            files = sorted(glob.glob(os.path.join(self.folder, "values", f"fragment={fragment.fragment_id}",
+                                                  "*.parquet")))
+            if not files:
+                continue
+            part = pa.concat_tables([pq.read_table(f, columns=["_rowid", "value"]) for f in files])
+            part = part.sort_by("_rowid")
+            yield fragment, pa.table({"_rowid": part.column("_rowid").cast(pa.uint64()),
+                                      into: part.column("value").cast(pa.bool_())})
+
+    def result(self, into: str, read_version: int, version: int) -> RebalanceResult:
+        plan, con = self.plan, self.con
+        rows, kept = con.execute("SELECT count(*), count(*) FILTER (WHERE value) FROM written").fetchone()
+        counts = {}
+        for m, n, solo in con.execute("SELECT modality, count(*), count(*) FILTER (WHERE sample_id IS NULL) "
+                                      "FROM written WHERE value GROUP BY modality ORDER BY modality").fetchall():
+            counts[m] = {"rows": int(n), "samples": int(solo)}
+        for m, n in con.execute("SELECT modality, count(*) FROM (SELECT DISTINCT modality, sample_id "
+                                "FROM written WHERE value AND sample_id IS NOT NULL) GROUP BY modality").fetchall():
+            counts[m]["samples"] += int(n)
+        undecided = 0
+        if plan.per == "sample":
+            samples = con.execute("SELECT (SELECT count(*) FROM (SELECT DISTINCT sample_id FROM rows "
+                                  "WHERE sample_id IS NOT NULL)) + (SELECT count(*) FROM rows "
+                                  "WHERE sample_id IS NULL)").fetchone()[0]
+            undecided = int(samples) - self.units
+        histograms = {}
+        if self.bins:
+            for m in sorted({g["modality"] for g in self.groups}):
+                mine = {g["group"]: g for g in self.groups if g["modality"] == m}
+                histograms[m] = {
+                    "edges": self.edges.get(m),
+                    "before": [mine[b]["before"] if b in mine else 0 for b in range(self.bins)],
+                    "after": [mine[b]["after"] if b in mine else 0 for b in range(self.bins)],
+                    "null_before": mine[None]["before"] if None in mine else 0,
+                    "null_after": mine[None]["after"] if None in mine else 0,
+                }
+        return RebalanceResult(
+            by=plan.by, cap=int(self.cap), seed=plan.seed, per=plan.per, modality=plan.modality,
+            where=plan.predicate.text if plan.predicate is not None else None, into=into, bins=self.bins,
+            units=self.units, kept_units=self.kept_units,
+            expected_kept=float(sum(min(g["before"], self.cap) for g in self.groups)),
+            undecided_samples=undecided, rows=int(rows), kept=int(kept), counts=counts,
+            groups=self.groups, histograms=histograms, table_version_read=read_version,
+            table_version=version)
 
 
-def _codes(array: pa.Array) -> tuple[np.ndarray, list]:
-    """Integer codes of an array's values (null gets its own code) and the values."""
-    encoded = array.dictionary_encode()
-    values = encoded.dictionary.to_pylist()
-    codes = pc.fill_null(encoded.indices, len(values)).to_numpy(zero_copy_only=False)
-    return codes.astype(np.int64), values + [None]
-
-
-def _decide(deciding: pa.Table, keys: pa.Array, cap: int) -> tuple[np.ndarray, list[dict]]:
-    """keep = u < min(1, cap / c) of each deciding row (c = deciding rows of its group), and
-    the groups: {modality, group, before, after, p}."""
-    mod_codes, mod_values = _codes(deciding.column("modality").combine_chunks())
-    key_codes, key_values = _codes(keys)
-    combined = mod_codes * (len(key_values) + 1) + key_codes
-    unique, inverse, counts = np.unique(combined, return_inverse=True, return_counts=True)
-    p = np.minimum(1.0, cap / counts.astype(np.float64))
-    keep = deciding.column("u").to_numpy() < p[inverse]
-    kept = np.bincount(inverse, weights=keep, minlength=len(unique)).astype(np.int64)
-    groups = []
-    for g, code in enumerate(unique):
-        m, k = divmod(int(code), len(key_values) + 1)
-        groups.append({"modality": mod_values[m], "group": _plain(key_values[k]),
-                       "before": int(counts[g]), "after": int(kept[g]), "p": float(p[g])})
-    groups.sort(key=lambda g: (str(g["modality"]), g["group"] is None, _sortable(g["group"])))
-    return keep, groups
-
-
-def _row_values(rows: pa.Table, deciding: pa.Table, keep: np.ndarray, per: str) -> pa.Array:
-    """The value written on every row of ``rows``: a deciding row's own decision; per
-    sample, a row passing the predicate gets its sample's decision; everything else false."""
-    rowids = rows.column("_rowid").to_numpy()
-    values = np.zeros(len(rowids), bool)
-    own = deciding.column("_rowid").to_numpy()
-    if per == "sample":
-        kept_samples = pc.drop_null(deciding.column("sample_id").filter(pa.array(keep)))
-        in_kept = pc.is_in(rows.column("sample_id"), value_set=kept_samples.combine_chunks())
-        values = pc.fill_null(in_kept, False).to_numpy(zero_copy_only=False) \
-            & rows.column("passes").to_numpy(zero_copy_only=False)
-        solo = pc.is_null(deciding.column("sample_id")).to_numpy(zero_copy_only=False)
-        own, keep = own[solo], keep[solo]
-    at = np.searchsorted(rowids, own)  # rows are in row-id order; deciding rows are among them
-    values[at] = keep
-    return pa.array(values, pa.bool_())
-
-
-def _undecided_samples(rows: pa.Table, deciding: pa.Table) -> int:
-    """Samples (rows without a sample count as one each) without a deciding row."""
-    sid = rows.column("sample_id")
-    total = pc.count_distinct(sid, mode="only_valid").as_py() + sid.null_count
-    return int(total - deciding.num_rows)
+def _view(con, name: str, spill: ScalarSpill, part: str) -> None:
+    if spill.parts and glob.glob(spill.glob(part)):
+        con.execute(f"CREATE OR REPLACE VIEW {name} AS SELECT * FROM read_parquet({quote(spill.glob(part))})")
+    else:
+        con.from_arrow(spill.schema.empty_table()).create_view(name, replace=True)
 
 
 # -- checks ----------------------------------------------------------------------------
@@ -413,42 +489,7 @@ def _check_into(schema: pa.Schema, into: str, by: str) -> None:
                        "another name") from None
 
 
-# -- the result ------------------------------------------------------------------------
-
-def _result(plan: Plan, into, cap, bins, groups, edges, deciding, keep, undecided, rows, values,
-            read_version, version) -> RebalanceResult:
-    histograms = {}
-    if bins:
-        for m in sorted({g["modality"] for g in groups}):
-            mine = {g["group"]: g for g in groups if g["modality"] == m}
-            histograms[m] = {
-                "edges": edges.get(m),
-                "before": [mine[b]["before"] if b in mine else 0 for b in range(bins)],
-                "after": [mine[b]["after"] if b in mine else 0 for b in range(bins)],
-                "null_before": mine[None]["before"] if None in mine else 0,
-                "null_after": mine[None]["after"] if None in mine else 0,
-            }
-    kept_rows = rows.filter(values)
-    return RebalanceResult(
-        by=plan.by, cap=int(cap), seed=plan.seed, per=plan.per, modality=plan.modality,
-        where=plan.predicate.text if plan.predicate is not None else None, into=into, bins=bins,
-        units=deciding.num_rows, kept_units=int(keep.sum()),
-        expected_kept=float(sum(min(g["before"], cap) for g in groups)),
-        undecided_samples=undecided, rows=rows.num_rows, kept=kept_rows.num_rows,
-        counts=modality_counts(kept_rows), groups=groups, histograms=histograms,
-        table_version_read=read_version, table_version=version)
-
-
-def modality_counts(rows: pa.Table) -> dict:
-    """Per modality: rows, and distinct samples (a row without a sample counts as one)."""
-    out = {}
-    mods = rows.column("modality").to_numpy(zero_copy_only=False)
-    for m in sorted(set(mods.tolist())):
-        samples = rows.column("sample_id").filter(pa.array(mods == m))
-        distinct = pc.count_distinct(samples, mode="only_valid").as_py()
-        out[m] = {"rows": int((mods == m).sum()), "samples": int(distinct + samples.null_count)}
-    return out
-
+# -- helpers ---------------------------------------------------------------------------
 
 def _sortable(value):
     return (0, value, "") if isinstance(value, (int, float)) else (1, 0, str(value))

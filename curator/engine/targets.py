@@ -4,8 +4,10 @@ A row's pair scores depend on its sample's other image and text rows, so scoring
 on whole samples: when a row of a sample is scored, every image and text row of that
 sample is scored at the same version. :func:`choose` starts from seeds (stale
 (modality, version) groups, whole modalities, sample ids touched by new rows) and adds
-the rest of their samples, with DuckDB over a scan of four scalar columns (its memory
-limit applies; the vectors are never read here).
+the rest of their samples, with DuckDB over two streaming scans of four scalar columns:
+the first keeps the seeds, the second the rows of the seeds' samples, so what is held
+grows with the rows chosen, not with the table (DuckDB's memory limit applies; the
+vectors are never read here).
 """
 
 from __future__ import annotations
@@ -37,11 +39,6 @@ def choose(dataset, *, groups=(), modalities=(), samples: pa.Array | None = None
     folder = tempfile.mkdtemp(prefix="curator-targets-") if own else None
     con = connect(folder) if own else con
     try:
-        reader = dataset.scanner(columns=["modality", "sample_id", "stats_version"],
-                                 with_row_id=True, batch_size=1 << 17).to_reader()
-        con.from_arrow(reader).create_view("scan", replace=True)
-        con.execute("CREATE OR REPLACE TEMP TABLE rows AS SELECT _rowid AS rowid, modality, sample_id, "
-                    "coalesce(stats_version, -1) AS version FROM scan")
         _view(con, "seed_groups", pa.table({
             "modality": pa.array([m for m, _ in groups], pa.string()),
             "version": pa.array([int(v) for _, v in groups], pa.int64())}))
@@ -53,20 +50,24 @@ def choose(dataset, *, groups=(), modalities=(), samples: pa.Array | None = None
         _view(con, "excluded", pa.table({"rowid": pa.array(
             np.asarray(exclude if exclude is not None else [], np.uint64), pa.uint64())}))
         paired = f"('{IMAGE}', '{TEXT}')"
+        # Two streaming scans, nothing of the table held but the seeds: the seeds, then
+        # every image and text row of a seed's sample.
+        _scan(con, dataset)
         con.execute(f"""
             CREATE OR REPLACE TEMP TABLE seed AS
-            SELECT r.rowid, r.modality, r.sample_id FROM rows r
-            WHERE (r.modality, r.version) IN (SELECT modality, version FROM seed_groups)
-               OR r.modality IN (SELECT modality FROM seed_modalities)
-               OR (r.modality IN {paired} AND r.sample_id IN (SELECT sample_id FROM seed_samples))
-               OR r.rowid IN (SELECT rowid FROM seed_rows)""")
+            SELECT _rowid AS rowid, modality IN {paired} AND sample_id IS NOT NULL AS paired, sample_id
+            FROM scan
+            WHERE (modality, coalesce(stats_version, -1)) IN (SELECT modality, version FROM seed_groups)
+               OR modality IN (SELECT modality FROM seed_modalities)
+               OR (modality IN {paired} AND sample_id IN (SELECT sample_id FROM seed_samples))
+               OR _rowid IN (SELECT rowid FROM seed_rows)""")
+        _scan(con, dataset)
         con.execute(f"""
             CREATE OR REPLACE TEMP TABLE chosen AS
             SELECT rowid FROM seed
             UNION
-            SELECT r.rowid FROM rows r
-            WHERE r.modality IN {paired} AND r.sample_id IN (
-                SELECT sample_id FROM seed WHERE modality IN {paired} AND sample_id IS NOT NULL)
+            SELECT _rowid AS rowid FROM scan
+            WHERE modality IN {paired} AND sample_id IN (SELECT sample_id FROM seed WHERE paired)
             EXCEPT SELECT rowid FROM excluded""")
         counts = con.execute("SELECT rowid >> 32 AS fragment, count(*) AS n FROM chosen "
                              "GROUP BY 1 ORDER BY 1").fetchall()
@@ -85,6 +86,14 @@ def choose(dataset, *, groups=(), modalities=(), samples: pa.Array | None = None
         if own:
             con.close()
             shutil.rmtree(folder, ignore_errors=True)
+
+
+def _scan(con, dataset) -> None:
+    """(Re)define the view ``scan`` as a fresh stream of the table's scalar columns (an
+    Arrow reader is read once)."""
+    reader = dataset.scanner(columns=["modality", "sample_id", "stats_version"],
+                             with_row_id=True, batch_size=1 << 17).to_reader()
+    con.from_arrow(reader).create_view("scan", replace=True)
 
 
 def _view(con, name: str, table: pa.Table) -> None:
