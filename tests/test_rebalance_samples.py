@@ -13,7 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 from conftest import read_table
-from mixed_samples import TEXT_ONLY, build, counts_of, expected, mixed_table, oracle, snapshot, uniform
+from mixed_samples import (TEXT_ONLY, build, counts_of, expected, mixed_table, oracle, snapshot,
+                           uniform)
 
 from curator import ingest
 from curator.cli import cli

@@ -333,8 +333,8 @@ class Decisions:
                               "g.modality AS gm, g.gkey AS gk FROM grouped d JOIN group_p g "
                               "ON d.modality IS NOT DISTINCT FROM g.modality "
                               "AND d.gkey IS NOT DISTINCT FROM g.gkey")
-        after = dict(((m, _plain(k)), int(n)) for m, k, n in con.execute(
-            "SELECT gm, gk, count(*) FILTER (WHERE keep) FROM decided GROUP BY ALL").fetchall())
+        after = {(m, _plain(k)): int(n) for m, k, n in con.execute(
+            "SELECT gm, gk, count(*) FILTER (WHERE keep) FROM decided GROUP BY ALL").fetchall()}
         groups = []
         for m, k, c, q in zip(counts.column("modality").to_pylist(), counts.column("gkey").to_pylist(),
                               before.tolist(), p.tolist()):
