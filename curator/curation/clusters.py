@@ -31,7 +31,7 @@ import pyarrow as pa
 
 from .. import progress as progress_mod
 from ..engine.executor import RAY, executor, resolve_engine
-from ..engine.fragments import Piece, pieces
+from ..engine.fragments import Piece, pieces, scan
 from ..engine.rows import take_vectors
 from ..engine.spill import ScalarSpill
 from ..errors import BadInput
@@ -243,7 +243,7 @@ def modality_rows(dataset) -> dict[str, int]:
     import pyarrow.compute as pc
 
     out: dict[str, int] = {}
-    for batch in dataset.to_batches(columns=["modality"]):
+    for batch in scan(dataset, ["modality"]).to_batches():
         for item in pc.value_counts(batch.column("modality")).to_pylist():
             if item["values"] is not None:
                 out[item["values"]] = out.get(item["values"], 0) + item["counts"]
@@ -280,7 +280,7 @@ def _label_counts(dataset, ks: dict[str, int]) -> tuple[dict[str, np.ndarray], d
     """Per modality of ``ks`` (name → k): rows per stored label, and rows with no label."""
     counts = {m: np.zeros(k, np.int64) for m, k in ks.items()}
     unassigned = dict.fromkeys(ks, 0)
-    for batch in dataset.to_batches(columns=["modality", "cluster"]):
+    for batch in scan(dataset, ["modality", "cluster"]).to_batches():
         labels = batch.column("cluster").fill_null(-1).to_numpy(zero_copy_only=False)
         for m in ks:
             at = is_value(batch.column("modality"), m)

@@ -19,7 +19,7 @@ from ..store.database import Database, TableMeta
 from ..store.statistics import StatsStore
 from ..store.versions import carry_forward
 from .executor import LOCAL, executor
-from .fragments import Piece, pieces
+from .fragments import Piece, pieces, scan
 
 STATS_COLUMNS = ["modality", "embedding", "conformity"]
 ROWS_PER_PIECE = 131_072  # rows per task on Ray (one partial statistics record each)
@@ -129,7 +129,7 @@ def row_groups(dataset, history: dict[tuple[int, str], HistoryEntry]) -> list[Ro
     |loglik|, from one scan of five scalar columns (never the vectors)."""
     found: dict[tuple[str, int], RowGroup] = {}
     columns = ["modality", "stats_version", "norm", "conformity_est", "loglik"]
-    for batch in dataset.to_batches(columns=columns, batch_size=1 << 18):
+    for batch in scan(dataset, columns, batch_size=1 << 18).to_batches():
         modality = batch.column(0).dictionary_encode()
         names = modality.dictionary.to_pylist()
         code = modality.indices.to_numpy(zero_copy_only=False).astype(np.int64)
@@ -176,7 +176,7 @@ def _reduce(op, index: np.ndarray, k: int, values: np.ndarray, fill: float) -> n
 def referenced_versions(dataset) -> set[int]:
     """The statistics versions some row's scores come from (one scalar scan)."""
     found: set[int] = set()
-    for batch in dataset.to_batches(columns=["stats_version"], batch_size=1 << 20):
+    for batch in scan(dataset, ["stats_version"], batch_size=1 << 20).to_batches():
         found.update(np.unique(batch.column(0).drop_null().to_numpy()).tolist())
     return found
 

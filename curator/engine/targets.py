@@ -19,7 +19,8 @@ import numpy as np
 import pyarrow as pa
 
 from ..geometry.scores import IMAGE, TEXT
-from .spill import connect
+from .fragments import scan
+from .spill import connect, scan_probes
 
 
 def choose(dataset, *, groups=(), modalities=(), samples: pa.Array | None = None,
@@ -53,7 +54,8 @@ def choose(dataset, *, groups=(), modalities=(), samples: pa.Array | None = None
         # Two streaming scans, nothing of the table held but the seeds: the seeds, then
         # every image and text row of a seed's sample.
         _scan(con, dataset)
-        con.execute(f"""
+        with scan_probes(con):
+            con.execute(f"""
             CREATE OR REPLACE TEMP TABLE seed AS
             SELECT _rowid AS rowid, modality IN {paired} AND sample_id IS NOT NULL AS paired, sample_id
             FROM scan
@@ -62,7 +64,8 @@ def choose(dataset, *, groups=(), modalities=(), samples: pa.Array | None = None
                OR (modality IN {paired} AND sample_id IN (SELECT sample_id FROM seed_samples))
                OR _rowid IN (SELECT rowid FROM seed_rows)""")
         _scan(con, dataset)
-        con.execute(f"""
+        with scan_probes(con):
+            con.execute(f"""
             CREATE OR REPLACE TEMP TABLE chosen AS
             SELECT rowid FROM seed
             UNION
@@ -91,8 +94,8 @@ def choose(dataset, *, groups=(), modalities=(), samples: pa.Array | None = None
 def _scan(con, dataset) -> None:
     """(Re)define the view ``scan`` as a fresh stream of the table's scalar columns (an
     Arrow reader is read once)."""
-    reader = dataset.scanner(columns=["modality", "sample_id", "stats_version"],
-                             with_row_id=True, batch_size=1 << 17).to_reader()
+    reader = scan(dataset, ["modality", "sample_id", "stats_version"], with_row_id=True,
+                  batch_size=1 << 17).to_reader()
     con.from_arrow(reader).create_view("scan", replace=True)
 
 

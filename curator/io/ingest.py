@@ -32,6 +32,7 @@ New rows join the stored concept clusters afterwards (a curation-column commit).
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -42,8 +43,10 @@ import pyarrow.compute as pc
 
 from .. import progress as progress_mod
 from ..curation.clusters import assign_new_rows
+from ..engine.fragments import scan
 from ..engine.rows import take_vectors
 from ..engine.scoring import NEW_BASE, Scoring
+from ..engine.spill import connect, make_folder, scan_probes
 from ..engine.statistics import current
 from ..engine.targets import choose
 from ..errors import BadInput, CuratorError, DuplicateIds, SchemaMismatch
@@ -575,14 +578,15 @@ class _PairPlan:
         self.rows.attach(con, "plan")
         try:
             if dataset is not None:
-                reader = dataset.scanner(columns=["sample_id", "modality"], batch_size=1 << 17,
-                                         filter="modality IN ('image', 'text') AND sample_id IS NOT NULL",
-                                         with_row_id=True).to_reader()
+                reader = scan(dataset, ["sample_id", "modality"], batch_size=1 << 17,
+                              filter="modality IN ('image', 'text') AND sample_id IS NOT NULL",
+                              with_row_id=True).to_reader()
                 con.from_arrow(reader).create_view("scan", replace=True)
                 con.from_arrow(replaced.select(["_rowid"])).create_view("replaced", replace=True)
-                con.execute("CREATE OR REPLACE TEMP TABLE old AS SELECT DISTINCT sample_id, modality FROM scan "
-                            "WHERE sample_id IN (SELECT sample_id FROM plan) "
-                            "AND _rowid NOT IN (SELECT _rowid FROM replaced)")
+                with scan_probes(con):
+                    con.execute("CREATE OR REPLACE TEMP TABLE old AS SELECT DISTINCT sample_id, modality "
+                                "FROM scan WHERE sample_id IN (SELECT sample_id FROM plan) "
+                                "AND _rowid NOT IN (SELECT _rowid FROM replaced)")
             else:
                 con.execute("CREATE OR REPLACE TEMP TABLE old (sample_id VARCHAR, modality VARCHAR)")
             found = con.execute("""
@@ -632,6 +636,27 @@ def _read_ids(sources: list[Source]) -> tuple[pa.Array, int]:
     return ids, len(ids)
 
 
+def _rows_with_ids(dataset, ids: pa.Array) -> pa.Table:
+    """The table's rows whose id is among ``ids`` (columns of ``_REPLACED``, in row-id
+    order): one streaming scan of four scalar columns, semi-joined in DuckDB against a hash
+    of the input's ids built once (an Arrow ``is_in`` per batch would rebuild it for every
+    batch of the table). Memory: the input's ids and DuckDB's limit, not the table."""
+    folder = make_folder()
+    con = connect(folder)
+    try:
+        con.from_arrow(pa.table({"id": ids.cast(pa.string())})).create_view("input_ids")
+        reader = scan(dataset, ["id", "modality", "sample_id", "conformity"], with_row_id=True,
+                      batch_size=262_144).to_reader()
+        con.from_arrow(reader).create_view("scan")
+        with scan_probes(con):
+            found = con.sql("SELECT id, modality, sample_id, conformity, _rowid FROM scan "
+                            "WHERE id IN (SELECT id FROM input_ids) ORDER BY _rowid").to_arrow_table()
+        return found.cast(_REPLACED)
+    finally:
+        con.close()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 _REPLACED = pa.schema([("id", pa.string()), ("modality", pa.string()), ("sample_id", pa.string()),
                        ("conformity", pa.float32()), ("_rowid", pa.uint64())])
 
@@ -645,16 +670,9 @@ def _resolve_duplicates(dataset, ids: pa.Array, on_duplicate: str) -> tuple[set,
         raise DuplicateIds(f"duplicate ids within the input: {', '.join(map(repr, dup))}")
     if dataset is None or len(ids) == 0:
         return set(), _REPLACED.empty_table()
-    value_set = pc.unique(ids)
-    found = []
-    for batch in dataset.to_batches(columns=["id", "modality", "sample_id", "conformity"],
-                                    with_row_id=True, batch_size=262_144):
-        hit = pc.is_in(batch.column("id"), value_set=value_set)
-        if pc.any(hit).as_py():
-            found.append(pa.Table.from_batches([batch.filter(hit)]).select(_REPLACED.names).cast(_REPLACED))
-    if not found:
+    present = _rows_with_ids(dataset, ids)
+    if present.num_rows == 0:
         return set(), _REPLACED.empty_table()
-    present = pa.concat_tables(found)
     names = set(present.column("id").to_pylist())
     if on_duplicate == "error":
         sample = ", ".join(repr(x) for x in sorted(names)[:3])
