@@ -65,3 +65,31 @@ def test_permission_error_means_alive(monkeypatch):
 
     monkeypatch.setattr(spill.os, "kill", gone)
     assert not spill._alive(12345)
+
+
+def test_joins_against_a_streamed_scan_build_on_the_written_right_side(tmp_path):
+    """A table streamed from an Arrow reader has no row count DuckDB can see; inside
+    ``scan_probes`` the scan still probes and the ``IN (SELECT …)`` list is built, so a
+    duplicate check holds the input's ids, not the table. The rows found are the oracle's."""
+    import lance
+    import numpy as np
+
+    from curator.engine.fragments import scan
+
+    ids = [f"r{i:05d}" for i in range(20_000)]
+    lance.write_dataset(pa.table({"id": ids, "x": np.arange(20_000)}), str(tmp_path / "t.lance"),
+                        max_rows_per_file=5_000)
+    dataset = lance.dataset(str(tmp_path / "t.lance"))
+    wanted = [ids[i] for i in range(3, 20_000, 997)] + ["absent"]
+    con = spill.connect(str(tmp_path))
+    con.from_arrow(pa.table({"id": wanted})).create_view("input_ids")
+    query = "SELECT id, x FROM scan WHERE id IN (SELECT id FROM input_ids) ORDER BY x"
+    with spill.scan_probes(con):
+        con.from_arrow(scan(dataset, ["id", "x"]).to_reader()).create_view("scan", replace=True)
+        plan = con.sql("EXPLAIN " + query).fetchall()[0][1]
+        assert "SEMI" in plan and "RIGHT_SEMI" not in plan
+        con.from_arrow(scan(dataset, ["id", "x"]).to_reader()).create_view("scan", replace=True)
+        found = con.sql(query).fetchall()
+    assert found == [(ids[i], i) for i in range(3, 20_000, 997)]
+    setting = con.execute("SELECT current_setting('disabled_optimizers')").fetchone()[0]
+    assert "build_side_probe_side" not in str(setting)  # reset after the block
