@@ -109,14 +109,16 @@ def phase_dedupe(db: str, eps: float, out: str) -> dict:
     from curator.store.database import Database
 
     saved = {}
-    original = dedupe_mod.stream_pairs
+    original = dedupe_mod.PairSpill.finish
 
-    def keep_pairs(*args, **kwargs):
-        result = original(*args, **kwargs)
-        saved["pairs"] = result[0]
-        return result
+    def keep_pairs(self):
+        original(self)
+        found = self.pairs()
+        if "pairs" in saved:  # a second modality
+            found = tuple(np.r_[a, b] for a, b in zip(saved["pairs"], found))
+        saved["pairs"] = found
 
-    dedupe_mod.stream_pairs = keep_pairs
+    dedupe_mod.PairSpill.finish = keep_pairs
     t = time.time()
     result = dedupe_mod.dedupe(db=db, eps=eps, keep="least-conformity")
     seconds = time.time() - t

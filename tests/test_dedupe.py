@@ -90,6 +90,50 @@ def test_components_hand_worked():
     assert chain.tolist() == [0] * 6
 
 
+def test_components_in_chunks_equal_one_call():
+    rng = np.random.default_rng(0)
+    n, m = 400, 500
+    i, j = rng.integers(0, n, m), rng.integers(0, n, m)
+    whole = components(n, i, j)
+    labels = None
+    for k in range(0, m, 37):
+        labels = components(n, i[k:k + 37], j[k:k + 37], labels=labels)
+    np.testing.assert_array_equal(labels, whole)
+    assert len(np.unique(whole)) < n  # some merged
+
+
+def test_pair_spill_counts_each_pair_once_and_streams_the_union(monkeypatch):
+    """Pairs found twice (both orders, from two partitions), self pairs and cosines
+    rounded above 1: one pair each, the largest cosine capped at 1; members and groups
+    equal the in-memory oracle with Parquet parts of 5 pairs and union chunks of 3."""
+    from curator.geometry.neighbours import sorted_unique
+
+    monkeypatch.setattr(dedupe_mod, "_PAIR_PART_ROWS", 5)
+    monkeypatch.setattr(dedupe_mod, "_EDGE_CHUNK", 3)
+    rng = np.random.default_rng(4)
+    ids = (rng.choice(1 << 40, 60, replace=False)).astype(np.int64)
+    a, b = rng.integers(0, 60, 40), rng.integers(0, 60, 40)
+    c = rng.uniform(0.98, 1.0000001, 40).astype(np.float32)
+    c[:3] = np.float32(1.0000001)
+    i, j = ids[a], ids[b]
+    lo, hi, cu = sorted_unique(np.r_[i, j], np.r_[j, i], np.r_[c, c])  # the oracle
+    with dedupe_mod.PairSpill() as pairs:
+        for k in range(0, 40, 7):  # both orders, in separate calls
+            pairs.add(i[k:k + 7], j[k:k + 7], c[k:k + 7])
+            pairs.add(j[k:k + 7], i[k:k + 7], c[k:k + 7])
+        pairs.finish()
+        assert pairs.count == len(lo) and pairs.spill.parts > 2
+        assert pairs.exact == int((cu >= 1 - dedupe_mod.COS_TOL).sum()) >= 3
+        got = pairs.pairs()
+        np.testing.assert_array_equal(got[0], lo)
+        np.testing.assert_array_equal(got[1], hi)
+        np.testing.assert_allclose(got[2], cu)
+        members = pairs.members()
+        np.testing.assert_array_equal(members, np.unique(np.r_[lo, hi]))
+        want = components(len(members), np.searchsorted(members, lo), np.searchsorted(members, hi))
+        np.testing.assert_array_equal(pairs.labels(members), want)
+
+
 # -- the command on a table -----------------------------------------------------------------
 
 @pytest.fixture(scope="module")

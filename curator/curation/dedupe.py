@@ -37,6 +37,7 @@ from .. import progress as progress_mod
 from ..engine.executor import LOCAL, executor
 from ..engine.fragments import Piece, pieces
 from ..engine.rows import select_rows, take_vectors
+from ..engine.spill import ScalarSpill, quote
 from ..errors import BadInput
 from ..geometry.backend import get_backend
 from ..geometry.kmeans import unit_rows
@@ -48,10 +49,8 @@ from ..geometry.neighbours import (
     check_eps,
     components,
     concat_pairs,
-    empty_pairs,
     near_duplicate_pairs,
     partition_pairs,
-    sorted_unique,
     threshold,
 )
 from ..store.arrow import vectors
@@ -176,13 +175,13 @@ def search_partition(U: np.ndarray, pos: np.ndarray, home: np.ndarray, thr: floa
                            backend=get_backend(device))
 
 
-def stream_pairs(dataset, n: int, modality: str, eps: float, *,
+def stream_pairs(dataset, n: int, modality: str, eps: float, *, pairs: "PairSpill",
                  seed: int = 0, probes: int = DEFAULT_PROBES, partitions: int | None = None,
-                 quiet: bool = True, engine: str | None = None, device: str = "cpu"
-                 ) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray], dict]:
-    """Near-duplicate pairs among the ``n`` rows of ``modality``, as row ids (int64).
+                 quiet: bool = True, engine: str | None = None, device: str = "cpu") -> dict:
+    """Near-duplicate pairs among the ``n`` rows of ``modality``, as row ids (int64), added
+    to ``pairs`` as they are found (a pair found from two partitions comes twice).
 
-    Returns ((i, j, cos), info) where info names the partitions and probes used. Up to
+    Returns info naming the partitions and probes used. Up to
     ``IN_MEMORY_ROWS`` rows are searched in memory; above, one pass assigns rows to
     partitions and spills their unit vectors to a temporary file grouped by partition,
     then each partition is searched exactly (one task per partition), so memory is
@@ -197,12 +196,13 @@ def stream_pairs(dataset, n: int, modality: str, eps: float, *,
         found = [r for r in run.map(piece_units, [(p, flt, None, device) for p in pieces(dataset)])
                  if r is not None]
         if not found:
-            return empty_pairs(), {"partitions": 0, "probes": 0}
+            return {"partitions": 0, "probes": 0}
         pos = np.concatenate([ids for ids, _ in found]).astype(np.int64)
         U = np.concatenate([u for _, u in found])
         i, j, c = near_duplicate_pairs(U, eps, partitions=k, probes=probes, seed=seed, unit=True,
                                        backend=backend)
-        return (pos[i], pos[j], c), {"partitions": k, "probes": probes if k > 1 else 1}
+        pairs.add(pos[i], pos[j], c)
+        return {"partitions": k, "probes": probes if k > 1 else 1}
 
     rng = np.random.default_rng(seed)
     size = min(n, max(20_000, 40 * k))
@@ -222,15 +222,94 @@ def stream_pairs(dataset, n: int, modality: str, eps: float, *,
         spill.finish()
         jobs = ((*spill.partition(c), thr, device) for c in range(plan.k) if c in spill.segments)
         bar = progress_mod.bar(f"search {modality}", len(spill.segments), quiet=quiet)
-        parts = []
-        for pairs in run.map(search_partition, jobs):
-            parts.append(pairs)
+        for found in run.map(search_partition, jobs):
+            pairs.add(*found)
             bar.advance()
         bar.close()
         visits = spill.rows
-    i, j, c = sorted_unique(*concat_pairs(parts))
-    return (i, j, c), {"partitions": plan.k, "probes": plan.probes,
-                       "visits_per_row": round(visits / max(n, 1), 3)}
+    return {"partitions": plan.k, "probes": plan.probes,
+            "visits_per_row": round(visits / max(n, 1), 3)}
+
+
+PAIRS = pa.schema([("i", pa.int64()), ("j", pa.int64()), ("c", pa.float32())])
+_PAIR_PART_ROWS = 1 << 22  # pairs buffered before a Parquet part is written (80 MB)
+_EDGE_CHUNK = 1 << 20  # pairs per chunk of the union-find
+
+
+class PairSpill:
+    """Near-duplicate pairs on disk, and what ``dedupe`` needs of them out of core.
+
+    :meth:`add` buffers raw pairs and writes Parquet parts; :meth:`finish` makes each
+    unordered pair unique in DuckDB (within its memory limit: the cosine kept is the
+    largest found, capped at 1). Then :meth:`members` (sorted row ids in some pair) and
+    :meth:`labels` (components, the edges streamed in chunks) hold only per-member arrays,
+    never the pair list."""
+
+    def __init__(self):
+        self.spill = ScalarSpill(PAIRS)
+        self.buffer, self.buffered = [], 0
+        self.con = None
+        self.count = self.exact = 0
+
+    def add(self, i: np.ndarray, j: np.ndarray, c: np.ndarray) -> None:
+        if len(i):
+            self.buffer.append((np.asarray(i, np.int64), np.asarray(j, np.int64), np.asarray(c, np.float32)))
+            self.buffered += len(i)
+        if self.buffered >= _PAIR_PART_ROWS:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self.buffer:
+            i, j, c = concat_pairs(self.buffer)
+            self.spill.add(pa.table([i, j, c], schema=PAIRS))
+        self.buffer, self.buffered = [], 0
+
+    def finish(self) -> None:
+        """The unique pairs (lo < hi) as the view ``pairs``; their count and exact count."""
+        self._flush()
+        self.con = self.spill.connect("raw")
+        path = os.path.join(self.spill.folder, "unique.parquet")
+        self.con.execute(f"COPY (SELECT least(i, j) AS lo, greatest(i, j) AS hi, max(least(c, 1.0)) AS c "
+                         f"FROM raw WHERE i <> j GROUP BY 1, 2) TO {quote(path)} (FORMAT parquet)")
+        self.con.execute(f"CREATE OR REPLACE VIEW pairs AS SELECT * FROM read_parquet({quote(path)})")
+        count, exact = self.con.execute(
+            f"SELECT count(*), count(*) FILTER (WHERE c >= CAST({1 - COS_TOL!r} AS FLOAT)) FROM pairs").fetchone()
+        self.count, self.exact = int(count), int(exact)
+
+    def members(self) -> np.ndarray:
+        """Sorted row ids that are in some pair."""
+        found = self.con.execute("SELECT x FROM (SELECT lo AS x FROM pairs UNION SELECT hi FROM pairs) "
+                                 "ORDER BY x").fetchnumpy()["x"]
+        return np.asarray(found, np.int64)
+
+    def labels(self, members: np.ndarray) -> np.ndarray:
+        """Each member's component label (index of its component's smallest member)."""
+        labels = np.arange(len(members), dtype=np.int64)
+        edges = self.con.sql("SELECT lo, hi FROM pairs")
+        reader = (edges.to_arrow_reader(_EDGE_CHUNK) if hasattr(edges, "to_arrow_reader")
+                  else edges.fetch_record_batch(_EDGE_CHUNK))  # an older DuckDB
+        for batch in reader:
+            lo = batch.column(0).to_numpy(zero_copy_only=False)
+            hi = batch.column(1).to_numpy(zero_copy_only=False)
+            labels = components(len(members), np.searchsorted(members, lo), np.searchsorted(members, hi),
+                                labels=labels)
+        return labels
+
+    def pairs(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every unique pair in memory (lo, hi, cos): for tests and benchmarks."""
+        t = self.con.execute("SELECT lo, hi, c FROM pairs ORDER BY lo, hi").fetchnumpy()
+        return (np.asarray(t["lo"], np.int64), np.asarray(t["hi"], np.int64), np.asarray(t["c"], np.float32))
+
+    def close(self) -> None:
+        if self.con is not None:
+            self.con.close()
+        self.spill.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
 
 # -- the command -----------------------------------------------------------------------------
@@ -290,16 +369,17 @@ def dedupe(*, db=None, table: str = "embeddings", eps: float, modality: str | No
     found = []  # per modality: (sorted member row ids, their group's smallest row id, flagged)
     reports = {}
     for m in mods:
-        (i, j, c), info = stream_pairs(dataset, present[m], m, eps, seed=seed, quiet=quiet,
-                                       engine=engine, device=device)
-        members = np.unique(np.concatenate([i, j]))
-        label = components(len(members), np.searchsorted(members, i), np.searchsorted(members, j))
+        with PairSpill() as pairs:
+            info = stream_pairs(dataset, present[m], m, eps, pairs=pairs, seed=seed, quiet=quiet,
+                                engine=engine, device=device)
+            pairs.finish()
+            members = pairs.members()
+            label = pairs.labels(members)
         kept = _keepers(dataset, members, label, keep, seed)
         flagged = np.ones(len(members), bool)
         flagged[kept] = False
         found.append((members, members[label], flagged))
-        reports[m] = {"rows": present[m], "pairs": len(i),
-                      "exact_pairs": int((c >= 1 - COS_TOL).sum()),
+        reports[m] = {"rows": present[m], "pairs": pairs.count, "exact_pairs": pairs.exact,
                       "groups": len(kept), "duplicates": int(len(members) - len(kept)),
                       **info}
     members = np.concatenate([f[0] for f in found]) if found else np.zeros(0, np.int64)

@@ -136,11 +136,13 @@ def check_eps(eps) -> None:
         raise BadInput(f"--eps must be in [0, 1) (near duplicates: cosine ≥ 1 − eps), got {eps}")
 
 
-def components(n: int, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+def components(n: int, i: np.ndarray, j: np.ndarray, labels: np.ndarray | None = None) -> np.ndarray:
     """Component label (the smallest node of its component) of each of n nodes, given edges.
 
-    Union-find by vectorised min-label hooking and pointer jumping."""
-    labels = np.arange(n, dtype=np.int64)
+    Union-find by vectorised min-label hooking and pointer jumping. ``labels``: the result
+    of an earlier call over other edges of the same nodes, so edges can come in chunks
+    (the result equals one call over all of them)."""
+    labels = np.arange(n, dtype=np.int64) if labels is None else np.asarray(labels, np.int64).copy()
     i, j = np.asarray(i, np.int64), np.asarray(j, np.int64)
     while len(i):
         li, lj = labels[i], labels[j]
