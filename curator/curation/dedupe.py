@@ -10,9 +10,11 @@ search is exact: a block of rows against the partition's members, thresholded. T
 database path streams: one scan assigns rows and spills their unit vectors, grouped by
 partition, to a temporary file; then one partition at a time is read back and searched,
 so the search's memory is bounded by the largest partition plus a 64 MB spill buffer.
-The pairs found, and the row ids and scalars of their members (for the groups and the
-keepers), are held in memory: they grow with the duplicates found, not with the table
-(12.9M pairs at 5M × 64 rows of the scale bench's synthetic set, 1.74 GiB).
+The pairs go to Parquet as they are found (:class:`PairSpill`); DuckDB makes them unique
+and counts them; the groups come from a union-find over the members (rows in some pair)
+with the edges streamed in chunks. What is held is per member (row id, label, the
+scalars the keep policy reads): it grows with the duplicate rows found, not with the
+pairs or the table.
 
 Groups are the connected components of the duplicate-pair graph. ``dup_group`` is the
 smallest row id (``_rowid``) in the group (null for rows without a duplicate);
