@@ -93,3 +93,30 @@ def test_joins_against_a_streamed_scan_build_on_the_written_right_side(tmp_path)
     assert found == [(ids[i], i) for i in range(3, 20_000, 997)]
     setting = con.execute("SELECT current_setting('disabled_optimizers')").fetchone()[0]
     assert "build_side_probe_side" not in str(setting)  # reset after the block
+
+
+def test_commands_that_fail_on_bad_input_leave_no_spill_folder(tmp_path, monkeypatch):
+    """An ingest refused in its validation pass, a rebalance refused after its scan and a
+    clean run: no ``curator-spill-*`` folder stays in the temp dir."""
+    import numpy as np
+
+    from curator import ingest
+    from curator.curation.rebalance import rebalance
+    from curator.errors import CuratorError
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    db = str(tmp_path / "db")
+    good = np.random.default_rng(0).normal(size=(50, 8)).astype(np.float32)
+    np.save(tmp_path / "good.npy", good)
+    ingest([str(tmp_path / "good.npy")], db=db, modality="image")
+    bad = good.copy()
+    bad[3, 1] = np.nan
+    np.save(tmp_path / "bad.npy", bad)
+    with pytest.raises(CuratorError, match="NaN"):
+        ingest([str(tmp_path / "bad.npy")], db=db, modality="text")
+    with pytest.raises(CuratorError, match="no rows"):
+        rebalance(db=db, cap=5, by="conformity", per="row", modality="text")
+    rebalance(db=db, cap=5, by="conformity")
+    assert not [p for p in os.listdir(scratch) if p.startswith(spill.PREFIX)]

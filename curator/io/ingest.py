@@ -157,6 +157,12 @@ class _Ingest:
                                 seconds=time.time() - self.started)
         self.skip_set = pa.array(sorted(self.skip), pa.string()) if self.skip else None
         self.plan = _PairPlan()
+        try:
+            return self._ingest(replaced, new_rows)
+        finally:  # also when a batch fails validation: no spill folder left behind
+            self.plan.close()
+
+    def _ingest(self, replaced: pa.Table, new_rows: int) -> IngestResult:
         previous = current(self.database, self.table, self.dataset) if self.dataset is not None else None
         if not self.score:
             self.evolved_from = None
@@ -328,7 +334,6 @@ class _Ingest:
             outcome = scoring.finish(fragments)
         finally:
             scoring.close()
-            self.plan.close()
         clock = time.perf_counter()
         dataset = outcome.commit(self.dataset, f"curator ingest v{stats.version}")
         self.store.append_history(stats)  # after the commit: a crash before leaves no orphan
