@@ -28,7 +28,6 @@ and per-partition functions receive the device's name, so a Ray task rebuilds th
 from __future__ import annotations
 
 import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 
@@ -39,7 +38,7 @@ from .. import progress as progress_mod
 from ..engine.executor import LOCAL, executor
 from ..engine.fragments import Piece, pieces
 from ..engine.rows import select_rows, take_vectors
-from ..engine.spill import ScalarSpill, quote
+from ..engine.spill import ScalarSpill, quote, scratch
 from ..errors import BadInput
 from ..geometry.backend import get_backend
 from ..geometry.kmeans import unit_rows
@@ -214,7 +213,7 @@ def stream_pairs(dataset, n: int, modality: str, eps: float, *, pairs: "PairSpil
                                probes=probes, seed=seed, backend=backend)
     dim = dataset.schema.field("embedding").type.list_size
     thr = threshold(eps)
-    with tempfile.TemporaryDirectory(prefix="curator-dedupe-") as folder:
+    with scratch() as folder:
         spill = _Spill(folder, dim)
         bar = progress_mod.bar(f"partition {modality}", n, quiet=quiet)
         for part, ids, home, U in _partition_pass(dataset, run, flt, plan, device):

@@ -46,7 +46,6 @@ from __future__ import annotations
 import collections
 import os
 import resource
-import tempfile
 import time
 from dataclasses import dataclass, field
 
@@ -57,6 +56,7 @@ from .. import progress as progress_mod
 from ..engine.executor import executor
 from ..engine.index import read_index
 from ..engine.rows import select_rows, where_rowids
+from ..engine.spill import scratch
 from ..engine.writes import write_columns
 from ..errors import BadInput
 from ..geometry import negatives as ng
@@ -152,7 +152,7 @@ def negatives(*, db=None, table: str = "embeddings", eps: float = 0.0, where: st
                        "samples with an image row and a text row")
 
     dim = dataset.schema.field("embedding").type.list_size
-    with tempfile.TemporaryDirectory(prefix="curator-negatives-") as folder:
+    with scratch() as folder:
         T, V = _unit_vectors(dataset, index, txt_pos, img_pos, dim, folder, engine)
         st, sv = index.sample[txt_pos], index.sample[img_pos]
         own_t, own_v = ng.own_cosines(T, V, st, sv)

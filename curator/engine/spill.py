@@ -44,6 +44,17 @@ def make_folder() -> str:
     return tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-", dir=parent)
 
 
+@contextlib.contextmanager
+def scratch():
+    """A new spill folder (:func:`make_folder`) for the block, removed after it. A command
+    killed inside the block leaves it to the next command's stale-folder sweep."""
+    folder = make_folder()
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def remove_stale(parent: str) -> list[str]:
     """Remove the spill folders under ``parent`` whose process is dead and that have not
     changed for ``STALE_AFTER`` seconds; return their paths."""

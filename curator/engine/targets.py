@@ -13,14 +13,13 @@ vectors are never read here).
 from __future__ import annotations
 
 import shutil
-import tempfile
 
 import numpy as np
 import pyarrow as pa
 
 from ..geometry.scores import IMAGE, TEXT
 from .fragments import scan
-from .spill import connect, scan_probes
+from .spill import connect, make_folder, scan_probes
 
 
 def choose(dataset, *, groups=(), modalities=(), samples: pa.Array | None = None,
@@ -37,7 +36,7 @@ def choose(dataset, *, groups=(), modalities=(), samples: pa.Array | None = None
             rows is None or len(rows) == 0):
         return {}
     own = con is None
-    folder = tempfile.mkdtemp(prefix="curator-targets-") if own else None
+    folder = make_folder() if own else None
     con = connect(folder) if own else con
     try:
         _view(con, "seed_groups", pa.table({
