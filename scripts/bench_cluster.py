@@ -11,7 +11,10 @@ runs. Each round runs, each in a fresh process: the bare Lance scan of the embed
 column (allocator tuned, storage 2.0), then ``curator cluster --k K --seed 0 --device D``
 for every ``--devices`` entry, then the same command from ``--compare-with`` (another
 checkout, e.g. the main branch, for a before/after in one run). Rounds interleave, so
-load drift on a shared machine hits every command alike. Reported: median wall seconds
+load drift on a shared machine hits every command alike, and the command that goes first
+rotates from round to round: whichever ran first in a round read its 200k-row training
+sample slower (measured both ways round: 12.9 s against 9.3 s with either checkout first),
+so use an even ``--repeat`` with ``--compare-with``. Reported: median wall seconds
 of ``--repeat`` rounds (min–max), × the scan, CPU seconds (user + system of the
 process, from ``/usr/bin/time``), and where the time went (cluster's own ``read``/``train``/
 ``assign`` seconds; "rest" = start-up, the row index, the column writes).
@@ -125,7 +128,10 @@ def main(argv=None) -> int:
         scan = run([sys.executable, "-c", RAW_SCAN, lance_path])
         scan["seconds"] = float(scan["out"].strip().splitlines()[-1])  # the scan alone
         results["scan"].append(scan)
-        for name, (path, device) in commands.items():
+        names = list(commands)
+        shift = r % len(names)  # who goes first rotates: the first run of a round reads slower
+        for name in names[shift:] + names[:shift]:
+            path, device = commands[name]
             cmd = [sys.executable, "-m", "curator", "--db", db, "--quiet", "cluster", "--k",
                    str(args.k), "--seed", "0", "--json"] + (["--device", device] if device else [])
             res = run(cmd, path)
