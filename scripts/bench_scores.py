@@ -75,12 +75,17 @@ def repeat(n: int, run) -> dict:
 
 
 def paired(n: int, run_a, run_b) -> tuple[dict, dict]:
-    """``repeat`` for two variants with their rounds interleaved (a, b, a, b, ...), so
-    that machine noise falls on both alike."""
+    """``repeat`` for two variants with their rounds interleaved, the first of a round
+    alternating (a b, b a, a b, ...), so that machine noise and any cost of going first
+    in a round (``bench_cluster.py`` measured one) fall on both alike."""
     a, b = [], []
-    for _ in range(n):
-        a.append(run_a())
-        b.append(run_b())
+    for r in range(n):
+        if r % 2:
+            b.append(run_b())
+            a.append(run_a())
+        else:
+            a.append(run_a())
+            b.append(run_b())
     return _summary(a), _summary(b)
 
 
