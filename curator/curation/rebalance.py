@@ -307,8 +307,8 @@ class Decisions:
                  bins: int | None):
         self.con, self.plan, self.cap, self.bins = con, plan, cap, bins
         self.folder = rows.folder
-        _view(con, "rows", rows, "rows")
-        _view(con, "candidates", candidates, "candidates")
+        rows.attach(con, "rows", "rows")
+        candidates.attach(con, "candidates", "candidates")
         if plan.per == "row":
             deciding = "SELECT _rowid, sample_id, modality, u, key FROM candidates"
         else:  # each sample's candidate with the smallest id; rows without a sample are their own
@@ -439,13 +439,6 @@ class Decisions:
             undecided_samples=undecided, rows=int(rows), kept=int(kept), counts=counts,
             groups=self.groups, histograms=histograms, table_version_read=read_version,
             table_version=version)
-
-
-def _view(con, name: str, spill: ScalarSpill, part: str) -> None:
-    if spill.parts and glob.glob(spill.glob(part)):
-        con.execute(f"CREATE OR REPLACE VIEW {name} AS SELECT * FROM read_parquet({quote(spill.glob(part))})")
-    else:
-        con.from_arrow(spill.schema.empty_table()).create_view(name, replace=True)
 
 
 # -- checks ----------------------------------------------------------------------------

@@ -20,6 +20,7 @@ namespace; POSIX only.)
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import re
 import shutil
@@ -167,10 +168,10 @@ class ScalarSpill:
         self.attach(con, view)
         return con
 
-    def attach(self, con, view: str = "spill") -> None:
-        """(Re)define ``view`` on ``con`` as the parts written so far."""
-        if self.parts:
-            con.execute(f"CREATE OR REPLACE VIEW {view} AS SELECT * FROM read_parquet({quote(self.glob())})")
+    def attach(self, con, view: str = "spill", name: str = "part") -> None:
+        """(Re)define ``view`` on ``con`` as the parts written so far under ``name``."""
+        if self.parts and glob.glob(self.glob(name)):
+            con.execute(f"CREATE OR REPLACE VIEW {view} AS SELECT * FROM read_parquet({quote(self.glob(name))})")
         else:
             con.from_arrow(self.schema.empty_table()).create_view(view, replace=True)
 

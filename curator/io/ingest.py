@@ -32,7 +32,6 @@ New rows join the stored concept clusters afterwards (a curation-column commit).
 
 from __future__ import annotations
 
-import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -46,7 +45,7 @@ from ..curation.clusters import assign_new_rows
 from ..engine.fragments import scan
 from ..engine.rows import take_vectors
 from ..engine.scoring import NEW_BASE, Scoring
-from ..engine.spill import connect, make_folder, scan_probes
+from ..engine.spill import connect, scan_probes, scratch
 from ..engine.statistics import current
 from ..engine.targets import choose
 from ..errors import BadInput, CuratorError, DuplicateIds, SchemaMismatch
@@ -646,9 +645,7 @@ def _rows_with_ids(dataset, ids: pa.Array) -> pa.Table:
     order): one streaming scan of four scalar columns, semi-joined in DuckDB against a hash
     of the input's ids built once (an Arrow ``is_in`` per batch would rebuild it for every
     batch of the table). Memory: the input's ids and DuckDB's limit, not the table."""
-    folder = make_folder()
-    con = connect(folder)
-    try:
+    with scratch() as folder, connect(folder) as con:
         con.from_arrow(pa.table({"id": ids.cast(pa.string())})).create_view("input_ids")
         reader = scan(dataset, ["id", "modality", "sample_id", "conformity"], with_row_id=True,
                       batch_size=262_144).to_reader()
@@ -657,9 +654,6 @@ def _rows_with_ids(dataset, ids: pa.Array) -> pa.Table:
             found = con.sql("SELECT id, modality, sample_id, conformity, _rowid FROM scan "
                             "WHERE id IN (SELECT id FROM input_ids) ORDER BY _rowid").to_arrow_table()
         return found.cast(_REPLACED)
-    finally:
-        con.close()
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 _REPLACED = pa.schema([("id", pa.string()), ("modality", pa.string()), ("sample_id", pa.string()),
