@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from curator.cli import cli
@@ -81,6 +81,9 @@ def _refused(result) -> None:
 @given(prefix=st.sampled_from(VALID), escape=st.sampled_from(ESCAPES), poison=st.sampled_from(POISON),
        tail=st.sampled_from(["", " and true", " true)", " 1"]), command=st.sampled_from(["export", "rebalance"]))
 def test_hostile_where_is_refused_and_nothing_is_written(db, scratch, prefix, escape, poison, tail, command):
+    # The one valid, harmless combination: the poison "'" closes the literal that the
+    # escape " and caption = 'x''" leaves open, giving the string x' (not a refusal case).
+    assume(not (escape.endswith("'x''") and poison == "'"))
     where = (prefix + escape + poison + tail).replace("{out}", str(scratch))
     before = _state(db)
     listing = sorted(os.listdir(scratch))
