@@ -24,6 +24,7 @@ import io
 import time
 
 import numpy as np
+import pyarrow as pa
 
 from ...errors import CuratorError
 from .data import COORDS, BrowseTable
@@ -103,10 +104,14 @@ class _Page:
         self.download = pn.widgets.FileDownload(callback=self._ids_file, filename="selection-ids.txt",
                                                 label="Download ids", width=160, disabled=True)
         self.saved = pn.pane.Alert("", alert_type="success", visible=False, width=740)
+        from bokeh.models import NumberFormatter
+
+        integers = {c: NumberFormatter(format="0", nan_format="", null_format="")
+                    for c in self._empty_rows().columns if _kind(bt.dataset.schema, c) == "integer"}
         self.table = pn.widgets.Tabulator(
-            _rounded(self._empty_rows()), height=330, width=740, pagination="local", page_size=8,
+            self._empty_rows(), height=330, width=740, pagination="local", page_size=8,
             show_index=False, disabled=True, selectable=1, hidden_columns=["_rowid"],
-            formatters={"thumbnail": {"type": "html"}}, sizing_mode="fixed")
+            formatters={"thumbnail": {"type": "html"}, **integers}, sizing_mode="fixed")
         self.detail = pn.pane.HTML("<i>Click a row of the table to see its neighbours, its "
                                    "duplicate group and its pair.</i>",
                                    css_classes=["curator-detail"], width=680)
@@ -262,11 +267,11 @@ class _Page:
                                      + ("; every row of the table in this selection: <code>"
                                         f"curator tag NAME --where {html.escape(repr(full))}</code>"
                                         if full is not None else "") + ".")
-        self.table.value = _rounded(self.bt.rows(self.selected[:TABLE_ROWS]) if n else
-                                    self._empty_rows())
+        self.table.value = (_table_frame(self.bt.rows(self.selected[:TABLE_ROWS]), self.bt.dataset.schema)
+                            if n else self._empty_rows())
 
     def _empty_rows(self):
-        return self.bt.rows(np.zeros(0, np.uint64))
+        return _table_frame(self.bt.rows(np.zeros(0, np.uint64)), self.bt.dataset.schema)
 
     def _ids_file(self):
         return io.StringIO("".join(f"{i}\n" for i in self.bt.ids(self.selected)))
@@ -325,12 +330,37 @@ def _no_logo(plot, element) -> None:
     plot.state.toolbar.logo = None
 
 
-def _rounded(frame):
-    """Floats to 4 decimals for display."""
+def _kind(schema: pa.Schema, column: str) -> str:
+    """How the table shows a column: ``integer``, ``number``, or ``other`` (text, booleans,
+    the thumbnail)."""
+    if column not in schema.names:
+        return "other"
+    kind = schema.field(column).type
+    if pa.types.is_integer(kind):
+        return "integer"
+    return "number" if pa.types.is_floating(kind) else "other"
+
+
+def _table_frame(frame, schema: pa.Schema):
+    """The selection table's frame, with one dtype per column whatever the rows hold:
+    numbers as float64 (4 decimals; integers shown as integers by their formatter, a
+    null as blank), everything else as objects, the hidden ``_rowid`` as uint64. The
+    empty table has the same dtypes, so filling it never changes the Tabulator's column
+    configuration (a configuration change re-renders the widget in the browser, and the
+    rows sent with it could be lost)."""
+    import pandas as pd
+
+    out = {}
     for c in frame.columns:
-        if frame[c].dtype.kind == "f":
-            frame[c] = frame[c].astype(np.float64).round(4)
-    return frame
+        kind = _kind(schema, c)
+        if c == "_rowid":
+            out[c] = frame[c].to_numpy().astype(np.uint64)
+        elif kind == "other":
+            out[c] = pd.Series(frame[c].to_numpy(dtype=object), dtype=object)
+        else:
+            values = frame[c].astype(np.float64).to_numpy()
+            out[c] = values if kind == "integer" else values.round(4)
+    return pd.DataFrame(out, columns=list(frame.columns))
 
 
 def _html_rows(title: str, frame, extra: dict | None = None) -> str:
