@@ -1,13 +1,15 @@
-"""Where an ingest spends its time and memory: one ingest in this process, with RSS
-sampled every 50 ms and a mark at the start and end of each phase.
+"""Where a command spends its time and memory: one ``ingest`` or ``dedupe`` in this
+process, with RSS sampled every 50 ms and a mark at the start and end of each phase.
 
-    python scripts/ingest_phases.py DB FILE [--modality image] [--model NAME]
+    python scripts/phases.py ingest DB FILE [--modality image] [--model NAME]
+    python scripts/phases.py dedupe DB --eps 0.01 [--keep least-conformity]
 
 Prints each mark with the peak RSS since the previous one, then the overall peak. It was
 used to find what grew with the table in an ingest into a 20M-row table (the duplicate
 check's hash rebuilt per table batch, DuckDB building a join on a streamed scan, Lance
-decoding four fragments at once). Run it on a copy of a database (``cp -al`` is enough:
-Lance never rewrites a file): it ingests for real.
+decoding four fragments at once) and in a dedupe of 20M rows (the members' scalars and
+keys held for the keep policy). Run it on a copy of a database (``cp -al`` is enough:
+Lance never rewrites a file): it writes for real.
 """
 
 from __future__ import annotations
@@ -29,20 +31,44 @@ def rss_gib() -> float:
     return 0.0
 
 
+def phases(command: str):
+    """(owner, attribute) of each marked phase of ``command``."""
+    if command == "ingest":
+        import curator.engine.scoring as scoring
+        import curator.io.ingest as ing
+
+        return [(ing, "_read_ids"), (ing, "_resolve_duplicates"), (ing, "choose"),
+                (ing, "assign_new_rows"), (ing._Ingest, "_statistics_pass"),
+                (ing._Ingest, "_write_and_score"), (ing._PairPlan, "keep_vectors"),
+                (scoring.Scoring, "score_existing"), (scoring.Scoring, "finish"),
+                (scoring.Scoring, "_update_sketch"), (scoring.Scoring, "_pairs"),
+                (scoring.Scoring, "_write")]
+    import curator.curation.dedupe as dd
+
+    return [(dd, "stream_pairs"), (dd.PairSpill, "finish"), (dd.PairSpill, "members"),
+            (dd.PairSpill, "labels"), (dd, "_keepers"), (getattr(dd, "Groups", None), "add"),
+            (getattr(dd, "Groups", None), "mark"), (dd, "_write")]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("command", choices=["ingest", "dedupe"])
     ap.add_argument("db")
-    ap.add_argument("file")
+    ap.add_argument("file", nargs="?", help="ingest: the file to ingest")
     ap.add_argument("--modality")
     ap.add_argument("--model")
+    ap.add_argument("--eps", type=float, default=0.01)
+    ap.add_argument("--keep", default="least-conformity")
+    ap.add_argument("--duckdb-memory", help="DuckDB's memory limit for the command (e.g. 256MB)")
     args = ap.parse_args()
+    if args.duckdb_memory:
+        import curator.engine.spill as spill
+
+        spill.MEMORY_LIMIT = args.duckdb_memory
 
     from curator.store.database import tune_allocator
 
     tune_allocator()
-    import curator.engine.scoring as scoring
-    import curator.io.ingest as ing
-
     marks: list[tuple[float, str]] = []
     samples: list[tuple[float, float]] = []
 
@@ -62,16 +88,19 @@ def main() -> None:
                 marks.append((time.perf_counter(), f"end {name}"))
         return call
 
-    for owner, name in [(ing, "_read_ids"), (ing, "_resolve_duplicates"), (ing, "choose"),
-                        (ing, "assign_new_rows"), (ing._Ingest, "_statistics_pass"),
-                        (ing._Ingest, "_write_and_score"), (ing._PairPlan, "keep_vectors"),
-                        (scoring.Scoring, "score_existing"), (scoring.Scoring, "finish"),
-                        (scoring.Scoring, "_update_sketch"), (scoring.Scoring, "_pairs"),
-                        (scoring.Scoring, "_write")]:
-        setattr(owner, name, marked(getattr(owner, name), name))
+    for owner, name in phases(args.command):
+        if hasattr(owner, name):  # a phase an older checkout lacks is not marked
+            setattr(owner, name, marked(getattr(owner, name), name))
 
     start = time.perf_counter()
-    result = ing.ingest([args.file], db=args.db, modality=args.modality, model=args.model)
+    if args.command == "ingest":
+        from curator.io.ingest import ingest
+
+        result = ingest([args.file], db=args.db, modality=args.modality, model=args.model)
+    else:
+        from curator.curation.dedupe import dedupe
+
+        result = dedupe(db=args.db, eps=args.eps, keep=args.keep, modality=args.modality)
     time.sleep(0.1)
     print(result.summary())
     previous = start

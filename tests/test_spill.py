@@ -120,3 +120,36 @@ def test_commands_that_fail_on_bad_input_leave_no_spill_folder(tmp_path, monkeyp
         rebalance(db=db, cap=5, by="conformity", per="row", modality="text")
     rebalance(db=db, cap=5, by="conformity")
     assert not [p for p in os.listdir(scratch) if p.startswith(spill.PREFIX)]
+
+
+def test_duckdb_memory_from_the_environment(tmp_path, monkeypatch):
+    """``CURATOR_DUCKDB_MEMORY`` sets DuckDB's limit; a value that is not a size is a
+    one-line error from the CLI, and the table keeps its version."""
+    import lance
+    import numpy as np
+    from click.testing import CliRunner
+
+    from curator import ingest
+    from curator.cli import cli
+
+    monkeypatch.setenv(spill.MEMORY_ENV, "300MB")
+    con = spill.connect(str(tmp_path))
+    limit = con.execute("SELECT current_setting('memory_limit')").fetchone()[0]
+    con.close()
+    assert limit.endswith("MiB") and 280 < float(limit.split()[0]) < 300  # 300 MB in MiB
+    monkeypatch.delenv(spill.MEMORY_ENV)
+    con = spill.connect(str(tmp_path))
+    default = con.execute("SELECT current_setting('memory_limit')").fetchone()[0]
+    con.close()
+    assert default != limit
+
+    db = str(tmp_path / "db")
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).normal(size=(40, 8)).astype(np.float32))
+    ingest([str(tmp_path / "x.npy")], db=db, modality="image")
+    before = lance.dataset(f"{db}/embeddings.lance").version
+    for bad in ("lots", "256MB'; SELECT 1; --", "-5GB"):
+        monkeypatch.setenv(spill.MEMORY_ENV, bad)
+        out = CliRunner().invoke(cli, ["--db", db, "rebalance", "--by", "conformity", "--cap", "5"])
+        assert out.exit_code == 1 and out.output.startswith("Error: CURATOR_DUCKDB_MEMORY="), out.output
+        assert "Traceback" not in out.output and len(out.output.strip().splitlines()) == 1
+        assert lance.dataset(f"{db}/embeddings.lance").version == before

@@ -12,9 +12,10 @@ partition, to a temporary file; then one partition at a time is read back and se
 so the search's memory is bounded by the largest partition plus a 64 MB spill buffer.
 The pairs go to Parquet as they are found (:class:`PairSpill`); DuckDB makes them unique
 and counts them; the groups come from a union-find over the members (rows in some pair)
-with the edges streamed in chunks. What is held is per member (row id, label, the
-scalars the keep policy reads): it grows with the duplicate rows found, not with the
-pairs or the table.
+with the edges streamed in chunks. The union-find's sorted member row ids and int32
+labels are all that is held per member (12 bytes); the keep policy's scalars are read a
+chunk at a time and spilled with each member's group (:class:`Groups`), and DuckDB picks
+the keepers and partitions the marks by fragment, within its memory limit.
 
 Groups are the connected components of the duplicate-pair graph. ``dup_group`` is the
 smallest row id (``_rowid``) in the group (null for rows without a duplicate);
@@ -28,6 +29,7 @@ and per-partition functions receive the device's name, so a Ray task rebuilds th
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 
@@ -38,7 +40,7 @@ from .. import progress as progress_mod
 from ..engine.executor import LOCAL, executor
 from ..engine.fragments import Piece, pieces
 from ..engine.rows import select_rows, take_vectors
-from ..engine.spill import ScalarSpill, quote, scratch
+from ..engine.spill import ScalarSpill, connect, fragment_part, make_folder, quote, scratch
 from ..errors import BadInput
 from ..geometry.backend import get_backend
 from ..geometry.kmeans import unit_rows
@@ -284,8 +286,9 @@ class PairSpill:
         return np.asarray(found, np.int64)
 
     def labels(self, members: np.ndarray) -> np.ndarray:
-        """Each member's component label (index of its component's smallest member)."""
-        labels = np.arange(len(members), dtype=np.int64)
+        """Each member's component label (index of its component's smallest member): int32
+        below 2³¹ members, the union-find's only per-member state besides ``members``."""
+        labels = np.arange(len(members), dtype=np.int32 if len(members) < 2**31 else np.int64)
         edges = self.con.sql("SELECT lo, hi FROM pairs")
         reader = (edges.to_arrow_reader(_EDGE_CHUNK) if hasattr(edges, "to_arrow_reader")
                   else edges.fetch_record_batch(_EDGE_CHUNK))  # an older DuckDB
@@ -367,81 +370,129 @@ def dedupe(*, db=None, table: str = "embeddings", eps: float, modality: str | No
     present = modality_rows(dataset)
     mods = chosen_modalities(sorted(present), modality)
 
-    found = []  # per modality: (sorted member row ids, their group's smallest row id, flagged)
     reports = {}
-    for m in mods:
-        with PairSpill() as pairs:
-            info = stream_pairs(dataset, present[m], m, eps, pairs=pairs, seed=seed, quiet=quiet,
-                                engine=engine, device=device)
-            pairs.finish()
-            members = pairs.members()
-            label = pairs.labels(members)
-        kept = _keepers(dataset, members, label, keep, seed)
-        flagged = np.ones(len(members), bool)
-        flagged[kept] = False
-        found.append((members, members[label], flagged))
-        reports[m] = {"rows": present[m], "pairs": pairs.count, "exact_pairs": pairs.exact,
-                      "groups": len(kept), "duplicates": int(len(members) - len(kept)),
-                      **info}
-    members = np.concatenate([f[0] for f in found]) if found else np.zeros(0, np.int64)
-    order = np.argsort(members, kind="stable")
-    marks = (members[order], np.concatenate([f[1] for f in found])[order] if found else members,
-             np.concatenate([f[2] for f in found])[order] if found else np.zeros(0, bool))
-    new = _write(dataset, mods, marks, f"curator dedupe eps={eps} keep={keep} seed={seed}", engine)
+    with Groups(dataset, keep, seed) as groups:
+        for m in mods:
+            with PairSpill() as pairs:
+                info = stream_pairs(dataset, present[m], m, eps, pairs=pairs, seed=seed, quiet=quiet,
+                                    engine=engine, device=device)
+                pairs.finish()
+                members = pairs.members()
+                label = pairs.labels(members)
+            n_members, n_groups = groups.add(members, label)
+            del members, label
+            reports[m] = {"rows": present[m], "pairs": pairs.count, "exact_pairs": pairs.exact,
+                          "groups": n_groups, "duplicates": n_members - n_groups, **info}
+        groups.mark()
+        new = _write(dataset, mods, groups, f"curator dedupe eps={eps} keep={keep} seed={seed}", engine)
     return DedupeResult(table, eps, keep, seed, dataset.version, new.version, reports,
                         time.time() - started, device)
 
 
-def _keepers(dataset, members: np.ndarray, label: np.ndarray, keep: str, seed: int
-             ) -> np.ndarray:
-    """Index (into the sorted row ids ``members``) of the kept member of each group
-    (``label``: the group's smallest member index): by policy, then smallest id. Reads
-    the members' scalars only."""
-    if len(members) == 0:
-        return np.zeros(0, np.int64)
-    name = "alignment" if keep == "best-alignment" else "conformity"
-    has_key = keep != "random" and name in dataset.schema.names
-    columns = ["id"] + ([name] if has_key else [])
-    ids, parts = [], []
-    for found, batch in select_rows(dataset, members.astype(np.uint64), columns):
-        ids.append(np.asarray(found, np.int64))
-        parts.append(pa.Table.from_batches([batch]).select(columns))
-    scalars = pa.concat_tables(parts).combine_chunks()
-    scalars = scalars.take(pa.array(np.argsort(np.concatenate(ids), kind="stable")))  # as members
-    cols = {"group": pa.array(label, pa.int64()), "id": scalars.column("id")}
-    if keep == "random":
-        cols["key"] = pa.array(np.random.default_rng(seed).random(len(members)))
-        order = "ascending"
-    else:
-        if has_key:
-            values = scalars.column(name).cast(pa.float64()).to_numpy(zero_copy_only=False)
-            cols["key"] = pa.array(values, pa.float64(), mask=np.isnan(values))
-        else:
-            cols["key"] = pa.nulls(len(members), pa.float64())
-        order = "ascending" if keep == "least-conformity" else "descending"
-    cols["member"] = pa.array(np.arange(len(members)), pa.int64())
-    table = pa.table(cols)
-    sorted_t = table.sort_by([("group", "ascending", "at_end"), ("key", order, "at_end"),
-                              ("id", "ascending", "at_end")])
-    g = sorted_t.column("group").to_numpy()
-    first = np.r_[True, g[1:] != g[:-1]]
-    return sorted_t.column("member").to_numpy()[first]
+_GROUP_CHUNK = 1 << 20  # members whose scalars are read and spilled at a time
 
 
-def _write(dataset, mods: list[str], marks, message: str, engine: str | None):
-    """``dup_group`` and ``is_duplicate`` of every row of ``mods``: from ``marks`` (sorted
-    member row ids, group, flagged) for members, null and false for the others; one task
-    per fragment, one commit."""
-    members, group, flagged = marks
-    fragment_of = members >> 32
+class Groups:
+    """Every member's group and keep key, on disk; the keepers and each fragment's marks
+    come from DuckDB over that spill, within its memory limit.
+
+    :meth:`add` spills one modality's members a chunk at a time: row id, group (the
+    group's smallest row id), the policy's key and ``id``. :meth:`mark` picks each group's
+    keeper, the member with the smallest (key is null, key, id is null, id, row id): key
+    ascending for least-conformity and random (a seeded uniform per member in row-id
+    order, one generator per modality), descending (negated) for most-conformity and
+    best-alignment, NaN as null; then writes every member's group and flag partitioned by
+    fragment for :meth:`fragment`."""
+
+    def __init__(self, dataset, keep: str, seed: int):
+        self.dataset, self.keep, self.seed = dataset, keep, seed
+        name = "alignment" if keep == "best-alignment" else "conformity"
+        self.key = name if keep != "random" and name in dataset.schema.names else None
+        self.columns = ["id"] + ([self.key] if self.key else [])
+        self.schema = pa.schema([("rowid", pa.int64()), ("grp", pa.int64()), ("key", pa.float64()),
+                                 ("id", dataset.schema.field("id").type)])
+        self.folder = make_folder()
+        self.con = connect(self.folder)
+        self.files = 0
+
+    def add(self, members: np.ndarray, label: np.ndarray) -> tuple[int, int]:
+        """Spill one modality's members (sorted row ids) with their group (``label``: the
+        index of the group's smallest member); returns (members, groups)."""
+        import pyarrow.parquet as pq
+
+        if len(members) == 0:
+            return 0, 0
+        rng = np.random.default_rng(self.seed)
+        path = os.path.join(self.folder, f"groups-{self.files}.parquet")
+        self.files += 1
+        with pq.ParquetWriter(path, self.schema) as writer:
+            for start in range(0, len(members), _GROUP_CHUNK):
+                rows = members[start:start + _GROUP_CHUNK]
+                scalars = self._scalars(rows)
+                if self.keep == "random":
+                    key = pa.array(rng.random(len(rows)))
+                elif self.key:
+                    values = scalars.column(self.key).cast(pa.float64()).to_numpy(zero_copy_only=False)
+                    if self.keep != "least-conformity":
+                        values = -values
+                    key = pa.array(values, pa.float64(), mask=np.isnan(values))
+                else:
+                    key = pa.nulls(len(rows), pa.float64())
+                writer.write_table(pa.table([pa.array(rows), pa.array(members[label[start:start + len(rows)]]),
+                                             key, scalars.column("id")], schema=self.schema))
+        count, groups = self.con.execute(f"SELECT count(*), count(DISTINCT grp) FROM read_parquet({quote(path)})"
+                                         ).fetchone()
+        return int(count), int(groups)
+
+    def _scalars(self, rows: np.ndarray) -> pa.Table:
+        """The policy's columns of the sorted row ids ``rows``, in their order."""
+        found, parts = [], []
+        for ids, batch in select_rows(self.dataset, rows.astype(np.uint64), self.columns):
+            found.append(np.asarray(ids, np.int64))
+            parts.append(pa.Table.from_batches([batch]).select(self.columns))
+        if not np.array_equal(np.concatenate(found), rows):
+            raise RuntimeError("dedupe: a member row was not found in the table")
+        return pa.concat_tables(parts)
+
+    def mark(self) -> None:
+        """Each member's (fragment, row id, group, flagged) under ``marks/``, partitioned
+        by fragment; flagged is every member but its group's keeper."""
+        if not self.files:
+            return
+        members = quote(os.path.join(self.folder, "groups-*.parquet"))
+        self.con.execute(
+            f"COPY (SELECT m.rowid >> 32 AS fragment, m.rowid, m.grp, m.rowid <> k.keeper AS flagged "
+            f"FROM read_parquet({members}) m JOIN (SELECT grp, arg_min(rowid, struct_pack("
+            f"n := key IS NULL, k := coalesce(key, 0), idn := id IS NULL, id := id, r := rowid)) AS keeper "
+            f"FROM read_parquet({members}) GROUP BY grp) k ON m.grp = k.grp) "
+            f"TO {quote(os.path.join(self.folder, 'marks'))} (FORMAT parquet, PARTITION_BY (fragment))")
+
+    def fragment(self, fragment_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(sorted member row ids, group, flagged) of one fragment."""
+        part = fragment_part(os.path.join(self.folder, "marks"), fragment_id, ["rowid", "grp", "flagged"],
+                             "rowid")
+        if part is None:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, bool)
+        return (part.column("rowid").to_numpy(), part.column("grp").to_numpy(),
+                part.column("flagged").to_numpy(zero_copy_only=False))
+
+    def close(self) -> None:
+        self.con.close()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _write(dataset, mods: list[str], groups: Groups, message: str, engine: str | None):
+    """``dup_group`` and ``is_duplicate`` of every row of ``mods``: from ``groups``' marks
+    for members, null and false for the others; one task per fragment, one commit."""
     run = executor(engine)
-
-    def jobs():
-        for fragment in dataset.get_fragments():
-            at = fragment_of == fragment.fragment_id
-            yield fragment, mods, members[at], group[at], flagged[at]
-
-    return commit_updates(dataset, run.map(mark_fragment, jobs()), message)
+    jobs = ((fragment, mods, *groups.fragment(fragment.fragment_id)) for fragment in dataset.get_fragments())
+    return commit_updates(dataset, run.map(mark_fragment, jobs), message)
 
 
 def mark_fragment(fragment, mods: list[str], members, group, flagged):

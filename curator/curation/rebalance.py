@@ -43,7 +43,6 @@ one fragment at a time, one task per fragment writes its column file, one commit
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import os
 import re
@@ -55,7 +54,7 @@ import pyarrow.compute as pc
 
 from ..engine.executor import executor
 from ..engine.fragments import Piece, pieces
-from ..engine.spill import ScalarSpill, connect, quote
+from ..engine.spill import ScalarSpill, connect, fragment_part, quote
 from ..errors import BadInput
 from ..store.columns import SCAN_BATCH_ROWS, commit_updates, update_fragment
 from ..store.database import Database
@@ -392,15 +391,11 @@ class Decisions:
     def fragment_jobs(self, dataset, into: str):
         """(fragment, its rows' ``_rowid`` and ``into`` in row-id order) of each fragment
         with written rows, for :func:`update_fragment`."""
-        import pyarrow.parquet as pq
-
         for fragment in dataset.get_fragments():
-            files = sorted(glob.glob(os.path.join(self.folder, "values", f"fragment={fragment.fragment_id}",
-                                                  "*.parquet")))
-            if not files:
+            part = fragment_part(os.path.join(self.folder, "values"), fragment.fragment_id, ["_rowid", "value"],
+                                 "_rowid")
+            if part is None:
                 continue
-            part = pa.concat_tables([pq.read_table(f, columns=["_rowid", "value"]) for f in files])
-            part = part.sort_by("_rowid")
             yield fragment, pa.table({"_rowid": part.column("_rowid").cast(pa.uint64()),
                                       into: part.column("value").cast(pa.bool_())})
 

@@ -31,7 +31,10 @@ import time
 import numpy as np
 import pyarrow as pa
 
-MEMORY_LIMIT = "768MB"  # DuckDB's working memory; beyond it joins and sorts spill to disk
+from ..errors import BadInput
+
+MEMORY_LIMIT = "256MB"  # DuckDB's working memory; beyond it joins and sorts spill to disk
+MEMORY_ENV = "CURATOR_DUCKDB_MEMORY"  # overrides MEMORY_LIMIT, e.g. 256MB or 4GB
 PREFIX = "curator-spill-"
 STALE_AFTER = 60.0  # seconds unchanged before a dead process's folder is removed
 _FOLDER = re.compile(re.escape(PREFIX) + r"(\d+)-[A-Za-z0-9_]+")
@@ -98,12 +101,17 @@ def _alive(pid: int) -> bool:
 
 
 def connect(folder: str):
-    """A DuckDB connection for curator's own statements: memory limited, spilling to
-    ``folder``. No user text is ever executed on it."""
+    """A DuckDB connection for curator's own statements: memory limited (``MEMORY_LIMIT``,
+    or the environment's ``CURATOR_DUCKDB_MEMORY``), spilling to ``folder``. No user text
+    is ever executed on it (the limit from the environment is checked, then quoted)."""
     import duckdb
 
     con = duckdb.connect()
-    con.execute(f"SET memory_limit = '{MEMORY_LIMIT}'")
+    limit = os.environ.get(MEMORY_ENV, "").strip() or MEMORY_LIMIT
+    if not re.fullmatch(r"[0-9]+(\.[0-9]+)?\s*[KMGT]i?B", limit, re.IGNORECASE):
+        con.close()
+        raise BadInput(f"{MEMORY_ENV}={limit!r}: give a size such as 256MB or 2GB")
+    con.execute(f"SET memory_limit = {quote(limit)}")
     con.execute(f"SET temp_directory = {quote(os.path.join(folder, 'duckdb'))}")
     con.execute("SET preserve_insertion_order = false")
     con.execute("SET enable_progress_bar = false")
@@ -135,6 +143,17 @@ def scan_probes(con):
 def quote(text: str) -> str:
     """A SQL string literal of one of curator's own paths."""
     return "'" + str(text).replace("'", "''") + "'"
+
+
+def fragment_part(folder: str, fragment_id: int, columns: list[str], order: str) -> pa.Table | None:
+    """The rows of one fragment from a DuckDB ``COPY … (PARTITION_BY (fragment))`` under
+    ``folder`` (``fragment=<id>/*.parquet``), sorted by ``order``; None when it wrote none."""
+    import pyarrow.parquet as pq
+
+    files = sorted(glob.glob(os.path.join(folder, f"fragment={int(fragment_id)}", "*.parquet")))
+    if not files:
+        return None
+    return pa.concat_tables([pq.read_table(f, columns=columns) for f in files]).sort_by(order)
 
 
 class ScalarSpill:

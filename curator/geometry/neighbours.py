@@ -141,8 +141,14 @@ def components(n: int, i: np.ndarray, j: np.ndarray, labels: np.ndarray | None =
 
     Union-find by vectorised min-label hooking and pointer jumping. ``labels``: the result
     of an earlier call over other edges of the same nodes, so edges can come in chunks
-    (the result equals one call over all of them)."""
-    labels = np.arange(n, dtype=np.int64) if labels is None else np.asarray(labels, np.int64).copy()
+    (the result equals one call over all of them); its integer type is kept (int32 halves
+    the memory of a large graph)."""
+    if labels is None:
+        labels = np.arange(n, dtype=np.int64)
+    elif np.asarray(labels).dtype.kind in "iu":
+        labels = np.array(labels, copy=True)
+    else:
+        labels = np.asarray(labels, np.int64).copy()
     i, j = np.asarray(i, np.int64), np.asarray(j, np.int64)
     while len(i):
         li, lj = labels[i], labels[j]
