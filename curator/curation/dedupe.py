@@ -40,7 +40,7 @@ from .. import progress as progress_mod
 from ..engine.executor import LOCAL, executor
 from ..engine.fragments import Piece, pieces
 from ..engine.rows import select_rows, take_vectors
-from ..engine.spill import ScalarSpill, connect, fragment_part, make_folder, quote, scratch
+from ..engine.spill import ScalarSpill, connect, fragment_rows, make_folder, quote, scratch
 from ..errors import BadInput
 from ..geometry.backend import get_backend
 from ..geometry.kmeans import unit_rows
@@ -469,7 +469,7 @@ class Groups:
 
     def fragment(self, fragment_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(sorted member row ids, group, flagged) of one fragment."""
-        part = fragment_part(os.path.join(self.folder, "marks"), fragment_id, ["rowid", "grp", "flagged"],
+        part = fragment_rows(os.path.join(self.folder, "marks"), fragment_id, ["rowid", "grp", "flagged"],
                              "rowid")
         if part is None:
             return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, bool)

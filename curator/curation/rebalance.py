@@ -54,7 +54,7 @@ import pyarrow.compute as pc
 
 from ..engine.executor import executor
 from ..engine.fragments import Piece, pieces
-from ..engine.spill import ScalarSpill, connect, fragment_part, quote
+from ..engine.spill import ScalarSpill, connect, fragment_rows, quote
 from ..errors import BadInput
 from ..store.columns import SCAN_BATCH_ROWS, commit_updates, update_fragment
 from ..store.database import Database
@@ -392,7 +392,7 @@ class Decisions:
         """(fragment, its rows' ``_rowid`` and ``into`` in row-id order) of each fragment
         with written rows, for :func:`update_fragment`."""
         for fragment in dataset.get_fragments():
-            part = fragment_part(os.path.join(self.folder, "values"), fragment.fragment_id, ["_rowid", "value"],
+            part = fragment_rows(os.path.join(self.folder, "values"), fragment.fragment_id, ["_rowid", "value"],
                                  "_rowid")
             if part is None:
                 continue

@@ -145,7 +145,7 @@ def quote(text: str) -> str:
     return "'" + str(text).replace("'", "''") + "'"
 
 
-def fragment_part(folder: str, fragment_id: int, columns: list[str], order: str) -> pa.Table | None:
+def fragment_rows(folder: str, fragment_id: int, columns: list[str], order: str) -> pa.Table | None:
     """The rows of one fragment from a DuckDB ``COPY … (PARTITION_BY (fragment))`` under
     ``folder`` (``fragment=<id>/*.parquet``), sorted by ``order``; None when it wrote none."""
     import pyarrow.parquet as pq
