@@ -221,3 +221,53 @@ def test_many_fragments_streamed_one_at_a_time(tmp_path):
     _, t = read(db)
     assert t.column("cluster").null_count == 0
     check_against_oracle(db, t)
+
+
+def test_one_pass_over_batches_of_mixed_modalities(tmp_path):
+    """Image and text rows interleaved in every batch: one pass labels each row by its own
+    modality's centroids (the oracle), the reported rows, sizes and mean cosine equal brute
+    force; rows of a modality without centroids (cluster --modality, then arrivals of both)
+    stay unlabelled."""
+    db = str(tmp_path / "db.lancedb")
+    Xi, li = separated(400, seed=5)
+    Xt, lt = separated(400, seed=6)
+    X = np.empty((800, Xi.shape[1]), np.float32)
+    X[0::2], X[1::2] = Xi, Xt
+    t = pa.table({"id": [f"r{i}" for i in range(800)], "sample_id": [f"s{i // 2}" for i in range(800)],
+                  "modality": ["image", "text"] * 400, "embedding": fixed_list(X),
+                  "planted": pa.array(np.r_[li, lt].reshape(2, -1).T.ravel(), pa.int32())})
+    pq.write_table(t, tmp_path / "mixed.parquet")
+    ingest([str(tmp_path / "mixed.parquet")], db=db)
+    result = cluster(db=db, k=K, seed=0)
+    _, t = read(db)
+    mods, cl = check_against_oracle(db, t)
+    stored = CentroidStore(Database(db), "embeddings").latest()
+    E = np.asarray(t.column("embedding").to_pylist(), np.float64)
+    for m in ("image", "text"):
+        U = E[mods == m] / np.linalg.norm(E[mods == m], axis=1, keepdims=True)
+        cos = (U @ stored[m][1].T.astype(np.float64)).max(axis=1)
+        r = result.modalities[m]
+        assert r["rows"] == 400 and r["sizes"] == np.bincount(cl[mods == m], minlength=K).tolist()
+        assert r["mean_cosine"] == pytest.approx(cos.mean(), abs=1e-5)
+        assert r["inertia"] == pytest.approx(400 - cos.sum(), abs=1e-3)
+
+    db2 = str(tmp_path / "db2.lancedb")
+    ingest([str(tmp_path / "mixed.parquet")], db=db2)
+    cluster(db=db2, k=K, seed=0, modality="image")
+    Xn = np.empty((100, X.shape[1]), np.float32)
+    Xn[0::2], Xn[1::2] = separated(50, seed=5)[0], separated(50, seed=6)[0]
+    pq.write_table(pa.table({"id": [f"n{i}" for i in range(100)], "sample_id": [f"m{i // 2}" for i in range(100)],
+                             "modality": ["image", "text"] * 50, "embedding": fixed_list(Xn),
+                             "planted": pa.array(np.zeros(100), pa.int32())}), tmp_path / "more.parquet")
+    ingest([str(tmp_path / "more.parquet")], db=db2)
+    _, t = read(db2)
+    mods = np.asarray(t.column("modality").to_pylist())
+    labelled = np.asarray(t.column("cluster").is_valid().to_pylist())
+    assert labelled[mods == "image"].all() and not labelled[mods == "text"].any()
+    C = CentroidStore(Database(db2), "embeddings").latest()["image"][1]
+    E = np.asarray(t.column("embedding").to_pylist(), np.float64)[mods == "image"]
+    U = E / np.linalg.norm(E, axis=1, keepdims=True)
+    cl = np.asarray(t.column("cluster").to_pylist(), object)[mods == "image"].astype(np.int64)
+    np.testing.assert_array_equal(cl, np.argmax(U @ C.T.astype(np.float64), axis=1))
+    size = np.asarray(t.column("cluster_size").to_pylist(), object)[mods == "image"].astype(np.int64)
+    np.testing.assert_array_equal(size, np.bincount(cl, minlength=K)[cl])

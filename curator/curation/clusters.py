@@ -126,14 +126,18 @@ def cluster(*, db=None, table: str = "embeddings", k: int, modality: str | None 
             t_read = time.time()
             C, _ = spherical_kmeans(U, k, seed=seed, iterations=iterations, backend=backend)
             del U
-            t1 = time.time()
-            stats = assign_all(dataset, m, C, spill, quiet=quiet, engine=engine, device=device,
-                               total=present[m])
-            counts[m] = np.asarray(stats["sizes"], np.int64)
             centroids[m] = {"centroids": C, "seed": seed, "table_version": dataset.version}
-            reports[m] = {**stats, "trained_on": len(chosen),
-                          "read_seconds": round(t_read - t0, 3), "train_seconds": round(t1 - t_read, 3),
-                          "assign_seconds": round(time.time() - t1, 3)}
+            reports[m] = {"trained_on": len(chosen), "read_seconds": round(t_read - t0, 3),
+                          "train_seconds": round(time.time() - t_read, 3)}
+        t1 = time.time()
+        stats = assign_all(dataset, {m: centroids[m]["centroids"] for m in mods}, spill, quiet=quiet,
+                           engine=engine, device=device, total=sum(present[m] for m in mods),
+                           flt=None if set(mods) == set(present) else modalities_filter(mods))
+        for m in mods:
+            counts[m] = np.asarray(stats[m]["sizes"], np.int64)
+            # one pass assigns every modality: its time is split by rows
+            share = stats[m]["rows"] / max(sum(stats[x]["rows"] for x in mods), 1)
+            reports[m] = {**stats[m], **reports[m], "assign_seconds": round((time.time() - t1) * share, 3)}
 
         store = CentroidStore(database, table)
         version = store.latest_version() + 1
@@ -144,56 +148,75 @@ def cluster(*, db=None, table: str = "embeddings", k: int, modality: str | None 
                          reports, time.time() - started, device)
 
 
-def piece_labels(piece: Piece, flt: str, C: np.ndarray, device: str = "cpu"):
+def piece_labels(piece: Piece, flt: str | None, centroids: dict[str, np.ndarray], device: str = "cpu"):
     """The pass's per-piece function: nearest centroid of each row of ``piece`` passing
-    ``flt``, on the backend of ``device`` (a resolved name). Returns (row ids uint64,
-    labels int32, Σ cosine as float64)."""
+    ``flt`` whose modality has centroids (``centroids``: modality → k × d), among that
+    modality's centroids, on the backend of ``device`` (a resolved name).
+    Returns (row ids uint64, labels int32, modality index int8 into the sorted names,
+    Σ cosine per modality as float64)."""
     backend = get_backend(device)
-    ids, labels, cos_sum = [], [], 0.0
-    for batch in piece.batches(["embedding"], filter=flt, with_row_id=True):
-        lab, cos = backend.top_centroids(vectors(batch), C, 1, unit=False)
-        ids.append(batch.column("_rowid").to_numpy())
-        labels.append(lab[:, 0])
-        cos_sum += float(cos.sum(dtype=np.float64))
+    names = sorted(centroids)
+    ids, labels, codes = [], [], []
+    cos_sum = np.zeros(len(names))
+    for batch in piece.batches(["embedding", "modality"], filter=flt, with_row_id=True):
+        X = vectors(batch)
+        label = np.full(len(X), -1, np.int32)
+        code = np.full(len(X), -1, np.int8)
+        for i, m in enumerate(names):
+            at = is_value(batch.column("modality"), m)
+            if not at.any():
+                continue
+            lab, cos = backend.top_centroids(X if at.all() else X[at], centroids[m], 1, unit=False)
+            label[at], code[at] = lab[:, 0], i
+            cos_sum[i] += float(cos.sum(dtype=np.float64))
+        mine = code >= 0  # a row of another modality (or none) keeps its value
+        ids.append(batch.column("_rowid").to_numpy()[mine])
+        labels.append(label[mine])
+        codes.append(code[mine])
     if not ids:
-        return np.zeros(0, np.uint64), np.zeros(0, np.int32), 0.0
-    return np.concatenate(ids), np.concatenate(labels), cos_sum
+        return np.zeros(0, np.uint64), np.zeros(0, np.int32), np.zeros(0, np.int8), cos_sum
+    return np.concatenate(ids), np.concatenate(labels), np.concatenate(codes), cos_sum
 
 
-def assign_all(dataset, modality: str, C: np.ndarray, spill: ScalarSpill, *,
+def assign_all(dataset, centroids: dict[str, np.ndarray], spill: ScalarSpill, *,
                flt: str | None = None, quiet: bool = True, engine: str | None = None,
-               device: str = "cpu", total: int | None = None) -> dict:
-    """Nearest centroid of every row of ``modality`` passing ``flt`` (one streaming pass,
-    one task per piece, on the backend of ``device``); the (row id, label) of each row go
-    to ``spill``, one part name per fragment (:func:`fragment_part`).
+               device: str = "cpu", total: int | None = None) -> dict[str, dict]:
+    """Nearest centroid of every row passing ``flt`` (None: every row) whose modality is
+    one of ``centroids``, among that modality's centroids: one streaming pass over
+    the vectors for all modalities, one task per piece, on the backend of ``device``.
+    The (row id, label) of each row go to ``spill``, one part name per fragment
+    (:func:`fragment_part`).
 
-    Returns {rows, mean_cosine (in [−1, 1], higher = tighter), inertia (n − Σ cos), sizes
-    (rows per label)}.
+    Returns, per modality: {rows, mean_cosine (in [−1, 1], higher = tighter), inertia
+    (n − Σ cos), sizes (rows per label)}.
     """
-    k = len(C)
-    counts = np.zeros(k, np.int64)
-    cos_sum, n = 0.0, 0
+    names = sorted(centroids)
+    counts = [np.zeros(len(centroids[m]), np.int64) for m in names]
+    cos_sum = np.zeros(len(names))
     run = executor(engine)
-    centroids = run.put(np.ascontiguousarray(C, np.float32))
-    flt = flt or modality_filter(modality)
-    bar = progress_mod.bar(f"assign {modality}", total or 0, quiet=quiet)
+    shared = run.put({m: np.ascontiguousarray(C, np.float32) for m, C in centroids.items()})
+    bar = progress_mod.bar(f"assign {', '.join(names)}", total or 0, quiet=quiet)
     try:
-        jobs = [(p, flt, centroids, device) for p in pieces(dataset)]
-        for ids, labels, part_sum in run.map(piece_labels, jobs):
+        jobs = [(p, flt, shared, device) for p in pieces(dataset)]
+        for ids, labels, codes, part_sum in run.map(piece_labels, jobs):
             fragment = ids >> np.uint64(32)
             for f in np.unique(fragment):
                 at = fragment == f
                 spill.add(pa.table({"_rowid": pa.array(ids[at], pa.uint64()),
                                     "cluster": pa.array(labels[at], pa.int32())}),
                           fragment_part(int(f)))
-            counts += np.bincount(labels, minlength=k)
+            for i in range(len(names)):
+                counts[i] += np.bincount(labels[codes == i], minlength=len(counts[i]))
             cos_sum += part_sum
-            n += len(ids)
             bar.advance(len(ids))
     finally:
         bar.close()
-    return {"rows": n, "mean_cosine": cos_sum / max(n, 1), "inertia": n - cos_sum,
-            "sizes": counts.tolist()}
+    out = {}
+    for i, m in enumerate(names):
+        n = int(counts[i].sum())
+        out[m] = {"rows": n, "mean_cosine": float(cos_sum[i]) / max(n, 1), "inertia": n - float(cos_sum[i]),
+                  "sizes": counts[i].tolist()}
+    return out
 
 
 # -- new rows on arrival -----------------------------------------------------------------
@@ -218,11 +241,11 @@ def assign_new_rows(database: Database, table: str, dataset, *, engine: str | No
         return dataset
     device = resolve_device(device)
     with ScalarSpill(LABELS) as spill:
+        stats = assign_all(dataset, {m: stored[m][1] for m in affected}, spill, engine=engine, device=device,
+                           flt=f"({modalities_filter(affected)}) AND cluster IS NULL",
+                           total=sum(unassigned[m] for m in affected))
         for m in affected:
-            stats = assign_all(dataset, m, stored[m][1], spill, engine=engine, device=device,
-                               flt=f"({modality_filter(m)}) AND cluster IS NULL",
-                               total=unassigned[m])
-            counts[m] = counts[m] + np.asarray(stats["sizes"], np.int64)
+            counts[m] = counts[m] + np.asarray(stats[m]["sizes"], np.int64)
         return write_labels(dataset, spill, {m: counts[m] for m in affected}, relabel=False,
                             message=f"curator assign clusters ({', '.join(affected)})",
                             engine=engine)
@@ -378,3 +401,8 @@ def pass_device(device: str | None, engine: str | None) -> str:
 
 def modality_filter(modality: str) -> str:
     return "modality = '" + modality.replace("'", "''") + "'"
+
+
+def modalities_filter(modalities) -> str:
+    """A Lance filter: the row's modality is one of ``modalities``."""
+    return "(" + " OR ".join(modality_filter(m) for m in sorted(modalities)) + ")"

@@ -58,7 +58,7 @@ from ..geometry.neighbours import (
 )
 from ..store.arrow import vectors
 from ..store.columns import commit_updates, update_fragment
-from ..store.database import Database
+from ..store.database import Database, release_free_memory
 from ..store.versions import curation_step
 from .clusters import (
     chosen_modalities,
@@ -235,7 +235,7 @@ def stream_pairs(dataset, n: int, modality: str, eps: float, *, pairs: "PairSpil
 
 
 PAIRS = pa.schema([("i", pa.int64()), ("j", pa.int64()), ("c", pa.float32())])
-_PAIR_PART_ROWS = 1 << 22  # pairs buffered before a Parquet part is written (80 MB)
+_PAIR_PART_ROWS = 1 << 20  # pairs buffered before a Parquet part is written (20 MB)
 _EDGE_CHUNK = 1 << 20  # pairs per chunk of the union-find
 
 
@@ -296,7 +296,7 @@ class PairSpill:
             lo = batch.column(0).to_numpy(zero_copy_only=False)
             hi = batch.column(1).to_numpy(zero_copy_only=False)
             labels = components(len(members), np.searchsorted(members, lo), np.searchsorted(members, hi),
-                                labels=labels)
+                                labels=labels, copy=False)
         return labels
 
     def pairs(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -381,9 +381,11 @@ def dedupe(*, db=None, table: str = "embeddings", eps: float, modality: str | No
                 label = pairs.labels(members)
             n_members, n_groups = groups.add(members, label)
             del members, label
+            release_free_memory()  # the next modality's search starts from this one's floor
             reports[m] = {"rows": present[m], "pairs": pairs.count, "exact_pairs": pairs.exact,
                           "groups": n_groups, "duplicates": n_members - n_groups, **info}
         groups.mark()
+        release_free_memory()
         new = _write(dataset, mods, groups, f"curator dedupe eps={eps} keep={keep} seed={seed}", engine)
     return DedupeResult(table, eps, keep, seed, dataset.version, new.version, reports,
                         time.time() - started, device)
@@ -466,6 +468,8 @@ class Groups:
             f"n := key IS NULL, k := coalesce(key, 0), idn := id IS NULL, id := id, r := rowid)) AS keeper "
             f"FROM read_parquet({members}) GROUP BY grp) k ON m.grp = k.grp) "
             f"TO {quote(os.path.join(self.folder, 'marks'))} (FORMAT parquet, PARTITION_BY (fragment))")
+        self.con.close()  # DuckDB keeps what it allocated while the connection lives
+        self.con = None
 
     def fragment(self, fragment_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(sorted member row ids, group, flagged) of one fragment."""
@@ -477,7 +481,8 @@ class Groups:
                 part.column("flagged").to_numpy(zero_copy_only=False))
 
     def close(self) -> None:
-        self.con.close()
+        if self.con is not None:
+            self.con.close()
         shutil.rmtree(self.folder, ignore_errors=True)
 
     def __enter__(self):

@@ -136,17 +136,19 @@ def check_eps(eps) -> None:
         raise BadInput(f"--eps must be in [0, 1) (near duplicates: cosine ≥ 1 − eps), got {eps}")
 
 
-def components(n: int, i: np.ndarray, j: np.ndarray, labels: np.ndarray | None = None) -> np.ndarray:
+def components(n: int, i: np.ndarray, j: np.ndarray, labels: np.ndarray | None = None, *,
+               copy: bool = True) -> np.ndarray:
     """Component label (the smallest node of its component) of each of n nodes, given edges.
 
     Union-find by vectorised min-label hooking and pointer jumping. ``labels``: the result
     of an earlier call over other edges of the same nodes, so edges can come in chunks
     (the result equals one call over all of them); its integer type is kept (int32 halves
-    the memory of a large graph)."""
+    the memory of a large graph), and ``copy=False`` updates an integer ``labels`` in place
+    (the caller hands it over)."""
     if labels is None:
         labels = np.arange(n, dtype=np.int64)
     elif np.asarray(labels).dtype.kind in "iu":
-        labels = np.array(labels, copy=True)
+        labels = np.array(labels, copy=True) if copy else np.asarray(labels)
     else:
         labels = np.asarray(labels, np.int64).copy()
     i, j = np.asarray(i, np.int64), np.asarray(j, np.int64)
@@ -157,10 +159,11 @@ def components(n: int, i: np.ndarray, j: np.ndarray, labels: np.ndarray | None =
             break
         i, j, li, lj = i[differ], j[differ], li[differ], lj[differ]
         np.minimum.at(labels, np.maximum(li, lj), np.minimum(li, lj))
+        jumped = np.empty_like(labels)  # one buffer for the jumps: two arrays, not a new one each
         while True:
-            jumped = labels[labels]
+            np.take(labels, labels, out=jumped)
             if np.array_equal(jumped, labels):
                 break
-            labels = jumped
+            labels, jumped = jumped, labels
     return labels
 

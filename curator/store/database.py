@@ -53,6 +53,19 @@ def tune_allocator() -> bool:
     return True
 
 
+def release_free_memory() -> None:
+    """Return the memory freed so far to the system (glibc ``malloc_trim``), when
+    :func:`tune_allocator` keeps it in the process. For commands of several phases: a
+    phase's freed arrays would otherwise stay resident (and fragment the heap) under the
+    next phase's, and the peak would add them up. A no-op elsewhere."""
+    if not _allocator_tuned:
+        return
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def resolve_db(db: str | os.PathLike | None) -> str:
     """The database location: the argument, else ``$CURATOR_DB``, else ``./curator.lancedb``."""
     location = str(db) if db else os.environ.get("CURATOR_DB") or DEFAULT_DB
