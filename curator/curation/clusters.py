@@ -133,11 +133,11 @@ def cluster(*, db=None, table: str = "embeddings", k: int, modality: str | None 
         stats = assign_all(dataset, {m: centroids[m]["centroids"] for m in mods}, spill, quiet=quiet,
                            engine=engine, device=device, total=sum(present[m] for m in mods),
                            flt=None if set(mods) == set(present) else modalities_filter(mods))
-        for m in mods:
+        assigned, rows = time.time() - t1, max(sum(stats[m]["rows"] for m in mods), 1)
+        for m in mods:  # one pass assigns every modality: its time is split by rows
             counts[m] = np.asarray(stats[m]["sizes"], np.int64)
-            # one pass assigns every modality: its time is split by rows
-            share = stats[m]["rows"] / max(sum(stats[x]["rows"] for x in mods), 1)
-            reports[m] = {**stats[m], **reports[m], "assign_seconds": round((time.time() - t1) * share, 3)}
+            reports[m] = {**stats[m], **reports[m],
+                          "assign_seconds": round(assigned * stats[m]["rows"] / rows, 3)}
 
         store = CentroidStore(database, table)
         version = store.latest_version() + 1

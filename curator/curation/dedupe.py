@@ -414,7 +414,6 @@ class Groups:
         self.schema = pa.schema([("rowid", pa.int64()), ("grp", pa.int64()), ("key", pa.float64()),
                                  ("id", dataset.schema.field("id").type)])
         self.folder = make_folder()
-        self.con = connect(self.folder)
         self.files = 0
 
     def add(self, members: np.ndarray, label: np.ndarray) -> tuple[int, int]:
@@ -425,6 +424,7 @@ class Groups:
         if len(members) == 0:
             return 0, 0
         rng = np.random.default_rng(self.seed)
+        groups = 0  # a group's label is the index of its smallest member: one root per group
         path = os.path.join(self.folder, f"groups-{self.files}.parquet")
         self.files += 1
         with pq.ParquetWriter(path, self.schema) as writer:
@@ -440,11 +440,11 @@ class Groups:
                     key = pa.array(values, pa.float64(), mask=np.isnan(values))
                 else:
                     key = pa.nulls(len(rows), pa.float64())
-                writer.write_table(pa.table([pa.array(rows), pa.array(members[label[start:start + len(rows)]]),
-                                             key, scalars.column("id")], schema=self.schema))
-        count, groups = self.con.execute(f"SELECT count(*), count(DISTINCT grp) FROM read_parquet({quote(path)})"
-                                         ).fetchone()
-        return int(count), int(groups)
+                mine = label[start:start + len(rows)]
+                groups += int(np.count_nonzero(mine == np.arange(start, start + len(rows))))
+                writer.write_table(pa.table([pa.array(rows), pa.array(members[mine]), key, scalars.column("id")],
+                                            schema=self.schema))
+        return len(members), groups
 
     def _scalars(self, rows: np.ndarray) -> pa.Table:
         """The policy's columns of the sorted row ids ``rows``, in their order."""
@@ -462,14 +462,13 @@ class Groups:
         if not self.files:
             return
         members = quote(os.path.join(self.folder, "groups-*.parquet"))
-        self.con.execute(
-            f"COPY (SELECT m.rowid >> 32 AS fragment, m.rowid, m.grp, m.rowid <> k.keeper AS flagged "
-            f"FROM read_parquet({members}) m JOIN (SELECT grp, arg_min(rowid, struct_pack("
-            f"n := key IS NULL, k := coalesce(key, 0), idn := id IS NULL, id := id, r := rowid)) AS keeper "
-            f"FROM read_parquet({members}) GROUP BY grp) k ON m.grp = k.grp) "
-            f"TO {quote(os.path.join(self.folder, 'marks'))} (FORMAT parquet, PARTITION_BY (fragment))")
-        self.con.close()  # DuckDB keeps what it allocated while the connection lives
-        self.con = None
+        with connect(self.folder) as con:  # closed after: DuckDB keeps what it allocated while open
+            con.execute(
+                f"COPY (SELECT m.rowid >> 32 AS fragment, m.rowid, m.grp, m.rowid <> k.keeper AS flagged "
+                f"FROM read_parquet({members}) m JOIN (SELECT grp, arg_min(rowid, struct_pack("
+                f"n := key IS NULL, k := coalesce(key, 0), idn := id IS NULL, id := id, r := rowid)) AS keeper "
+                f"FROM read_parquet({members}) GROUP BY grp) k ON m.grp = k.grp) "
+                f"TO {quote(os.path.join(self.folder, 'marks'))} (FORMAT parquet, PARTITION_BY (fragment))")
 
     def fragment(self, fragment_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(sorted member row ids, group, flagged) of one fragment."""
@@ -481,8 +480,6 @@ class Groups:
                 part.column("flagged").to_numpy(zero_copy_only=False))
 
     def close(self) -> None:
-        if self.con is not None:
-            self.con.close()
         shutil.rmtree(self.folder, ignore_errors=True)
 
     def __enter__(self):
