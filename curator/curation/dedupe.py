@@ -87,7 +87,13 @@ class _Spill:
         self.dim = dim
         self.rows = 0
         self.pending, self.pending_bytes = [], 0
-        self.segments: dict[int, list[tuple[int, int]]] = {}
+        # Segments (partition, first row, rows) of each flush as int64 arrays, not Python
+        # tuples (a 20M-row pass writes ~80 flushes × 4,096 partitions of them); finish()
+        # orders them by partition for partition().
+        self._flushed: list[np.ndarray] = []
+        self.segments = np.zeros((0, 3), np.int64)
+        self._bounds = np.zeros(1, np.int64)
+        self.partitions = np.zeros(0, np.int64)
 
     def add(self, part: np.ndarray, pos: np.ndarray, home: np.ndarray, U: np.ndarray) -> None:
         self.pending.append((part, pos, home, U))
@@ -106,19 +112,30 @@ class _Spill:
         np.ascontiguousarray(np.concatenate([p[3] for p in self.pending])[order]).tofile(self.files["f32"])
         self.pending, self.pending_bytes = [], 0
         starts = np.flatnonzero(np.r_[True, part[1:] != part[:-1]])
-        ends = np.r_[starts[1:], len(part)]
-        for s, e in zip(starts.tolist(), ends.tolist()):
-            self.segments.setdefault(int(part[s]), []).append((self.rows + s, e - s))
+        counts = np.diff(np.r_[starts, len(part)])
+        self._flushed.append(np.stack([part[starts], self.rows + starts, counts], axis=1))
         self.rows += len(part)
 
     def finish(self) -> None:
+        """Close the files; order the segments by partition (stable: file order within
+        one), and list the partitions that hold rows."""
         self.flush()
         for f in self.files.values():
             f.close()
+        if self._flushed:
+            segs = np.concatenate(self._flushed)
+            self.segments = segs[np.argsort(segs[:, 0], kind="stable")]
+        self._flushed = []
+        self.partitions, first = np.unique(self.segments[:, 0], return_index=True)
+        self._bounds = np.r_[first, len(self.segments)]
 
     def partition(self, c: int):
         """(unit vectors, positions, is-home flags) of partition c."""
-        segs = self.segments.get(c, [])
+        at = int(np.searchsorted(self.partitions, c))
+        if at == len(self.partitions) or self.partitions[at] != c:
+            segs = []
+        else:
+            segs = self.segments[self._bounds[at]:self._bounds[at + 1], 1:].tolist()
         out = []
         for name, dtype, width in (("f32", np.float32, self.dim), ("pos", np.int64, 1),
                                    ("home", np.bool_, 1)):
@@ -128,7 +145,7 @@ class _Spill:
                 for off, cnt in segs:
                     f.seek(off * step)
                     chunks.append(np.fromfile(f, dtype, count=cnt * width))
-            out.append(np.concatenate(chunks))
+            out.append(np.concatenate(chunks) if chunks else np.zeros(0, dtype))
         return out[0].reshape(-1, self.dim), out[1], out[2]
 
 
@@ -223,8 +240,8 @@ def stream_pairs(dataset, n: int, modality: str, eps: float, *, pairs: "PairSpil
             bar.advance(int(home.sum()))
         bar.close()
         spill.finish()
-        jobs = ((*spill.partition(c), thr, device) for c in range(plan.k) if c in spill.segments)
-        bar = progress_mod.bar(f"search {modality}", len(spill.segments), quiet=quiet)
+        jobs = ((*spill.partition(c), thr, device) for c in spill.partitions.tolist())
+        bar = progress_mod.bar(f"search {modality}", len(spill.partitions), quiet=quiet)
         for found in run.map(search_partition, jobs):
             pairs.add(*found)
             bar.advance()
