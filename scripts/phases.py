@@ -8,7 +8,9 @@ Prints each mark with the peak RSS since the previous one, then the overall peak
 used to find what grew with the table in an ingest into a 20M-row table (the duplicate
 check's hash rebuilt per table batch, DuckDB building a join on a streamed scan, Lance
 decoding four fragments at once) and in a dedupe of 20M rows (the members' scalars and
-keys held for the keep policy). Run it on a copy of a database (``cp -al`` is enough:
+keys held for the keep policy; the partition pass's score blocks, k wide, and its
+segment list). In a dedupe the partition pass runs from the end of ``train`` to the end
+of the spill's ``finish``, and the search from there to the end of ``stream_pairs``. Run it on a copy of a database (``cp -al`` is enough:
 Lance never rewrites a file): it writes for real.
 """
 
@@ -45,7 +47,8 @@ def phases(command: str):
                 (scoring.Scoring, "_write")]
     import curator.curation.dedupe as dd
 
-    return [(dd, "stream_pairs"), (dd.PairSpill, "finish"), (dd.PairSpill, "members"),
+    return [(dd, "stream_pairs"), (dd, "ordinal_rowids"), (dd, "take_vectors"),
+            (dd.PartitionPlan, "train"), (getattr(dd, "_Spill", None), "finish"), (dd.PairSpill, "finish"), (dd.PairSpill, "members"),
             (dd.PairSpill, "labels"), (dd, "_keepers"), (getattr(dd, "Groups", None), "add"),
             (getattr(dd, "Groups", None), "mark"), (dd, "_write")]
 
