@@ -15,7 +15,8 @@ neighbours = importlib.import_module("curator.geometry.neighbours")
 from curator import ingest
 from curator.curation.dedupe import dedupe
 from curator.errors import CuratorError
-from curator.geometry.neighbours import components, near_duplicate_pairs
+from curator.geometry.kmeans import unit_rows
+from curator.geometry.neighbours import components, home_blocks, near_duplicate_pairs, partition_pairs
 from curator.synthetic import make_pairs
 
 TOL = 1e-5  # float32 cosines against the float64 oracle
@@ -81,6 +82,28 @@ def test_pairs_on_real_clip_embeddings(coco):
     found = set(zip(i.tolist(), j.tolist()))
     assert len(found & truth) / len(truth) >= 0.99
     assert (G[i, j] >= 0.98 - TOL).all()
+
+
+@pytest.mark.parametrize("first", [1, 7, 40, 200])
+def test_partition_pairs_in_blocks_equal_one_call(first):
+    rng = np.random.default_rng(3)
+    U = unit_rows(np.repeat(rng.normal(size=(20, 16)), 10, axis=0) + 0.02 * rng.normal(size=(200, 16)))
+    U = U.astype(np.float32)
+    Up, Uq = U[:120], U[120:]
+    pos_p, pos_q = np.arange(120) * 2, np.arange(80) * 2 + 1
+    thr = 0.99
+    whole = set(zip(*[a.tolist() for a in partition_pairs(Up, pos_p, Uq, pos_q, thr)[:2]]))
+    G = U @ U.T
+    truth = {(2 * a, 2 * b) for a in range(120) for b in range(a + 1, 120) if G[a, b] >= thr}
+    truth |= {(2 * a, 2 * b + 1) for a in range(120) for b in range(80) if G[a, 120 + b] >= thr}
+    assert len(truth) > 100 and {tuple(sorted(p)) for p in whole} == truth
+    found = []
+    for lo in range(0, 120, first):
+        i, j, _ = partition_pairs(Up[lo:], pos_p[lo:], Uq, pos_q, thr, first=first)
+        found += [tuple(sorted(p)) for p in zip(i.tolist(), j.tolist())]
+    assert len(found) == len(set(found)) and set(found) == truth  # each pair once
+    assert home_blocks(120, 80, 1000) == 5 and home_blocks(120, 80, 10) == 1
+    assert home_blocks(120, 80, 10**9) == 120
 
 
 def test_components_hand_worked():
@@ -189,12 +212,14 @@ def oracle_groups(t, modality, eps):
 
 
 @pytest.mark.parametrize("keep", ["least-conformity", "most-conformity", "best-alignment", "random"])
-@pytest.mark.parametrize("streamed", [False, True])
+@pytest.mark.parametrize("streamed", [False, True, "blocks"])
 def test_dedupe_table_against_brute_force(deduped_db, planted, monkeypatch, keep, streamed):
     data, _, exact = planted
     if streamed:  # force the spill-file path with several partitions
         monkeypatch.setattr(dedupe_mod, "IN_MEMORY_ROWS", 0)
         monkeypatch.setattr(neighbours, "EXACT_ROWS", 16)
+    if streamed == "blocks":  # and every partition searched as blocks of a few home rows
+        monkeypatch.setattr(dedupe_mod, "_JOB_PAIRS", 200)
     before = lance.dataset(f"{deduped_db}/embeddings.lance").version
     result = dedupe(db=deduped_db, eps=EPS, keep=keep, seed=5)
     assert result.table_version_read == before and result.table_version == before + 1

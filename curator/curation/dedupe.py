@@ -53,6 +53,7 @@ from ..geometry.neighbours import (
     components,
     concat_pairs,
     near_duplicate_pairs,
+    home_blocks,
     partition_pairs,
     threshold,
 )
@@ -186,13 +187,25 @@ def _partition_pass(dataset, run, flt: str, plan: PartitionPlan, device: str):
                 if found is not None)
 
 
-def search_partition(U: np.ndarray, pos: np.ndarray, home: np.ndarray, thr: float,
-                     device: str = "cpu"):
-    """The search pass's per-partition function: exact pairs (i, j, cos) among the home
-    rows and between visiting and home rows of one partition, cosine ≥ thr, on the
-    backend of ``device``."""
-    return partition_pairs(U[home], pos[home], U[~home], pos[~home], thr,
-                           backend=get_backend(device))
+def search_partition(Up: np.ndarray, pos_p: np.ndarray, Uq: np.ndarray, pos_q: np.ndarray,
+                     first: int, thr: float, device: str = "cpu"):
+    """The search pass's per-job function: exact pairs (i, j, cos), cosine ≥ thr, of the
+    first ``first`` home rows ``Up`` of a partition with the later home rows and with its
+    visiting rows ``Uq``, on the backend of ``device``; and how many home rows that was."""
+    i, j, c = partition_pairs(Up, pos_p, Uq, pos_q, thr, first=first, backend=get_backend(device))
+    return i, j, c, min(first, len(Up))
+
+
+def search_jobs(spill: "_Spill", thr: float, device: str):
+    """The search pass's jobs, partition by partition: a partition's home rows in blocks
+    whose pairs stay within ``_JOB_PAIRS`` even if every comparison were a hit, so a
+    dense clump of duplicates cannot make one job's pair list grow with the table."""
+    for c in spill.partitions.tolist():
+        U, pos, home = spill.partition(c)
+        Up, pos_p, Uq, pos_q = U[home], pos[home], U[~home], pos[~home]
+        step = home_blocks(len(Up), len(Uq), _JOB_PAIRS)
+        for lo in range(0, len(Up), step):
+            yield Up[lo:], pos_p[lo:], Uq, pos_q, step, thr, device
 
 
 def stream_pairs(dataset, n: int, modality: str, eps: float, *, pairs: "PairSpill",
@@ -240,11 +253,10 @@ def stream_pairs(dataset, n: int, modality: str, eps: float, *, pairs: "PairSpil
             bar.advance(int(home.sum()))
         bar.close()
         spill.finish()
-        jobs = ((*spill.partition(c), thr, device) for c in spill.partitions.tolist())
-        bar = progress_mod.bar(f"search {modality}", len(spill.partitions), quiet=quiet)
-        for found in run.map(search_partition, jobs):
-            pairs.add(*found)
-            bar.advance()
+        bar = progress_mod.bar(f"search {modality}", n, quiet=quiet)
+        for i, j, c, searched in run.map(search_partition, search_jobs(spill, thr, device)):
+            pairs.add(i, j, c)
+            bar.advance(searched)
         bar.close()
         visits = spill.rows
     return {"partitions": plan.k, "probes": plan.probes,
@@ -252,6 +264,7 @@ def stream_pairs(dataset, n: int, modality: str, eps: float, *, pairs: "PairSpil
 
 
 PAIRS = pa.schema([("i", pa.int64()), ("j", pa.int64()), ("c", pa.float32())])
+_JOB_PAIRS = 1 << 22  # a search job's pairs at most (80 MB), were every comparison a hit
 _PAIR_PART_ROWS = 1 << 20  # pairs buffered before a Parquet part is written (20 MB)
 _EDGE_CHUNK = 1 << 20  # pairs per chunk of the union-find
 

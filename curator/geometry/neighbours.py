@@ -97,16 +97,32 @@ class PartitionPlan:
 
 
 def partition_pairs(Up: np.ndarray, pos_p: np.ndarray, Uq: np.ndarray, pos_q: np.ndarray,
-                    thr: float, *, backend: Backend = NUMPY
+                    thr: float, *, first: int | None = None, backend: Backend = NUMPY
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Pairs within the home rows ``Up`` (each pair once) and between visiting rows ``Uq``
-    and the home rows, with cosine ≥ thr; positions are the global row numbers."""
-    r1, c1, s1 = backend.threshold_pairs(Up, None, thr)
+    and the home rows, with cosine ≥ thr; positions are the global row numbers.
+
+    ``first``: only the pairs whose home row is one of the first ``first`` rows of ``Up``
+    (a home-home pair counts for its earlier row), so a dense partition can be searched as
+    consecutive blocks of home rows, each job handed the rows from its block on."""
+    m = len(Up) if first is None else min(first, len(Up))
+    if m == len(Up):
+        r1, c1, s1 = backend.threshold_pairs(Up, None, thr)
+    else:  # the block against itself and every later home row; each pair once (c > r)
+        r1, c1, s1 = backend.threshold_pairs(Up[:m], Up, thr)
+        later = c1 > r1
+        r1, c1, s1 = r1[later], c1[later], s1[later]
     if len(Uq) == 0:
         return pos_p[r1], pos_p[c1], s1
-    r2, c2, s2 = backend.threshold_pairs(Uq, Up, thr)
+    r2, c2, s2 = backend.threshold_pairs(Uq, Up[:m], thr)
     return (np.concatenate([pos_p[r1], pos_q[r2]]), np.concatenate([pos_p[c1], pos_p[c2]]),
             np.concatenate([s1, s2]))
+
+
+def home_blocks(home_rows: int, visiting_rows: int, max_pairs: int) -> int:
+    """Home rows per search job of a partition, so that a job's pairs, were every
+    comparison a hit, stay ≤ ``max_pairs`` (at least one row; all of them when they fit)."""
+    return max(1, min(home_rows, max_pairs // max(1, home_rows + visiting_rows)))
 
 
 def empty_pairs():
