@@ -77,3 +77,41 @@ def test_local_map_on_threads_keeps_job_order_and_bounds_the_window():
         assert len(taken) - len(got) <= 3
     assert [r[0] for r in got] == list(range(40))
     assert [r[2] for r in got] == [r[2] for r in serial]
+
+
+def test_ahead_keeps_order_raises_where_it_failed_and_stops_when_abandoned():
+    import threading
+    import time
+
+    from curator.engine.executor import ahead
+
+    assert list(ahead(range(50), depth=3)) == list(range(50))
+
+    def failing():
+        yield from range(4)
+        raise ValueError("row 4 is bad")
+
+    got = []
+    with pytest.raises(ValueError, match="row 4 is bad"):
+        for item in ahead(failing()):
+            got.append(item)
+    assert got == [0, 1, 2, 3]
+
+    produced, closed = [], threading.Event()
+
+    def endless():
+        try:
+            for i in range(10**9):
+                produced.append(i)
+                yield i
+        finally:
+            closed.set()
+
+    stream = ahead(endless(), depth=2)
+    assert next(stream) == 0
+    stream.close()  # the consumer gives up: the producer stops and cleans up
+    assert closed.is_set()
+    count = len(produced)
+    time.sleep(0.2)
+    assert len(produced) == count <= 4
+    assert not any(t.name == "curator-ahead" and t.is_alive() for t in threading.enumerate())

@@ -90,3 +90,56 @@ def executor(engine: str | None = None, *, quiet: bool = True):
     from .ray import RayExecutor
 
     return RayExecutor(quiet=quiet)
+
+
+def ahead(items: Iterable, depth: int = 2) -> Iterator:
+    """``items``, produced on a background thread up to ``depth`` items ahead of the
+    consumer: the producer's reads and numpy work (which release the GIL) overlap what
+    the consumer does with the previous item, e.g. Lance encoding it.
+
+    An exception in the producer is raised in the consumer at the item where it
+    happened. When the consumer stops early (an error, or it closes the generator), the
+    producer stops at its next item and is joined, so nothing runs on behind the caller.
+    """
+    import queue
+    import threading
+
+    done = object()
+    slots: queue.Queue = queue.Queue(depth)
+    stop = threading.Event()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                slots.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce():
+        iterator = iter(items)
+        try:
+            for item in iterator:
+                if not put((True, item)):
+                    return
+            put((True, done))
+        except BaseException as exc:  # handed to the consumer, raised there
+            put((False, exc))
+        finally:
+            if hasattr(iterator, "close"):  # a generator's own cleanup, on this thread
+                iterator.close()
+
+    worker = threading.Thread(target=produce, name="curator-ahead", daemon=True)
+    worker.start()
+    try:
+        while True:
+            ok, item = slots.get()
+            if not ok:
+                raise item
+            if item is done:
+                return
+            yield item
+    finally:
+        stop.set()
+        worker.join()
