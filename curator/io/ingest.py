@@ -42,7 +42,6 @@ import pyarrow.compute as pc
 
 from .. import progress as progress_mod
 from ..curation.clusters import assign_new_rows
-from ..engine.executor import ahead
 from ..engine.fragments import scan
 from ..engine.rows import take_vectors
 from ..engine.scoring import NEW_BASE, Scoring
@@ -203,7 +202,7 @@ class _Ingest:
         bar = progress_mod.bar("statistics", new_rows, quiet=self.quiet)
         position = 0
         try:
-            for index, (batch, norms) in enumerate(ahead(self._validated())):
+            for index, (batch, norms) in enumerate(self._validated()):
                 if stats is None:
                     stats = TableStats(self.dim)
                 self._collect_metadata(batch)
@@ -313,7 +312,7 @@ class _Ingest:
                     bar.close()
 
             clock = time.perf_counter()
-            fragments = _write_fragments(ahead(shaped()), self.database.table_uri(self.table), schema)
+            fragments = _write_fragments(shaped(), self.database.table_uri(self.table), schema)
             self.phases["write"] = time.perf_counter() - clock
             _check_unchanged(written, batch_stats)
             if self.dataset is None:  # a new table: an empty version 1, then this commit
