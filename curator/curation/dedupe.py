@@ -327,14 +327,12 @@ class PairSpill:
     def labels(self, members: np.ndarray) -> np.ndarray:
         """Each member's component label (index of its component's smallest member): int32
         below 2³¹ members, the union-find's only per-member state besides ``members``. The
-        edges stream from DuckDB a chunk at a time (Arrow's own Parquet reader keeps what
-        it read in its memory pool: 0.2 GiB more at 20M rows)."""
+        edges are read from the pairs' file a chunk at a time (Arrow, no DuckDB)."""
+        import pyarrow.parquet as pq
+
         labels = np.arange(len(members), dtype=np.int32 if len(members) < 2**31 else np.int64)
-        with connect(self.spill.folder) as con:
-            edges = con.sql(f"SELECT lo, hi FROM read_parquet({quote(self.unique)})")
-            reader = (edges.to_arrow_reader(_EDGE_CHUNK) if hasattr(edges, "to_arrow_reader")
-                      else edges.fetch_record_batch(_EDGE_CHUNK))  # an older DuckDB
-            for batch in reader:
+        with pq.ParquetFile(self.unique) as edges:
+            for batch in edges.iter_batches(batch_size=_EDGE_CHUNK, columns=["lo", "hi"]):
                 lo = batch.column(0).to_numpy(zero_copy_only=False)
                 hi = batch.column(1).to_numpy(zero_copy_only=False)
                 labels = components(len(members), np.searchsorted(members, lo),
