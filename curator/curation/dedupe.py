@@ -281,7 +281,7 @@ class PairSpill:
     def __init__(self):
         self.spill = ScalarSpill(PAIRS)
         self.buffer, self.buffered = [], 0
-        self.unique = None  # the unique pairs' Parquet file, once finished
+        self.con = None
         self.count = self.exact = 0
 
     def add(self, i: np.ndarray, j: np.ndarray, c: np.ndarray) -> None:
@@ -298,56 +298,45 @@ class PairSpill:
         self.buffer, self.buffered = [], 0
 
     def finish(self) -> None:
-        """The unique pairs (lo < hi) to one Parquet file; their count and exact count.
-
-        Each DuckDB step runs on its own connection, closed after it: DuckDB keeps what it
-        allocated while a connection is open, and the union-find that follows should not
-        sit on top of the de-duplication's hash table."""
+        """The unique pairs (lo < hi) as the view ``pairs``; their count and exact count."""
         self._flush()
-        self.unique = os.path.join(self.spill.folder, "unique.parquet")
-        with self.spill.connect("raw") as con:
-            con.execute(f"COPY (SELECT least(i, j) AS lo, greatest(i, j) AS hi, max(least(c, 1.0)) AS c "
-                        f"FROM raw WHERE i <> j GROUP BY 1, 2) TO {quote(self.unique)} (FORMAT parquet)")
-            count, exact = con.execute(
-                f"SELECT count(*), count(*) FILTER (WHERE c >= CAST({1 - COS_TOL!r} AS FLOAT)) "
-                f"FROM read_parquet({quote(self.unique)})").fetchone()
+        self.con = self.spill.connect("raw")
+        path = os.path.join(self.spill.folder, "unique.parquet")
+        self.con.execute(f"COPY (SELECT least(i, j) AS lo, greatest(i, j) AS hi, max(least(c, 1.0)) AS c "
+                         f"FROM raw WHERE i <> j GROUP BY 1, 2) TO {quote(path)} (FORMAT parquet)")
+        self.con.execute(f"CREATE OR REPLACE VIEW pairs AS SELECT * FROM read_parquet({quote(path)})")
+        count, exact = self.con.execute(
+            f"SELECT count(*), count(*) FILTER (WHERE c >= CAST({1 - COS_TOL!r} AS FLOAT)) FROM pairs").fetchone()
         self.count, self.exact = int(count), int(exact)
-        release_free_memory()
 
     def members(self) -> np.ndarray:
         """Sorted row ids that are in some pair."""
-        pairs = f"read_parquet({quote(self.unique)})"
-        with connect(self.spill.folder) as con:
-            found = con.execute(f"SELECT x FROM (SELECT lo AS x FROM {pairs} UNION SELECT hi FROM {pairs}) "
-                                f"ORDER BY x").fetchnumpy()["x"]
-            found = np.array(found, np.int64)  # our own copy, before DuckDB's buffers go
-        release_free_memory()
-        return found
+        found = self.con.execute("SELECT x FROM (SELECT lo AS x FROM pairs UNION SELECT hi FROM pairs) "
+                                 "ORDER BY x").fetchnumpy()["x"]
+        return np.asarray(found, np.int64)
 
     def labels(self, members: np.ndarray) -> np.ndarray:
         """Each member's component label (index of its component's smallest member): int32
-        below 2³¹ members, the union-find's only per-member state besides ``members``. The
-        edges are read from the pairs' file a chunk at a time (Arrow, no DuckDB)."""
-        import pyarrow.parquet as pq
-
+        below 2³¹ members, the union-find's only per-member state besides ``members``."""
         labels = np.arange(len(members), dtype=np.int32 if len(members) < 2**31 else np.int64)
-        with pq.ParquetFile(self.unique) as edges:
-            for batch in edges.iter_batches(batch_size=_EDGE_CHUNK, columns=["lo", "hi"]):
-                lo = batch.column(0).to_numpy(zero_copy_only=False)
-                hi = batch.column(1).to_numpy(zero_copy_only=False)
-                labels = components(len(members), np.searchsorted(members, lo),
-                                    np.searchsorted(members, hi), labels=labels, copy=False)
+        edges = self.con.sql("SELECT lo, hi FROM pairs")
+        reader = (edges.to_arrow_reader(_EDGE_CHUNK) if hasattr(edges, "to_arrow_reader")
+                  else edges.fetch_record_batch(_EDGE_CHUNK))  # an older DuckDB
+        for batch in reader:
+            lo = batch.column(0).to_numpy(zero_copy_only=False)
+            hi = batch.column(1).to_numpy(zero_copy_only=False)
+            labels = components(len(members), np.searchsorted(members, lo), np.searchsorted(members, hi),
+                                labels=labels, copy=False)
         return labels
 
     def pairs(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Every unique pair in memory (lo, hi, cos): for tests and benchmarks."""
-        import pyarrow.parquet as pq
-
-        t = pq.read_table(self.unique).sort_by([("lo", "ascending"), ("hi", "ascending")])
-        return (t.column("lo").to_numpy().astype(np.int64), t.column("hi").to_numpy().astype(np.int64),
-                t.column("c").to_numpy().astype(np.float32))
+        t = self.con.execute("SELECT lo, hi, c FROM pairs ORDER BY lo, hi").fetchnumpy()
+        return (np.asarray(t["lo"], np.int64), np.asarray(t["hi"], np.int64), np.asarray(t["c"], np.float32))
 
     def close(self) -> None:
+        if self.con is not None:
+            self.con.close()
         self.spill.close()
 
     def __enter__(self):
