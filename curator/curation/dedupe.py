@@ -9,7 +9,8 @@ partition farther than that cannot hold a partner of the row). Inside a partitio
 search is exact: a block of rows against the partition's members, thresholded. The
 database path streams: one scan assigns rows and spills their unit vectors, grouped by
 partition, to a temporary file; then one partition at a time is read back and searched,
-so the search's memory is bounded by the largest partition plus a 64 MB spill buffer.
+so the search's memory is bounded by the largest partition plus a 64 MB spill buffer; a
+dense partition is searched as blocks of its home rows, so a job's pairs stay within 4M.
 The pairs go to Parquet as they are found (:class:`PairSpill`); DuckDB makes them unique
 and counts them; the groups come from a union-find over the members (rows in some pair)
 with the edges streamed in chunks. The union-find's sorted member row ids and int32
@@ -217,8 +218,9 @@ def stream_pairs(dataset, n: int, modality: str, eps: float, *, pairs: "PairSpil
     Returns info naming the partitions and probes used. Up to
     ``IN_MEMORY_ROWS`` rows are searched in memory; above, one pass assigns rows to
     partitions and spills their unit vectors to a temporary file grouped by partition,
-    then each partition is searched exactly (one task per partition), so memory is
-    bounded by the largest partition plus a 64 MB spill buffer. The products run on the
+    then each partition is searched exactly (one or more tasks per partition), so memory is
+    bounded by the largest partition plus a 64 MB spill buffer, and each search job's
+    pairs by ``_JOB_PAIRS`` (:func:`search_jobs`). The products run on the
     backend of ``device`` (a resolved name).
     """
     backend = get_backend(device)
