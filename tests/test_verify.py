@@ -168,15 +168,18 @@ def test_missing_statistics_record(unrefreshed):
     assert verify(db=unrefreshed).ok
 
 
-def test_stale_record_is_a_warning_and_repair_moves_it(unrefreshed):
+@pytest.mark.parametrize("repair", [False, True])
+def test_stale_record_is_a_warning_and_verify_moves_it(unrefreshed, repair):
     store = StatsStore(Database(unrefreshed), "embeddings")
     record = store.load()
     record.table_version -= 1
     store.save(record)
-    result = verify(db=unrefreshed)
-    assert result.ok and result.warnings
-    fixed = verify(db=unrefreshed, repair=True)
-    assert fixed.stats_version_after == record.version  # no needless new stats version
+    result = verify(db=unrefreshed, repair=repair)
+    assert result.ok and "brought forward" in result.warnings[0]
+    assert not result.repaired  # nothing to repair: the record was only behind
+    moved = store.load()
+    assert moved.table_version == record.table_version + 1
+    assert moved.version == record.version  # no needless new stats version
     assert not verify(db=unrefreshed).warnings
 
 
@@ -200,3 +203,31 @@ def test_cli_exit_codes_and_json(unrefreshed):
 def test_no_table_is_one_line_error(db):
     result = CliRunner().invoke(cli, ["--db", db, "verify"])
     assert result.exit_code == 1 and result.output.startswith("Error: ") and "Traceback" not in result.output
+
+
+def test_verify_judges_a_refresh_killed_between_its_commit_and_its_record(unrefreshed, tmp_path, monkeypatch):
+    """A writer killed after its table commit and before its statistics record: the next
+    command rebuilds the record with the number the writer would have saved. verify must
+    judge that state (consistent, nothing to repair), and a rerun must equal an
+    uninterrupted refresh: same scores, same stats_version."""
+    import shutil
+
+    from curator import refresh
+
+    reference = str(tmp_path / "reference.lancedb")
+    shutil.copytree(unrefreshed, reference)
+    refresh(db=reference)
+
+    def killed(self, stats):
+        raise KeyboardInterrupt("killed after the table commit")
+
+    with monkeypatch.context() as m:
+        m.setattr(StatsStore, "append_history", killed)
+        with pytest.raises(KeyboardInterrupt):
+            refresh(db=unrefreshed)
+    result = verify(db=unrefreshed)
+    assert result.ok, result.summary()
+    refresh(db=unrefreshed)
+    columns = ["id", "conformity", "conformity_est", "uncertainty", "loglik", "stats_version"]
+    got, want = read_table(unrefreshed).select(columns), read_table(reference).select(columns)
+    assert got.sort_by("id").equals(want.sort_by("id"))

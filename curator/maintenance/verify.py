@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..engine.scoring import Scoring
-from ..engine.statistics import accumulate, bounds, rebuild
+from ..engine.statistics import accumulate, bounds, current, rebuild
 from ..engine.targets import choose
 from ..geometry.sums import TableStats
 from ..store.database import Database, TableMeta
@@ -131,12 +131,38 @@ def verify(*, db=None, table: str = "embeddings", repair: bool = False) -> Verif
     database = Database(db)
     database.dataset(table)  # NoTable before any lock file is made
     if not repair:
-        return _verify(database, table, False, started)
+        moved = None
+        if _record_behind(database, table):
+            with writer_lock(database, table):
+                moved = _bring_forward(database, table)
+        return _verify(database, table, False, started, moved)
     with writer_lock(database, table):  # no commit may land between the check and the repair
-        return _verify(database, table, True, started)
+        return _verify(database, table, True, started, _bring_forward(database, table))
 
 
-def _verify(database: Database, table: str, repair: bool, started: float) -> VerifyResult:
+def _record_behind(database: Database, table: str) -> bool:
+    """Whether the statistics record describes an older table version than the latest."""
+    record = StatsStore(database, table).load()
+    return record is not None and record.table_version != database.dataset(table).version
+
+
+def _bring_forward(database: Database, table: str) -> str | None:
+    """Bring a record that is behind the table to the table's version, as every command
+    does first (carried forward when no row changed, else rebuilt from the rows: a writer
+    killed between its table commit and its record save leaves this state, and the
+    rebuild numbers the record as that writer would have), so ``verify`` judges the state
+    the next command will see. Returns the warning saying so, or None."""
+    record = StatsStore(database, table).load()
+    version = database.dataset(table).version
+    if record is None or record.table_version == version:
+        return None
+    stats = current(database, table)
+    return (f"statistics record described table version {record.table_version}, the table is at "
+            f"{version}: brought forward (stats version {stats.version}), as any command does first")
+
+
+def _verify(database: Database, table: str, repair: bool, started: float,
+            moved: str | None = None) -> VerifyResult:
     dataset = database.dataset(table)
     dim = TableMeta.from_schema(dataset.schema).dim
     store = StatsStore(database, table)
@@ -162,6 +188,8 @@ def _verify(database: Database, table: str, repair: bool, started: float) -> Ver
                                f"the table is at {dataset.version} (moved or rebuilt on next use)")
     if repair and (result.issues or result.warnings):
         _repair(result, database, table, dataset, record, truth, stats_drift, findings.to_fix())
+    if moved:  # said, not repaired: the record was brought forward before the check
+        result.warnings.insert(0, moved)
     result.seconds = time.time() - started
     return result
 
