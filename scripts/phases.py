@@ -9,9 +9,10 @@ used to find what grew with the table in an ingest into a 20M-row table (the dup
 check's hash rebuilt per table batch, DuckDB building a join on a streamed scan, Lance
 decoding four fragments at once) and in a dedupe of 20M rows (the members' scalars and
 keys held for the keep policy; the partition pass's score blocks, k wide, and its
-segment list; a dense partition's whole pair list returned by one search job). In a dedupe the partition pass runs from the end of ``train`` to the end
-of the spill's ``finish``, and the search from there to the end of ``stream_pairs``. Run it on a copy of a database (``cp -al`` is enough:
-Lance never rewrites a file): it writes for real.
+segment list; a dense partition's whole pair list returned by one search job). In a
+dedupe the partition pass runs from the end of ``train`` to the end of the spill's
+``finish``, and the search from there to the end of ``stream_pairs``. Run it on a copy
+of a database (``cp -al`` is enough: Lance never rewrites a file): it writes for real.
 """
 
 from __future__ import annotations

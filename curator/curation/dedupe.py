@@ -53,8 +53,8 @@ from ..geometry.neighbours import (
     check_eps,
     components,
     concat_pairs,
-    near_duplicate_pairs,
     home_blocks,
+    near_duplicate_pairs,
     partition_pairs,
     threshold,
 )

@@ -132,7 +132,7 @@ def verify(*, db=None, table: str = "embeddings", repair: bool = False) -> Verif
     database.dataset(table)  # NoTable before any lock file is made
     if not repair:
         moved = None
-        if _record_behind(database, table):
+        if _behind(database, table):  # the lock only when there is something to move
             with writer_lock(database, table):
                 moved = _bring_forward(database, table)
         return _verify(database, table, False, started, moved)
@@ -140,10 +140,12 @@ def verify(*, db=None, table: str = "embeddings", repair: bool = False) -> Verif
         return _verify(database, table, True, started, _bring_forward(database, table))
 
 
-def _record_behind(database: Database, table: str) -> bool:
-    """Whether the statistics record describes an older table version than the latest."""
+def _behind(database: Database, table: str) -> tuple[int, int] | None:
+    """(the record's table version, the table's) when the statistics record describes an
+    older table version than the latest; else None."""
     record = StatsStore(database, table).load()
-    return record is not None and record.table_version != database.dataset(table).version
+    version = database.dataset(table).version
+    return None if record is None or record.table_version == version else (record.table_version, version)
 
 
 def _bring_forward(database: Database, table: str) -> str | None:
@@ -152,13 +154,12 @@ def _bring_forward(database: Database, table: str) -> str | None:
     killed between its table commit and its record save leaves this state, and the
     rebuild numbers the record as that writer would have), so ``verify`` judges the state
     the next command will see. Returns the warning saying so, or None."""
-    record = StatsStore(database, table).load()
-    version = database.dataset(table).version
-    if record is None or record.table_version == version:
+    behind = _behind(database, table)
+    if behind is None:
         return None
     stats = current(database, table)
-    return (f"statistics record described table version {record.table_version}, the table is at "
-            f"{version}: brought forward (stats version {stats.version}), as any command does first")
+    return (f"statistics record described table version {behind[0]}, the table is at "
+            f"{behind[1]}: brought forward (stats version {stats.version}), as any command does first")
 
 
 def _verify(database: Database, table: str, repair: bool, started: float,
