@@ -49,7 +49,7 @@ def phases(command: str):
     import curator.curation.dedupe as dd
 
     return [(dd, "stream_pairs"), (dd, "ordinal_rowids"), (dd, "take_vectors"),
-            (dd.PartitionPlan, "train"), (getattr(dd, "_Spill", None), "finish"), (dd.PairSpill, "finish"), (dd.PairSpill, "members"),
+            (dd.PartitionPlan, "train"), (getattr(dd, "_Spill", None), "finish"), (dd.PairSpill, "finish"),
             (dd.PairSpill, "labels"), (dd, "_keepers"), (getattr(dd, "Groups", None), "add"),
             (getattr(dd, "Groups", None), "mark"), (dd, "_write")]
 

@@ -129,18 +129,22 @@ def test_pair_spill_counts_each_pair_once_and_streams_the_union(monkeypatch):
     """Pairs found twice (both orders, from two partitions), self pairs and cosines
     rounded above 1: one pair each, the largest cosine capped at 1; members and groups
     equal the in-memory oracle with Parquet parts of 5 pairs and union chunks of 3."""
+    from curator.engine.rowset import RowSet
     from curator.geometry.neighbours import sorted_unique
 
     monkeypatch.setattr(dedupe_mod, "_PAIR_PART_ROWS", 5)
     monkeypatch.setattr(dedupe_mod, "_EDGE_CHUNK", 3)
     rng = np.random.default_rng(4)
-    ids = (rng.choice(1 << 40, 60, replace=False)).astype(np.int64)
+    layout = [(0, 40), (3, 70), (9, 25)]  # (fragment id, rows): row ids fragment << 32 | offset
+    every = np.concatenate([(f << 32) + np.arange(n) for f, n in layout])
+    ids = rng.choice(every, 60, replace=False).astype(np.int64)
     a, b = rng.integers(0, 60, 40), rng.integers(0, 60, 40)
+    a[3:5] = b[3:5]  # self pairs: dropped, their row not a member unless in another pair
     c = rng.uniform(0.98, 1.0000001, 40).astype(np.float32)
     c[:3] = np.float32(1.0000001)
     i, j = ids[a], ids[b]
     lo, hi, cu = sorted_unique(np.r_[i, j], np.r_[j, i], np.r_[c, c])  # the oracle
-    with dedupe_mod.PairSpill() as pairs:
+    with dedupe_mod.PairSpill(RowSet(layout)) as pairs:
         for k in range(0, 40, 7):  # both orders, in separate calls
             pairs.add(i[k:k + 7], j[k:k + 7], c[k:k + 7])
             pairs.add(j[k:k + 7], i[k:k + 7], c[k:k + 7])
@@ -151,10 +155,89 @@ def test_pair_spill_counts_each_pair_once_and_streams_the_union(monkeypatch):
         np.testing.assert_array_equal(got[0], lo)
         np.testing.assert_array_equal(got[1], hi)
         np.testing.assert_allclose(got[2], cu)
-        members = pairs.members()
-        np.testing.assert_array_equal(members, np.unique(np.r_[lo, hi]))
+        members = np.unique(np.r_[lo, hi])
+        np.testing.assert_array_equal(np.concatenate(list(pairs.members.blocks())), members)
+        assert len(pairs.members) == len(members)
         want = components(len(members), np.searchsorted(members, lo), np.searchsorted(members, hi))
-        np.testing.assert_array_equal(pairs.labels(members), want)
+        np.testing.assert_array_equal(pairs.labels(), want)
+
+
+def test_row_set_rank_and_select_against_sorted_ids(monkeypatch):
+    """A RowSet over fragments with gaps in their ids, words split across fragments and
+    blocks of 2 words: members, rank, select and blocks equal a sorted-array oracle."""
+    from curator.engine import rowset as rowset_mod
+
+    monkeypatch.setattr(rowset_mod, "_BLOCK_WORDS", 2)
+    rng = np.random.default_rng(8)
+    layout = [(7, 300), (2, 1), (4, 130), (11, 64), (12, 0), (30, 517)]
+    every = np.concatenate([(np.int64(f) << 32) + np.arange(n, dtype=np.int64) for f, n in sorted(layout)])
+    chosen = np.sort(rng.choice(every, 400, replace=False))
+    rows = rowset_mod.RowSet(layout)
+    for part in np.array_split(rng.permutation(np.r_[chosen, chosen[:50]]), 7):  # repeats too
+        rows.add(part)
+    assert len(rows) == len(chosen)
+    np.testing.assert_array_equal(np.concatenate(list(rows.blocks())), chosen)
+    assert max(len(b) for b in rows.blocks()) <= 128
+    shuffled = rng.permutation(len(chosen))
+    np.testing.assert_array_equal(rows.rank(chosen[shuffled]), shuffled)
+    np.testing.assert_array_equal(rows.select(shuffled), chosen[shuffled])
+    np.testing.assert_array_equal(rows.rowids(rows.ordinals(every)), every)
+    np.testing.assert_array_equal(rows.ordinals(every), np.arange(len(every)))
+    with pytest.raises(ValueError, match="not in the table"):
+        rows.ordinals(np.array([(np.int64(2) << 32) + 1]))  # past fragment 2's one row
+    with pytest.raises(ValueError, match="not in the table"):
+        rows.ordinals(np.array([np.int64(5) << 32]))  # no fragment 5
+    with pytest.raises(ValueError, match="out of range"):
+        rows.select(np.array([len(chosen)]))
+    with pytest.raises(RuntimeError):
+        rows.add(chosen[:1])  # frozen by rank and select
+    assert len(rowset_mod.RowSet([(0, 10)])) == 0 and not list(rowset_mod.RowSet([(0, 10)]).blocks())
+
+
+def test_popcount_fallback_equals_bin_count(monkeypatch):
+    from curator.engine import rowset as rowset_mod
+
+    words = np.random.default_rng(2).integers(0, 2**63, 200, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
+    want = [bin(int(w)).count("1") for w in words]
+    assert rowset_mod.popcount(words).tolist() == want
+    monkeypatch.delattr(np, "bitwise_count", raising=False)
+    assert rowset_mod.popcount(words).tolist() == want
+
+
+def test_union_find_against_breadth_first_search():
+    """Components of a random sparse graph (chains, stars, isolated nodes), edges in
+    chunks of 13, compressed in blocks of 5: equal labels from a breadth-first search."""
+    from collections import deque
+
+    from curator.geometry.neighbours import UnionFind
+
+    rng = np.random.default_rng(3)
+    n = 300
+    i, j = rng.integers(0, n, 260), rng.integers(0, n, 260)
+    i = np.r_[i, np.arange(200, 240)]  # a chain from 240 down to 200
+    j = np.r_[j, np.arange(201, 241)]
+    adjacent = [[] for _ in range(n)]
+    for a, b in zip(i.tolist(), j.tolist()):
+        adjacent[a].append(b)
+        adjacent[b].append(a)
+    want = np.full(n, -1)
+    for s in range(n):  # ascending: s is its component's smallest node when first reached
+        if want[s] < 0:
+            want[s] = s
+            queue = deque([s])
+            while queue:
+                for b in adjacent[queue.popleft()]:
+                    if want[b] < 0:
+                        want[b] = s
+                        queue.append(b)
+    forest = UnionFind(n)
+    for k in range(0, len(i), 13):
+        forest.union(i[k:k + 13], j[k:k + 13])
+        assert (forest.parent <= np.arange(n)).all()
+    labels = forest.labels(block=5)
+    assert labels.dtype == np.int32
+    np.testing.assert_array_equal(labels, want)
+    assert 1 < len(np.unique(want)) < n
 
 
 # -- the command on a table -----------------------------------------------------------------
@@ -333,8 +416,11 @@ def test_errors_leave_table_unchanged(deduped_db, kwargs):
 def test_many_fragments_give_the_groups_of_one(tmp_path, planted, monkeypatch, streamed):
     """The same rows ingested as four fragments: the same groups and flags, by id, as the
     one-fragment table (each fragment is written by its own task from the members' marks).
-    The four-fragment run spills its members 5 at a time: the scalars read by chunk and
-    the seeded uniforms drawn by chunk must give the one-chunk answer."""
+    The four-fragment run spills its members a block of 64 table rows at a time: the
+    scalars read by block and the seeded uniforms drawn by block must give the one-block
+    answer."""
+    from curator.engine import rowset as rowset_mod
+
     if streamed:
         monkeypatch.setattr(dedupe_mod, "IN_MEMORY_ROWS", 0)
     _, table, _ = planted
@@ -351,7 +437,7 @@ def test_many_fragments_give_the_groups_of_one(tmp_path, planted, monkeypatch, s
     found = {}
     for db in (one, many):
         if db == many:
-            monkeypatch.setattr(dedupe_mod, "_GROUP_CHUNK", 5)
+            monkeypatch.setattr(rowset_mod, "_BLOCK_WORDS", 1)
         dedupe(db=db, eps=EPS, keep="random", seed=3)
         _, t = rows_of(db)
         ids = t.column("id").to_pylist()

@@ -152,34 +152,72 @@ def check_eps(eps) -> None:
         raise BadInput(f"--eps must be in [0, 1) (near duplicates: cosine ≥ 1 − eps), got {eps}")
 
 
+class UnionFind:
+    """Connected components of n nodes, the edges given in chunks, vectorised.
+
+    ``parent[x] ≤ x`` always and a root is its own parent, so each component's root is
+    its smallest node. :meth:`union` finds the roots of a chunk's ends by pointer chasing
+    (each queried node then points straight at its root), hooks the larger root of each
+    differing pair under the smaller (``minimum.at``: the smallest wins), and repeats on
+    the pairs still apart; nothing walks all n nodes until :meth:`labels`. Memory: the
+    parent array (int32 below 2³¹ nodes) and the chunk's arrays."""
+
+    def __init__(self, n: int, parent: np.ndarray | None = None):
+        if parent is None:
+            parent = np.arange(n, dtype=np.int32 if n < 2**31 else np.int64)
+        self.parent = parent
+
+    def find(self, x: np.ndarray) -> np.ndarray:
+        """The root of each node of ``x`` (and each then points at its root)."""
+        parent = self.parent
+        root = parent[x]
+        while True:
+            up = parent[root]
+            if np.array_equal(up, root):
+                break
+            root = up
+        parent[x] = root
+        return root
+
+    def union(self, i: np.ndarray, j: np.ndarray) -> None:
+        """Join the components of each edge (i, j)."""
+        i, j = np.asarray(i, np.int64), np.asarray(j, np.int64)
+        while len(i):
+            ri, rj = self.find(i), self.find(j)
+            apart = ri != rj
+            if not apart.any():
+                return
+            i, j, ri, rj = i[apart], j[apart], ri[apart], rj[apart]
+            np.minimum.at(self.parent, np.maximum(ri, rj), np.minimum(ri, rj))
+
+    def labels(self, block: int = 1 << 20) -> np.ndarray:
+        """Each node's root, the smallest node of its component (the parent array itself,
+        compressed in place a block at a time: a node's parent is smaller, so the blocks
+        before it already point at roots, and pointer jumping within the block ends)."""
+        parent = self.parent
+        for lo in range(0, len(parent), block):
+            part = parent[lo:lo + block]
+            while True:
+                up = parent[part]
+                if np.array_equal(up, part):
+                    break
+                part[:] = up
+        return parent
+
+
 def components(n: int, i: np.ndarray, j: np.ndarray, labels: np.ndarray | None = None, *,
                copy: bool = True) -> np.ndarray:
-    """Component label (the smallest node of its component) of each of n nodes, given edges.
-
-    Union-find by vectorised min-label hooking and pointer jumping. ``labels``: the result
-    of an earlier call over other edges of the same nodes, so edges can come in chunks
-    (the result equals one call over all of them); its integer type is kept (int32 halves
-    the memory of a large graph), and ``copy=False`` updates an integer ``labels`` in place
-    (the caller hands it over)."""
+    """Component label (the smallest node of its component) of each of n nodes, given
+    edges (:class:`UnionFind`). ``labels``: the result of an earlier call over other edges
+    of the same nodes, so edges can come in chunks (the result equals one call over all
+    of them); its integer type is kept, and ``copy=False`` updates an integer ``labels``
+    in place (the caller hands it over)."""
     if labels is None:
-        labels = np.arange(n, dtype=np.int64)
+        parent = None
     elif np.asarray(labels).dtype.kind in "iu":
-        labels = np.array(labels, copy=True) if copy else np.asarray(labels)
+        parent = np.array(labels, copy=True) if copy else np.asarray(labels)
     else:
-        labels = np.asarray(labels, np.int64).copy()
-    i, j = np.asarray(i, np.int64), np.asarray(j, np.int64)
-    while len(i):
-        li, lj = labels[i], labels[j]
-        differ = li != lj
-        if not differ.any():
-            break
-        i, j, li, lj = i[differ], j[differ], li[differ], lj[differ]
-        np.minimum.at(labels, np.maximum(li, lj), np.minimum(li, lj))
-        jumped = np.empty_like(labels)  # one buffer for the jumps: two arrays, not a new one each
-        while True:
-            np.take(labels, labels, out=jumped)
-            if np.array_equal(jumped, labels):
-                break
-            labels, jumped = jumped, labels
-    return labels
-
+        parent = np.asarray(labels, np.int64).copy()
+    forest = UnionFind(n, parent)
+    forest.union(i, j)
+    return forest.labels()
