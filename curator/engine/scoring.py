@@ -27,8 +27,7 @@ from __future__ import annotations
 
 import os
 import time
-import uuid
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
@@ -36,8 +35,7 @@ import pyarrow as pa
 from ..geometry.scores import IMAGE, TEXT, pair_scores, row_scores
 from ..geometry.sums import TableStats
 from ..store.arrow import groups, vectors
-from ..store.columns import SCAN_BATCH_ROWS, commit
-from ..store.database import STORAGE_VERSION
+from ..store.columns import SCAN_BATCH_ROWS, commit, replace_columns
 from .executor import LOCAL, executor
 from .fragments import Piece, pieces
 from .rows import TAKE_SHARE, iter_piece_rows, take_vectors
@@ -528,9 +526,6 @@ def write_score_file(dataset, metadata, offsets: np.ndarray, values: dict, versi
     fragment (rows at ``offsets`` get ``values`` and ``stats_version = version``; an
     existing fragment's other rows keep their stored values) and return the fragment's
     metadata with that file in place of the old score columns."""
-    import lance
-    from lance.file import LanceFileWriter
-
     n = metadata.physical_rows
     columns = {name: np.full(n, np.nan) for name in SCORE_COLUMNS if name != "stats_version"}
     version_col = np.full(n, -1, np.int64)
@@ -542,23 +537,8 @@ def write_score_file(dataset, metadata, offsets: np.ndarray, values: dict, versi
     arrays = [pa.array(columns[name].astype(kind.to_pandas_dtype()), kind,
                        mask=~np.isfinite(columns[name])) for name, kind in SCORE_FIELDS[:-1]]
     arrays.append(pa.array(version_col, pa.int64(), mask=version_col < 0))
-    relative = f"scores-{uuid.uuid4().hex}.lance"
-    path = f"{dataset.uri.rstrip('/')}/data/{relative}"
-    with LanceFileWriter(path, SCORE_SCHEMA, version=STORAGE_VERSION) as writer:
-        writer.write_batch(pa.table(arrays, schema=SCORE_SCHEMA))
-    new_file = lance.fragment.DataFile.create(dataset, relative)
-    replaced = set(new_file.fields)
-    files = []
-    for data_file in metadata.files:
-        fields = [(-2 if f in replaced else f) for f in data_file.fields]
-        if all(f == -2 for f in fields):
-            continue  # every column of this file is superseded
-        if fields != list(data_file.fields):
-            data_file = lance.fragment.DataFile(
-                data_file._path, fields, data_file.column_indices, data_file.file_major_version,
-                data_file.file_minor_version, data_file.file_size_bytes, data_file.base_id)
-        files.append(data_file)
-    return replace(metadata, files=files + [new_file])
+    metadata, _ = replace_columns(dataset, metadata, pa.table(arrays, schema=SCORE_SCHEMA), "scores")
+    return metadata
 
 
 def _stored(fragment, columns: dict, version_col: np.ndarray) -> None:
