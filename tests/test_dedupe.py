@@ -387,6 +387,46 @@ def test_one_modality_leaves_the_other(deduped_db):
 
 
 @pytest.mark.parametrize("streamed", [False, True])
+def test_one_modality_keeps_the_others_stored_marks_and_skips_deleted_rows(tmp_path, planted, monkeypatch,
+                                                                          streamed):
+    """Each fragment's marks are written as one file for all its physical rows: after a
+    dedupe of both modalities and a deletion, an image-only dedupe (another ε and
+    policy) leaves every caption's stored marks as they were, and its image marks equal
+    those of a table that never had its captions deduped (by id, deleted rows gone)."""
+    if streamed:
+        monkeypatch.setattr(dedupe_mod, "IN_MEMORY_ROWS", 0)
+    _, table, _ = planted
+    path = str(tmp_path / "src.parquet")
+    pq.write_table(table, path)
+    both, alone = str(tmp_path / "both.lancedb"), str(tmp_path / "alone.lancedb")
+    for db in (both, alone):
+        ingest([path], db=db)
+    dedupe(db=both, eps=EPS)
+
+    def marks(db):  # the two tables were written alike: the same row ids
+        _, t = rows_of(db)
+        return {i: (m, g, f) for i, m, g, f in zip(
+            t.column("id").to_pylist(), t.column("modality").to_pylist(),
+            t.column("dup_group").to_pylist(), t.column("is_duplicate").to_pylist())}
+
+    before = marks(both)
+    gone = [i for i in sorted(before)[::9]]
+    for db in (both, alone):
+        lance.dataset(f"{db}/embeddings.lance").delete(
+            "id IN (" + ", ".join("'" + i.replace("'", "''") + "'" for i in gone) + ")")
+        dedupe(db=db, eps=3 * EPS, keep="random", seed=2, modality="image")
+    after, fresh = marks(both), marks(alone)
+    assert set(after) == set(before) - set(gone) == set(fresh)
+    texts = [i for i in after if after[i][0] == "text"]
+    assert texts and all(after[i] == before[i] for i in texts)
+    assert sum(after[i][2] is True for i in texts) > 0  # the captions' own marks survived
+    images = [i for i in after if after[i][0] == "image"]
+    assert all(after[i] == fresh[i] for i in images)
+    assert sum(after[i][2] is True for i in images) > 0
+    assert all(fresh[i][2] is None for i in texts)
+
+
+@pytest.mark.parametrize("streamed", [False, True])
 def test_torch_device_finds_the_same_groups(deduped_db, monkeypatch, streamed):
     pytest.importorskip("torch")
     if streamed:
