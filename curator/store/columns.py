@@ -18,10 +18,44 @@ SCAN_BATCH_ROWS = 16_384
 def update_fragment(fragment, table: pa.Table):
     """New column files for ``table``'s columns (keyed by ``_rowid``) in one fragment.
 
-    Returns (fragment metadata, modified field ids); nothing is committed yet.
+    When ``table`` holds every live row of the fragment once (a pass that rewrites the
+    columns of whole fragments, the common case), its values are laid out by offset and
+    written as one file (:func:`replace_columns`, no join; deleted rows get nulls); else
+    Lance joins them on ``_rowid`` (``update_columns``). Returns (fragment metadata,
+    modified field ids); nothing is committed yet.
     """
+    laid_out = _by_offset(fragment, table)
+    if laid_out is not None:
+        return replace_columns(fragment._ds, fragment.metadata, laid_out)
     metadata, modified = fragment.update_columns(table, left_on="_rowid")
     return metadata, list(modified)
+
+
+def _by_offset(fragment, table: pa.Table) -> pa.Table | None:
+    """``table``'s columns (all but ``_rowid``) for every physical row of ``fragment`` in
+    offset order, cast to the dataset's types; None unless it covers each live row once
+    and every column is nullable (deleted rows are null)."""
+    import numpy as np
+
+    if table.num_rows == 0 or table.num_rows != fragment.count_rows():
+        return None
+    schema = fragment._ds.schema
+    names = [name for name in table.column_names if name != "_rowid"]
+    fields = [schema.field(name) for name in names]
+    if not all(f.nullable for f in fields):
+        return None
+    rowid = table.column("_rowid").to_numpy().astype(np.uint64)
+    offsets = (rowid & np.uint64(0xFFFFFFFF)).astype(np.int64)
+    n = fragment.metadata.physical_rows
+    if (rowid >> np.uint64(32) != np.uint64(fragment.fragment_id)).any() or offsets.max() >= n:
+        return None
+    at = np.full(n, -1, np.int64)
+    at[offsets] = np.arange(len(offsets))
+    if np.count_nonzero(at >= 0) != len(offsets):  # a row given twice
+        return None
+    take = pa.array(at, mask=at < 0)
+    return pa.table([table.column(name).take(take).cast(f.type) for name, f in zip(names, fields)],
+                    schema=pa.schema(fields))
 
 
 def replace_columns(dataset, metadata, table: pa.Table, prefix: str = "columns"):
