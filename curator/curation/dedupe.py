@@ -61,7 +61,7 @@ from ..geometry.neighbours import (
     threshold,
 )
 from ..store.arrow import vectors
-from ..store.columns import commit_updates, replace_columns
+from ..store.columns import commit_updates, update_fragment
 from ..store.database import Database, release_free_memory
 from ..store.versions import curation_step
 from .clusters import (
@@ -539,40 +539,25 @@ def _write(dataset, mods: list[str], groups: Groups, message: str, engine: str |
 
 
 def mark_fragment(fragment, mods: list[str], members, group, flagged):
-    """One fragment's part of :func:`_write` (a module-level function for Ray): one new
-    file with ``dup_group`` and ``is_duplicate`` for every physical row, in offset order.
-    Members of ``mods`` get their group and flag, the other rows of ``mods`` null and
-    false; rows of other modalities keep their stored values (deleted rows: null)."""
-    table = fragment.to_table(columns=["modality", "dup_group", "is_duplicate"], with_row_id=True)
+    """One fragment's part of :func:`_write` (a module-level function for Ray). When
+    ``mods`` covers every row of the fragment, :func:`update_fragment` writes one file
+    laid out by offset; otherwise Lance joins on ``_rowid`` and other rows keep theirs."""
+    table = fragment.to_table(columns=["modality"], with_row_id=True)
     mine = np.zeros(table.num_rows, bool)
     for m in mods:
         mine |= is_value(table.column("modality"), m)
     if not mine.any():
         return None, []
-    offsets = (table.column("_rowid").to_numpy() & np.uint64(0xFFFFFFFF)).astype(np.int64)
-    n = fragment.metadata.physical_rows
-    g, g_valid = np.zeros(n, np.int64), np.zeros(n, bool)
-    duplicate, duplicate_valid = np.zeros(n, bool), np.zeros(n, bool)
-    if not mine.all():
-        kept = offsets[~mine]
-        stored = table.column("dup_group").filter(pa.array(~mine))
-        g[kept] = stored.fill_null(0).to_numpy()
-        g_valid[kept] = stored.is_valid().to_numpy(zero_copy_only=False)
-        stored = table.column("is_duplicate").filter(pa.array(~mine))
-        duplicate[kept] = stored.fill_null(False).to_numpy(zero_copy_only=False)
-        duplicate_valid[kept] = stored.is_valid().to_numpy(zero_copy_only=False)
-    at_offsets = offsets[mine]
-    duplicate_valid[at_offsets] = True
-    duplicate[at_offsets] = False
+    rowid = table.column("_rowid").to_numpy()[mine].astype(np.int64)
+    hit = np.zeros(len(rowid), bool)
+    g = np.full(len(rowid), -1, np.int64)
+    duplicate = np.zeros(len(rowid), bool)
     if len(members):
-        rowid = (np.int64(fragment.fragment_id) << 32) | at_offsets
         at = np.minimum(np.searchsorted(members, rowid), len(members) - 1)
         hit = members[at] == rowid
-        g[at_offsets[hit]] = group[at[hit]]
-        g_valid[at_offsets[hit]] = True
-        duplicate[at_offsets[hit]] = flagged[at[hit]]
-    del table
-    schema = fragment._ds.schema
-    out = pa.table([pa.array(g, pa.int64(), mask=~g_valid), pa.array(duplicate, pa.bool_(), mask=~duplicate_valid)],
-                   schema=pa.schema([schema.field("dup_group"), schema.field("is_duplicate")]))
-    return replace_columns(fragment._ds, fragment.metadata, out, "dedupe")
+        g[hit] = group[at[hit]]
+        duplicate[hit] = flagged[at[hit]]
+    out = pa.table({"_rowid": pa.array(rowid, pa.uint64()),
+                    "dup_group": pa.array(g, pa.int64(), mask=~hit),
+                    "is_duplicate": pa.array(duplicate, pa.bool_())})
+    return update_fragment(fragment, out)
