@@ -130,6 +130,75 @@ def test_clip_retrieval_layout_float16(tmp_path, db):
     assert t["embedding"] and read_table(db).schema.field("embedding").type == pa.list_(pa.float32(), 8)
 
 
+def _clip_folder(root, img, txt, keys=None):
+    for sub in ("img_emb", "text_emb"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    np.save(root / "img_emb" / "img_emb_0.npy", img)
+    np.save(root / "text_emb" / "text_emb_0.npy", txt)
+    if keys is not None:
+        (root / "metadata").mkdir(exist_ok=True)
+        pq.write_table(pa.table(keys), root / "metadata" / "metadata_0.parquet")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_clip_retrieval_batches_hold_each_lines_image_then_caption(tmp_path, monkeypatch, dtype):
+    """Vectors are read straight into one matrix per batch (images, then captions) — the
+    batches must equal the files' lines, with repeated image lines (one image, several
+    captions) read once, across batch boundaries too."""
+    import curator.io.sources as sources
+
+    monkeypatch.setattr(sources, "BATCH_ROWS", 8)  # 4 lines a batch: 3 batches for 11 lines
+    rng = np.random.default_rng(11)
+    n = 11
+    img, txt = rng.normal(size=(n, 6)).astype(dtype), rng.normal(size=(n, 6)).astype(dtype)
+    image_ids = [f"i{k}" for k in range(n)]
+    for dup in (2, 4, 5):  # lines 2 (in batch), 4 (first of batch 2) and 5 repeat an image
+        image_ids[dup], img[dup] = image_ids[dup - 1], img[dup - 1]
+    _clip_folder(tmp_path / "cr", img, txt, {"image_id": image_ids, "text_id": [f"t{k}" for k in range(n)],
+                                             "key": [f"s{k}" for k in range(n)]})
+    [source] = sources.open_sources([str(tmp_path / "cr")], sources.ColumnOptions())
+    batches = list(source.batches())
+    assert len(batches) == 3
+    got_ids, got_vectors = [], []
+    for batch in batches:
+        modality = batch.column("modality").to_pylist()
+        assert modality == sorted(modality)  # images first, then captions
+        got_ids += batch.column("id").to_pylist()
+        got_vectors.append(np.stack(batch.column("embedding").to_numpy(zero_copy_only=False)))
+    expected_ids, expected = [], []
+    for a in range(0, n, 4):
+        lines = range(a, min(a + 4, n))
+        kept = [k for k in lines if k == 0 or image_ids[k] != image_ids[k - 1]]
+        expected_ids += [image_ids[k] for k in kept] + [f"t{k}" for k in lines]
+        expected.append(np.concatenate([img[kept], txt[list(lines)]]).astype(np.float32))
+    assert got_ids == expected_ids
+    for got, want in zip(got_vectors, expected):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_clip_retrieval_image_and_text_dimensions_must_agree(tmp_path, db):
+    _clip_folder(tmp_path / "cr", np.ones((3, 4), np.float32), np.ones((3, 5), np.float32))
+    with pytest.raises(BadInput, match="4-dimensional image and 5-dimensional text"):
+        ingest([str(tmp_path / "cr")], db=db)
+    assert not Database(db).has_table("embeddings")
+
+
+def test_row_dots_against_einsum_of_copies():
+    from curator.io.ingest import _row_dots
+
+    rng = np.random.default_rng(4)
+    X = rng.normal(size=(10_000, 16)).astype(np.float32)
+    cases = [(np.arange(5_000, 10_000), np.arange(5_000)),           # clip-retrieval: runs
+             (np.arange(5_000, 10_000), rng.permutation(5_000)),      # scattered partners
+             (np.sort(rng.choice(10_000, 4_500, replace=False)), rng.integers(0, 10_000, 4_500)),
+             (np.array([], np.int64), np.array([], np.int64))]
+    for rows, partners in cases:
+        oracle = (X[rows].astype(np.float64) * X[partners].astype(np.float64)).sum(axis=1)
+        got = _row_dots(X, rows, partners)
+        assert got.shape == (len(rows),)
+        np.testing.assert_allclose(got, oracle, rtol=1e-5, atol=1e-4)
+
+
 def test_real_raw_clip_norms_are_kept(tmp_path, db, numpyclip_raw):
     image, text = numpyclip_raw
     np.save(tmp_path / "image.npy", image.astype(np.float32))

@@ -104,6 +104,11 @@ def _torch():
     return torch
 
 
+# Rows per block of the numpy kernels' products: a 512-wide block is 8 MB, reused by the
+# allocator from block to block (a whole batch's centred copy was 128 MB of fresh pages).
+BLOCK_ROWS = 4096
+
+
 class Backend:
     """The four kernels; subclasses say where they run. ``device`` is the resolved name."""
 
@@ -125,14 +130,24 @@ class NumpyBackend(Backend):
     device = "cpu"
 
     def second_moment(self, X: np.ndarray, shift: np.ndarray) -> np.ndarray:
-        """Σ (x−c)(x−c)ᵀ over the rows of X (n, d), float64 (d, d); one float32 GEMM."""
-        centered = np.asarray(X, np.float32) - np.asarray(shift, np.float32)
-        return (centered.T @ centered).astype(np.float64)
+        """Σ (x−c)(x−c)ᵀ over the rows of X (n, d), float64 (d, d): float32 products
+        (BLAS's syrk: numpy sees Zᵀ Z) of ``BLOCK_ROWS``-row blocks, summed in float64."""
+        X, c = np.asarray(X, np.float32), np.asarray(shift, np.float32)
+        Q = np.zeros((X.shape[1], X.shape[1]))
+        for a in range(0, len(X), BLOCK_ROWS):
+            Z = X[a:a + BLOCK_ROWS] - c
+            Q += Z.T @ Z
+        return Q
 
     def whitened_sq_norms(self, X: np.ndarray, mean: np.ndarray, W: np.ndarray) -> np.ndarray:
-        """‖(x−m) W‖² of each row of X (n, d), float64 (n,); W is (d, d′)."""
-        Y = (np.asarray(X, np.float32) - np.asarray(mean, np.float32)) @ np.asarray(W, np.float32)
-        return np.einsum("ij,ij->i", Y, Y, dtype=np.float64)
+        """‖(x−m) W‖² of each row of X (n, d), float64 (n,); W is (d, d′). Blocks of
+        ``BLOCK_ROWS`` rows: the centred copy and the product stay a few MB."""
+        X, m, W = np.asarray(X, np.float32), np.asarray(mean, np.float32), np.asarray(W, np.float32)
+        out = np.empty(len(X))
+        for a in range(0, len(X), BLOCK_ROWS):
+            Y = (X[a:a + BLOCK_ROWS] - m) @ W
+            out[a:a + len(Y)] = np.einsum("ij,ij->i", Y, Y, dtype=np.float64)
+        return out
 
     def top_centroids(self, U: np.ndarray, C: np.ndarray, p: int = 1, *, unit: bool = True
                       ) -> tuple[np.ndarray, np.ndarray]:

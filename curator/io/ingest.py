@@ -43,6 +43,7 @@ import pyarrow.compute as pc
 from .. import progress as progress_mod
 from ..curation.clusters import assign_new_rows
 from ..engine.fragments import scan
+from ..engine.prefetch import prefetched
 from ..engine.rows import take_vectors
 from ..engine.scoring import NEW_BASE, Scoring
 from ..engine.spill import connect, scan_probes, scratch
@@ -230,9 +231,11 @@ class _Ingest:
                 check_compatible(f.name, kind, held.type)
 
     def _validated(self) -> Iterator[tuple[pa.RecordBatch, np.ndarray]]:
-        """Source batches without skipped ids, validated; with their float64 norms."""
+        """Source batches without skipped ids, validated; with their float64 norms. Each
+        source is read a batch ahead in a thread (:func:`prefetched`): the read overlaps
+        the products on the batch before."""
         for source in self.sources:
-            for batch in source.batches():
+            for batch in prefetched(source.batches()):
                 if self.skip_set is not None:
                     batch = batch.filter(pc.invert(pc.is_in(batch.column("id"), value_set=self.skip_set)))
                 if batch.num_rows:
@@ -432,7 +435,9 @@ class _Ingest:
 # -- helpers ------------------------------------------------------------------------
 
 def _write_fragments(stream, uri: str, schema: pa.Schema) -> list:
-    """Lance's writer over the shaped ``stream`` (batches): uncommitted fragments. A
+    """Lance's writer over the shaped ``stream`` (batches): uncommitted fragments. The
+    stream runs a batch ahead in a thread of its own (:func:`prefetched`), so reading and
+    scoring the next batch overlaps Lance's encoding and writing of this one. A
     :class:`CuratorError` raised in the stream comes back as itself (Lance's writer would
     report it wrapped in a LanceError)."""
     from lance.fragment import write_fragments
@@ -441,7 +446,7 @@ def _write_fragments(stream, uri: str, schema: pa.Schema) -> list:
 
     def guarded():
         try:
-            yield from stream
+            yield from prefetched(stream)
         except CuratorError as exc:
             raised.append(exc)
             raise
@@ -522,9 +527,23 @@ def _pair_dots(batch: pa.RecordBatch, X: np.ndarray, positions: np.ndarray
     texts = np.flatnonzero(is_text & (codes >= 0))
     partner = image_at[codes[texts]]
     texts, partner = texts[partner >= 0], partner[partner >= 0]
-    dots[texts] = np.einsum("ij,ij->i", X[texts], X[partner])  # float32: rel. error ~2e-7
+    dots[texts] = _row_dots(X, texts, partner)
     with_[texts] = NEW_BASE + positions[partner]
     return dots, with_
+
+
+def _row_dots(X: np.ndarray, rows: np.ndarray, partners: np.ndarray) -> np.ndarray:
+    """⟨X[rows[i]], X[partners[i]]⟩ (float32: rel. error ~2e-7). Runs of consecutive rows
+    (clip-retrieval's lines: captions after their images) are read in place, others
+    copied a block at a time."""
+    out = np.empty(len(rows), np.float32)
+    step = 4096
+    for a in range(0, len(rows), step):
+        r, p = rows[a:a + step], partners[a:a + step]
+        left = X[r[0]:r[0] + len(r)] if (np.diff(r) == 1).all() else X[r]
+        right = X[p[0]:p[0] + len(p)] if (np.diff(p) == 1).all() else X[p]
+        out[a:a + len(r)] = np.einsum("ij,ij->i", left, right)
+    return out
 
 
 def _touched_samples(scoring: Scoring, replaced: pa.Table) -> pa.Array:

@@ -226,6 +226,21 @@ class NpyRows:
             data = os.pread(fh.fileno(), count * self.row_bytes, self.offset + start * self.row_bytes)
         return np.frombuffer(data, dtype=self.dtype).reshape((count,) + self.shape[1:])
 
+    def read_into(self, start: int, out: np.ndarray) -> None:
+        """Rows ``start`` … ``start + len(out)`` into ``out`` (C-ordered, this file's row
+        shape): read straight into it when the dtypes match, else read and cast."""
+        if out.dtype != self.dtype:
+            out[...] = self[start:start + len(out)]
+            return
+        view = memoryview(out.reshape(-1).view(np.uint8))
+        with open(self.path, "rb") as fh:
+            done = 0
+            while done < len(view):
+                got = os.preadv(fh.fileno(), [view[done:]], self.offset + start * self.row_bytes + done)
+                if got <= 0:
+                    raise BadInput(f"{self.path}: file ended while reading rows")
+                done += got
+
 
 def _load_npy(path: str) -> NpyRows:
     try:
@@ -387,6 +402,10 @@ def _clip_retrieval(source: Source, ids_only: bool) -> Iterator[pa.RecordBatch]:
         img = _load_npy(images[key]) if key in images else None
         txt = _load_npy(texts[key]) if key in texts else None
         n = len(img) if img is not None else len(txt)
+        dim = img.shape[1] if img is not None else txt.shape[1]
+        if img is not None and txt is not None and txt.shape[1] != dim:
+            raise BadInput(f"{root}: shard {key} has {dim}-dimensional image and "
+                           f"{txt.shape[1]}-dimensional text vectors")
         if img is not None and txt is not None and len(txt) != n:
             raise BadInput(f"{root}: shard {key} has {n} image and {len(txt)} text vectors")
         meta = None
@@ -404,26 +423,35 @@ def _clip_retrieval(source: Source, ids_only: bool) -> Iterator[pa.RecordBatch]:
             samples = _meta_column(part, ("sample_id", "key"))
             if samples is None:
                 samples = pa.array([f"{key}:{i}" for i in range(start, stop)], pa.string())
-            lines = []
-            for modality, matrix in (("image", img), ("text", txt)):
-                if matrix is None:
-                    continue
+            # The image and text rows of these lines in one batch, so each pair meets in
+            # it (ingest takes their dot there); metadata one modality lacks is null. The
+            # vectors of both are read into one matrix, images first: no stacking copy.
+            count = stop - start
+            shards = [(m, x) for m, x in (("image", img), ("text", txt)) if x is not None]
+            stacked = None if ids_only else np.empty((len(shards) * count, dim), np.float32)
+            lines, kept = [], []
+            for i, (modality, matrix) in enumerate(shards):
                 ids = _meta_column(part, (f"{modality}_id",))
                 if ids is None:
                     ids = pc.binary_join_element_wise(samples, pa.scalar(modality), ":")
                 columns = {"id": ids, "sample_id": samples,
-                           "modality": pa.array([modality] * (stop - start), pa.string())}
-                block = None if ids_only else np.asarray(matrix[start:stop], dtype=np.float32)
-                repeat = _repeated_lines(ids, block, previous, modality, f"{root}: shard {key}", start)
+                           "modality": pa.array([modality] * count, pa.string())}
+                block = None
                 if not ids_only:
-                    columns["embedding"] = fixed_list(block)
-                    if part is not None:
-                        columns.update(_line_metadata(part, modality, columns))
+                    block = stacked[i * count:(i + 1) * count]
+                    matrix.read_into(start, block)
+                repeat = _repeated_lines(ids, block, previous, modality, f"{root}: shard {key}", start)
+                if not ids_only and part is not None:
+                    columns.update(_line_metadata(part, modality, columns))
                 batch = pa.RecordBatch.from_pydict(columns)
                 lines.append(batch.filter(pa.array(~repeat)) if repeat.any() else batch)
-            # The image and text rows of these lines in one batch, so each pair meets in
-            # it (ingest takes their dot there); metadata one modality lacks is null.
-            yield _stack(lines)
+                kept.append(~repeat)
+            batch = _stack(lines)
+            if not ids_only:
+                if not all(k.all() for k in kept):
+                    stacked = stacked[np.concatenate(kept)]
+                batch = batch.add_column(3, "embedding", fixed_list(stacked))
+            yield batch
 
 
 def _stack(batches: list[pa.RecordBatch]) -> pa.RecordBatch:

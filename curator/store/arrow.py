@@ -26,8 +26,10 @@ def fixed_list(matrix: np.ndarray) -> pa.FixedSizeListArray:
     return pa.FixedSizeListArray.from_arrays(pa.array(matrix.reshape(-1)), matrix.shape[1])
 
 
-def groups(column: pa.Array | pa.ChunkedArray) -> list[tuple[str, np.ndarray | None]]:
-    """Split row positions by a string column: [(value, bool mask or None = every row)]."""
+def groups(column: pa.Array | pa.ChunkedArray) -> list[tuple[str, slice | np.ndarray | None]]:
+    """Split row positions by a string column: [(value, selector)], the selector None for
+    every row, a slice when the value's rows are one run (no copy when indexing with it),
+    else a bool mask."""
     if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks()
     encoded = column.dictionary_encode()
@@ -35,5 +37,10 @@ def groups(column: pa.Array | pa.ChunkedArray) -> list[tuple[str, np.ndarray | N
     names = encoded.dictionary.to_pylist()
     if len(names) == 1:
         return [(str(names[0]), None)]
-    return [(str(name), codes == k) for k, name in enumerate(names)]
-
+    out = []
+    for k, name in enumerate(names):
+        mask = codes == k
+        first = int(mask.argmax())
+        last = len(mask) - int(mask[::-1].argmax())
+        out.append((str(name), slice(first, last) if mask[first:last].all() else mask))
+    return out
