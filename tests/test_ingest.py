@@ -184,7 +184,7 @@ def test_clip_retrieval_image_and_text_dimensions_must_agree(tmp_path, db):
 
 
 def test_row_dots_against_einsum_of_copies():
-    from curator.io.ingest import _row_dots
+    from curator.io.batch_pairs import row_dots
 
     rng = np.random.default_rng(4)
     X = rng.normal(size=(10_000, 16)).astype(np.float32)
@@ -194,7 +194,7 @@ def test_row_dots_against_einsum_of_copies():
              (np.array([], np.int64), np.array([], np.int64))]
     for rows, partners in cases:
         oracle = (X[rows].astype(np.float64) * X[partners].astype(np.float64)).sum(axis=1)
-        got = _row_dots(X, rows, partners)
+        got = row_dots(X, rows, partners)
         assert got.shape == (len(rows),)
         np.testing.assert_allclose(got, oracle, rtol=1e-5, atol=1e-4)
 

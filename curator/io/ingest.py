@@ -68,6 +68,7 @@ from ..store.schema import (
     dataset_schema,
 )
 from ..store.statistics import StatsStore
+from .batch_pairs import pair_dots
 from .sources import ColumnOptions, Source, open_sources
 
 ON_DUPLICATE = ("error", "skip", "replace")
@@ -305,7 +306,7 @@ class _Ingest:
                         _accumulate(written, batch, norms, second_moment=False)
                         out = _shape(batch, schema, norms)
                         positions = position + np.arange(batch.num_rows)
-                        pair_dot, dot_with = _pair_dots(batch, X, positions)
+                        pair_dot, dot_with = pair_dots(batch, X, NEW_BASE + positions)
                         scoring.add_new(positions, out, X, norms, pair_dot, dot_with,
                                         keep_vectors=keep[positions])
                         position += batch.num_rows
@@ -505,45 +506,6 @@ def _check_unchanged(written: TableStats, counted: TableStats) -> None:
         if a.n != b.n or not np.allclose(a.S, b.S, rtol=1e-9, atol=1e-9):
             raise BadInput("the source changed between reading its statistics and writing its "
                            "rows; nothing was written")
-
-
-def _pair_dots(batch: pa.RecordBatch, X: np.ndarray, positions: np.ndarray
-               ) -> tuple[np.ndarray, np.ndarray]:
-    """⟨x_img, x_txt⟩ for captions whose sample's first image of the batch is in it, and
-    the key of that image (−1 where none)."""
-    n = batch.num_rows
-    dots = np.full(n, np.nan)
-    with_ = np.full(n, -1, np.int64)
-    sample = batch.column("sample_id")
-    if sample.null_count == n:
-        return dots, with_
-    codes = pc.fill_null(sample.dictionary_encode().indices, -1).to_numpy(zero_copy_only=False)
-    modality = batch.column("modality")
-    is_image = pc.equal(modality, "image").to_numpy(zero_copy_only=False)
-    is_text = pc.equal(modality, "text").to_numpy(zero_copy_only=False)
-    image_at = np.full(codes.max() + 2, -1, np.int64)
-    images = np.flatnonzero(is_image & (codes >= 0))[::-1]  # reversed: the first image wins
-    image_at[codes[images]] = images
-    texts = np.flatnonzero(is_text & (codes >= 0))
-    partner = image_at[codes[texts]]
-    texts, partner = texts[partner >= 0], partner[partner >= 0]
-    dots[texts] = _row_dots(X, texts, partner)
-    with_[texts] = NEW_BASE + positions[partner]
-    return dots, with_
-
-
-def _row_dots(X: np.ndarray, rows: np.ndarray, partners: np.ndarray) -> np.ndarray:
-    """⟨X[rows[i]], X[partners[i]]⟩ (float32: rel. error ~2e-7). Runs of consecutive rows
-    (clip-retrieval's lines: captions after their images) are read in place, others
-    copied a block at a time."""
-    out = np.empty(len(rows), np.float32)
-    step = 4096
-    for a in range(0, len(rows), step):
-        r, p = rows[a:a + step], partners[a:a + step]
-        left = X[r[0]:r[0] + len(r)] if (np.diff(r) == 1).all() else X[r]
-        right = X[p[0]:p[0] + len(p)] if (np.diff(p) == 1).all() else X[p]
-        out[a:a + len(r)] = np.einsum("ij,ij->i", left, right)
-    return out
 
 
 def _touched_samples(scoring: Scoring, replaced: pa.Table) -> pa.Array:
