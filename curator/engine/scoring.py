@@ -303,28 +303,33 @@ class Scoring:
                 self.stats.modalities[m].add_conformity(values, sign=-1)
         reader = con.sql("SELECT modality, conformity, old_conformity FROM spill").to_arrow_reader(1 << 17)
         for batch in reader:
-            modality = batch.column(0).to_numpy(zero_copy_only=False)
             # At the stored precision (float32): the sketch is the histogram of the stored
             # column, so a rebuild from the table finds the same counts in the same bins.
             new = batch.column(1).to_numpy(zero_copy_only=False).astype(np.float32).astype(np.float64)
             old = batch.column(2).to_numpy(zero_copy_only=False).astype(np.float64)
-            for m in np.unique(modality):
-                s = self.stats.modalities.get(str(m))
+            for m, rows in groups(batch.column(0)):
+                s = self.stats.modalities.get(m)
                 if s is None:
                     continue
-                rows = modality == m
+                rows = slice(None) if rows is None else rows
                 s.add_conformity(old[rows], sign=-1)
                 s.add_conformity(new[rows], sign=1)
         for s in self.stats.modalities.values():
             np.maximum(s.hist, 0, out=s.hist)
 
-    def _uncertainty(self, modality: np.ndarray, conformity: np.ndarray) -> np.ndarray:
+    def _uncertainty(self, modality: pa.Array | str, conformity: np.ndarray) -> np.ndarray:
+        """The sketch's CDF at each conformity, by the row's modality (a column, or one
+        name for every row); NaN where the conformity or the modality's sketch is missing."""
         out = np.full(len(conformity), np.nan)
-        for m in np.unique(modality):
-            s = self.stats.modalities.get(str(m))
-            rows = (modality == m) & np.isfinite(conformity)
-            if s is not None and rows.any():
-                out[rows] = s.cdf(conformity[rows])
+        for m, rows in [(modality, None)] if isinstance(modality, str) else groups(modality):
+            s = self.stats.modalities.get(m)
+            if s is None:
+                continue
+            scored = np.isfinite(conformity)
+            if rows is not None:
+                scored[~_mask(rows, len(conformity))] = False
+            if scored.any():
+                out[scored] = s.cdf(conformity[scored])
         return out
 
     def _pairs(self, con, pairs: ScalarSpill) -> None:
@@ -365,8 +370,8 @@ class Scoring:
                 dot[redo] = self._dots(text_key[redo], image_key[redo])
             f = {k: col[k].to_numpy(zero_copy_only=False).astype(np.float64)
                  for k in ("nt", "t_di", "t_dt", "ct", "ni", "i_di", "i_dt", "ci")}
-            unc_t = self._uncertainty(np.full(len(dot), TEXT), f["ct"])
-            unc_i = self._uncertainty(np.full(len(dot), IMAGE), f["ci"])
+            unc_t = self._uncertainty(TEXT, f["ct"])
+            unc_i = self._uncertainty(IMAGE, f["ci"])
             scores = pair_scores(dot, f["ni"], f["nt"], f["i_di"], f["i_dt"], f["t_di"], f["t_dt"],
                                  m_i, m_t, unc_i, unc_t)
             pairs.add(pa.table([pa.array(text_key), pa.array(image_key), _f64(dot),
@@ -409,11 +414,10 @@ class Scoring:
         def stream():  # each fragment's write job as soon as its last row is assembled
             for batch in con.sql(query).to_arrow_reader(1 << 16):
                 keys = batch.column("key").to_numpy()
-                modality = batch.column("modality").to_numpy(zero_copy_only=False)
                 values = {name: batch.column(name).to_numpy(zero_copy_only=False).astype(np.float64)
                           for name in ("conformity", "conformity_est", "loglik", "pair_dot",
                                        "alignment", "alignment_centered", "conformity_mismatch")}
-                values["uncertainty"] = self._uncertainty(modality, values["conformity"])
+                values["uncertainty"] = self._uncertainty(batch.column("modality"), values["conformity"])
                 outcome.rows += len(keys)
                 yield from jobs.add(keys, values)
             yield from jobs.finish()
@@ -426,6 +430,15 @@ class Scoring:
             else:
                 outcome.updated.append(metadata)
         return outcome
+
+
+def _mask(rows: slice | np.ndarray, n: int) -> np.ndarray:
+    """A :func:`groups` selector as a bool mask of n rows."""
+    if isinstance(rows, slice):
+        mask = np.zeros(n, bool)
+        mask[rows] = True
+        return mask
+    return rows
 
 
 def _f64(values) -> pa.Array:
