@@ -16,7 +16,9 @@ Sources are files, so they can be read more than once:
 2. the write pass: the rows are shaped to the table's schema and handed to Lance's
    writer as uncommitted fragments while their scores at the new version are computed
    (:class:`curator.engine.scoring.Scoring`: conformity, estimator, loglik, dots with the
-   means, in-batch pair dots), so reading, math and writing overlap;
+   means, in-batch pair dots). Reading, math and writing overlap: the source is read a
+   batch ahead, and the next batch is scored while Lance writes this one
+   (:func:`curator.engine.prefetch.prefetched`, a thread each);
 3. the scoring's global step (sketch, pairs, assembly) writes one score file per new
    fragment and per existing fragment whose rows it rescored (image and text rows of
    the samples the new rows join, rows of a modality that fell below two rows); replaced
