@@ -98,3 +98,23 @@ def test_bound_formula_is_zero_for_same_version_and_infinite_for_unknown():
     entry = HistoryEntry(1, "image", s.n, s.S.copy(), s.U.copy())
     assert staleness_bound(entry, s) == 0.0
     assert staleness_bound(None, s) == float("inf")
+
+
+def test_record_cells_equal_to_pydict_with_nulls_and_slices():
+    """The statistics records are read cell by cell as numpy arrays (store/statistics
+    ``_cells``): equal to pyarrow's own ``to_pydict``, for null list cells and for a
+    chunked, sliced table whose list offsets do not start at 0."""
+    import pyarrow as pa
+
+    from curator.store.statistics import _cells
+
+    lists = pa.array([[1.0, 2.0], None, [], [3.5, 4.5, 5.5]], pa.list_(pa.float64()))
+    table = pa.table({"modality": ["a", "b", "c", "d"], "n": [1, 2, 3, 4], "S": lists})
+    chunked = pa.concat_tables([table, table]).slice(3, 4)
+    for t in (table, chunked, table.slice(2, 2)):
+        got, want = _cells(t), t.to_pydict()
+        assert got["modality"] == want["modality"] and got["n"] == want["n"]
+        assert [None if c is None else c.tolist() for c in got["S"]] == want["S"]
+        cell = next(c for c in got["S"] if c is not None and len(c))
+        cell += 1  # its own writable copy (the statistics add into it)
+    assert _cells(table)["S"][0].tolist() == [1.0, 2.0]

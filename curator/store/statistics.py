@@ -44,8 +44,8 @@ class StatsStore:
         """Every (version, modality) the history holds, with its snapshot where kept."""
         if not self.db.has_table(self.history_name):
             return {}
-        cols = self.db.dataset(self.history_name).to_table(
-            columns=["stats_version", "modality", "n", "S", "U"]).to_pydict()
+        cols = _cells(self.db.dataset(self.history_name).to_table(
+            columns=["stats_version", "modality", "n", "S", "U"]))
         out = {}
         for i in range(len(cols["n"])):
             e = HistoryEntry(int(cols["stats_version"][i]), cols["modality"][i], int(cols["n"][i]),
@@ -97,7 +97,7 @@ class StatsStore:
     def snapshots(self) -> dict[tuple[int, str], ModalityStats]:
         if not self.db.has_table(self.snapshot_name):
             return {}
-        t = self.db.dataset(self.snapshot_name).to_table().to_pydict()
+        t = _cells(self.db.dataset(self.snapshot_name).to_table())
         out = {}
         for i, m in enumerate(t["modality"]):
             out[(int(t["stats_version"][i]), m)] = _modality(t, i, sparse_sketch=True)
@@ -137,13 +137,31 @@ class StatsStore:
         """The stored current record, or None when there is none."""
         if not self.db.has_table(self.current_name):
             return None
-        t = self.db.dataset(self.current_name).to_table().to_pydict()
+        t = _cells(self.db.dataset(self.current_name).to_table())
         if not t["modality"]:
             return None
         stats = TableStats(int(t["dim"][0]), int(t["stats_version"][0]), int(t["table_version"][0]))
         for i, m in enumerate(t["modality"]):
             stats.modalities[m] = _modality(t, i, sparse_sketch=False)
         return stats
+
+
+def _cells(table: pa.Table) -> dict[str, list]:
+    """Like ``to_pydict``, but each list cell (S, U, Q, the whitening, the sketch: up to
+    d² values) comes back as its own numpy array (None where null), not a Python list:
+    a 512-d snapshot holds two 262,144-value cells."""
+    out = {}
+    for name in table.column_names:
+        column = table.column(name).combine_chunks()
+        if not pa.types.is_list(column.type) and not pa.types.is_large_list(column.type):
+            out[name] = column.to_pylist()
+            continue
+        offsets = column.offsets.to_numpy()
+        values = column.values.to_numpy(zero_copy_only=False)
+        valid = column.is_valid().to_numpy(zero_copy_only=False)
+        out[name] = [np.array(values[offsets[i]:offsets[i + 1]]) if valid[i] else None
+                     for i in range(len(column))]
+    return out
 
 
 def _record(stats: TableStats, sparse_sketch: bool) -> pa.Table:
