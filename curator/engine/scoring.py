@@ -325,11 +325,13 @@ class Scoring:
             s = self.stats.modalities.get(m)
             if s is None:
                 continue
-            scored = np.isfinite(conformity)
-            if rows is not None:
-                scored[~_mask(rows, len(conformity))] = False
+            sel = slice(None) if rows is None else rows
+            values = conformity[sel]
+            unc = np.full(len(values), np.nan)
+            scored = np.isfinite(values)
             if scored.any():
-                out[scored] = s.cdf(conformity[scored])
+                unc[scored] = s.cdf(values[scored])
+            out[sel] = unc
         return out
 
     def _pairs(self, con, pairs: ScalarSpill) -> None:
@@ -430,15 +432,6 @@ class Scoring:
             else:
                 outcome.updated.append(metadata)
         return outcome
-
-
-def _mask(rows: slice | np.ndarray, n: int) -> np.ndarray:
-    """A :func:`groups` selector as a bool mask of n rows."""
-    if isinstance(rows, slice):
-        mask = np.zeros(n, bool)
-        mask[rows] = True
-        return mask
-    return rows
 
 
 def _f64(values) -> pa.Array:
