@@ -68,3 +68,18 @@ def test_help_imports_nothing_heavy():
             "'matplotlib', 'polars', 'ray', 'curator.api') if m in sys.modules]; print(heavy)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("given, expected", [(None, "16"), ("20", "20")])
+def test_openblas_idle_threads_sleep_soon_unless_the_user_chose(given, expected):
+    """Importing curator before numpy sets OpenBLAS's idle-thread timeout (2^16 cycles),
+    and keeps a value the user set."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"}
+    if given is not None:
+        env["OPENBLAS_THREAD_TIMEOUT"] = given
+    code = "import os, curator, numpy; print(os.environ['OPENBLAS_THREAD_TIMEOUT'])"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True).stdout.strip()
+    assert out == expected

@@ -55,6 +55,8 @@ def test_captions_arriving_later_rescore_their_images_whole(tmp_path, db):
                             [f"s{k}" for k in range(10)], ["text"] * 10, texts)], db=db)
     after = _rows(db)
     assert result.commits == 1 and result.rescored == 10  # the ten images of those samples
+    # the write pass and the score files are timed apart (one key overwrote the other)
+    assert {"statistics", "write pass", "write", "commit"} <= set(result.phases)
     for row_id, old in before.items():
         new = after[row_id]
         changed = [c for c in SCORES if not _same(old[c], new[c])]

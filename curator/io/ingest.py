@@ -319,7 +319,7 @@ class _Ingest:
 
             clock = time.perf_counter()
             fragments = _write_fragments(shaped(), self.database.table_uri(self.table), schema)
-            self.phases["write"] = time.perf_counter() - clock
+            self.phases["write pass"] = time.perf_counter() - clock
             _check_unchanged(written, batch_stats)
             if self.dataset is None:  # a new table: an empty version 1, then this commit
                 self.dataset = lance.write_dataset(schema.empty_table(), self.database.table_uri(self.table),
