@@ -30,8 +30,9 @@ import os as _os
 _os.environ.setdefault("LANCE_LOG", "error")
 # OpenBLAS's idle threads spin for 2^28 cycles (~0.1 s) after every product before they
 # sleep. curator's passes interleave BLAS with Lance's and the reader's threads on the
-# same cores, and the spinning starved them (figures: README, "Performance"). 2^16 cycles
-# here; only in effect when numpy is imported after curator; a value the user set is kept.
+# same cores, where the spinning burns CPU they need (README, "Performance": wall-clock
+# times within noise of the old default in scripts/bench_scores.py). 2^16 cycles here;
+# only in effect when numpy is imported after curator; a value the user set is kept.
 _os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "16")
 
 __version__ = "0.1.0"
