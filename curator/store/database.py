@@ -30,6 +30,10 @@ HIDDEN_PREFIX = "_curator_"
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,127}$")
 
 _allocator_tuned = False
+# mallopt takes a C int: ctypes masks a larger Python int to its low 32 bits, and
+# 1 << 36 became 0, a trim threshold that returned the heap's top to the kernel at
+# every free (the next batch then page-faulted it back in, zeroed).
+_INT_MAX = 2**31 - 1
 
 
 def tune_allocator() -> bool:
@@ -48,7 +52,7 @@ def tune_allocator() -> bool:
         return False
     libc.mallopt(-8, 1)  # M_ARENA_MAX
     libc.mallopt(-4, 0)  # M_MMAP_MAX
-    libc.mallopt(-1, 1 << 36)  # M_TRIM_THRESHOLD
+    libc.mallopt(-1, _INT_MAX)  # M_TRIM_THRESHOLD: 2 GiB of free heap top before a trim
     _allocator_tuned = True
     return True
 
