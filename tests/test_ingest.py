@@ -401,3 +401,44 @@ def test_db_path_rule(tmp_path, monkeypatch):
     assert os.path.isdir(tmp_path / "env.lancedb" / "embeddings.lance")
     assert CliRunner().invoke(cli, ["--db", str(tmp_path / "flag.lancedb"), "ingest", path]).exit_code == 0
     assert os.path.isdir(tmp_path / "flag.lancedb" / "embeddings.lance")
+
+
+@pytest.mark.parametrize("scale, message", [(1e20, "norm outside"), (1e15, "norm outside"),
+                                            (1e-20, "norm outside"), (0.0, "zero vectors")])
+def test_norm_errors_name_the_cause_even_where_float32_squares_overflow(tmp_path, db, scale, message):
+    """The norms are float32 sums of squares; a row whose squares overflow (1e20²) or
+    underflow float32 is still told apart from NaN/Inf, from its float64 norm."""
+    X = np.random.default_rng(3).normal(size=(20, 8)).astype(np.float32)
+    X[[4, 11]] = scale
+    with pytest.raises(BadInput, match=f"2 .*{message}"):
+        ingest([write_parquet(tmp_path / "odd.parquet", X)], db=db)
+
+
+@pytest.mark.parametrize("change", ["rewritten", "one row scaled by 1.01"])
+def test_a_source_changed_between_the_passes_writes_nothing(tmp_path, db, monkeypatch, change):
+    from curator.io import ingest as ingest_module
+
+    rng = np.random.default_rng(4)
+    ingest([write_parquet(tmp_path / "seed.parquet", rng.normal(size=(5, 8)).astype(np.float32),
+                          ids=[f"s{i}" for i in range(5)])], db=db)
+    before = Database(db).dataset("embeddings").version
+    X = (rng.normal(size=(1000, 8)) + 2).astype(np.float32)
+    path = tmp_path / "x.npy"
+    np.save(path, X)
+    original = ingest_module._Ingest._statistics_pass
+
+    def then_change(self, new_rows):
+        stats = original(self, new_rows)
+        Y = X.copy()
+        if change == "rewritten":
+            Y = rng.permutation(Y) * np.float32(1.5)
+        else:
+            Y[500] *= np.float32(1.01)
+        np.save(path, Y)
+        return stats
+
+    monkeypatch.setattr(ingest_module._Ingest, "_statistics_pass", then_change)
+    with pytest.raises(BadInput, match="source changed"):
+        ingest([str(path)], db=db, modality="image")
+    after = Database(db).dataset("embeddings")
+    assert after.version == before and after.count_rows() == 5
