@@ -58,11 +58,17 @@ class ModalityStats:
             norms = row_norms(X)
         if self.shift is None:
             self.shift = X.mean(axis=0, dtype=np.float64).astype(np.float32).astype(np.float64)
-        self.n += sign * len(X)
+        self.count(norms, sign)
         self.S += sign * X.sum(axis=0, dtype=np.float64)
         self.U += sign * (X.T @ (1.0 / norms).astype(np.float32)).astype(np.float64)  # GEMV, no copy
         self.Q += sign * backend.second_moment(X, self.shift.astype(np.float32))
-        norms64 = norms.astype(np.float64)
+
+    def count(self, norms: np.ndarray, sign: int = 1) -> None:
+        """Add (or remove) rows to ``n`` and their norms to ``a = Σ‖x‖``, ``b = Σ‖x‖²``:
+        the part of :meth:`add` that needs no vectors (ingest's write pass checks its
+        source against the statistics' pass with it)."""
+        norms64 = np.asarray(norms).astype(np.float64)
+        self.n += sign * len(norms64)
         self.a += sign * float(norms64.sum())
         self.b += sign * float((norms64 * norms64).sum())
 

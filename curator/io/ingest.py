@@ -510,16 +510,13 @@ def _count_norms(counted: TableStats, batch: pa.RecordBatch, norms: np.ndarray) 
     statistics are a multiset's, so reordered rows are no change; a change that keeps
     every norm (a rotation) would go unseen."""
     for m, rows in groups(batch.column("modality")):
-        picked = (norms if rows is None else norms[rows]).astype(np.float64)
-        s = counted.get(m)
-        s.n += len(picked)
-        s.a += float(picked.sum())
-        s.b += float((picked * picked).sum())
+        counted.get(m).count(norms if rows is None else norms[rows])
 
 
 def _check_unchanged(counted: TableStats, summed: TableStats) -> None:
-    """The same rows, and norms summing alike to 1e-7: the same code ran on the same
-    bytes in both passes, so only a changed source makes them differ."""
+    """The same rows, and norms summing alike to 1e-7: the same code
+    (:meth:`ModalityStats.count`) ran on the same bytes in both passes, so only a changed
+    source makes them differ."""
     for m in set(counted.modalities) | set(summed.modalities):
         a, b = counted.get(m), summed.get(m)
         if a.n != b.n or not np.allclose([a.a, a.b], [b.a, b.b], rtol=1e-7, atol=0):
