@@ -94,6 +94,44 @@ def test_whitened_norms_on_real_clip_vectors(backend, coco):
     assert np.all(np.abs(got - oracle) <= 1e-4 * oracle + 1e-3)
 
 
+@pytest.mark.parametrize("d", [16, 300, 512])
+def test_triangular_factor_gives_the_eigen_forms_norms(backend, d):
+    """Whitening.factor is lower triangular, T Tᵀ = W Wᵀ, and the whitened norms (which
+    loglik takes through it) equal the float64 oracle of the eigen form ``matrix``."""
+    X = clip_like(8_000, d, seed=20 + d)
+    X64 = X.astype(np.float64)
+    w = Whitening.from_covariance(X64.mean(axis=0), np.cov(X64, rowvar=False, bias=True))
+    T = w.factor
+    assert T.dtype == np.float32 and T.shape == (d, d)
+    assert not np.triu(T, 1).any()
+    W64, T64 = w.matrix.astype(np.float64), T.astype(np.float64)
+    P = W64 @ W64.T
+    assert np.abs(T64 @ T64.T - P).max() <= 1e-5 * np.abs(P).max()
+    Y = (X64 - w.mean.astype(np.float32).astype(np.float64)) @ W64
+    oracle = (Y * Y).sum(axis=1)
+    got = backend.whitened_sq_norms(X, w.mean.astype(np.float32), T)
+    assert np.all(np.abs(got - oracle) <= 1e-4 * oracle + 1e-3)
+    loglik = -0.5 * (d * np.log(2 * np.pi) + oracle + w.log_det)
+    assert np.all(np.abs(w.loglik(X, backend=backend) - loglik) <= 0.5 * (1e-4 * oracle + 1e-3))
+
+
+def test_whitened_norms_skip_only_zero_rows_of_each_column_block():
+    """W with zero blocks in any place (leading rows of a block, a whole block, rows in
+    the middle): the numpy kernel equals the float64 product of the whole W."""
+    rng = np.random.default_rng(5)
+    d = 300
+    X = rng.normal(size=(5_000, d)).astype(np.float32)
+    m = rng.normal(size=d).astype(np.float32)
+    W = rng.normal(size=(d, 260)).astype(np.float32)
+    W[:200, :128] = 0  # a block's leading rows
+    W[:, 128:256] = 0  # a whole block
+    W[10:250, 256:] = 0  # rows inside a block (not skipped: not leading)
+    Y = (X.astype(np.float64) - m) @ W.astype(np.float64)
+    oracle = (Y * Y).sum(axis=1)
+    got = NUMPY.whitened_sq_norms(X, m, W)
+    assert np.all(np.abs(got - oracle) <= 1e-5 * oracle + 1e-3)
+
+
 def _cosines64(U, C):
     U64 = U.astype(np.float64)
     U64 /= np.maximum(np.linalg.norm(U64, axis=1, keepdims=True), 1e-300)
