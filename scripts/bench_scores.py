@@ -12,7 +12,10 @@ times; figures are medians with min–max. Baselines, in the same run:
 - **bare scan + GEMV**: a tuned Lance scan of the vectors and the O(n·d) identity in
   numpy (X @ [U, m_img, m_txt]): the fastest honest way to get every row's conformity;
 - **GEMM peak**: float32 matrix products on this machine; the whitening ``loglik`` needs
-  is an n × d × d product, so "scan + whitening at peak" is the floor of a refresh.
+  is an n × d × d product, so "scan + whitening at peak" is the floor of a refresh. (curator
+  multiplies by a triangular factor of the whitening, 62% of those multiply–adds at
+  d = 512; the floor keeps the full product, the issue's definition, and the table also
+  shows the triangular product at peak.)
 
 With ``--compare-with``, ``curator ingest`` and ``curator refresh`` of every row also run
 from another checkout (``PYTHONPATH`` set to it; e.g. the code before a change, for issue
@@ -32,6 +35,8 @@ import shutil
 import statistics
 
 from benchlib import child, table, write_npy
+
+from curator.geometry.backend import WHITE_COLUMNS
 
 SETUP = "import curator, lance, numpy as np, pyarrow as pa; curator.tune_allocator()"
 NO_LOGLIK = "conformity,conformity_est,uncertainty,alignment,alignment_centered,conformity_mismatch"
@@ -193,6 +198,7 @@ RESULT = {{"whitening_seconds": time.perf_counter() - t0}}
     peak = gemm["gflops"] * 1e9
     at_peak = 2.0 * n * d * d / peak
     floor = scan["median"] + at_peak
+    tri_share = sum((d - c) * min(WHITE_COLUMNS, d - c) for c in range(0, d, WHITE_COLUMNS)) / d ** 2
     rows = [
         {"stage": "bare Lance write (numpy read + write_dataset 2.0)", "seconds": fmt(bare)},
         {"stage": "curator ingest (validation, statistics, every score, one commit)",
@@ -204,10 +210,12 @@ RESULT = {{"whitening_seconds": time.perf_counter() - t0}}
         {"stage": "bare scan + GEMV (X @ [U, m_img, m_txt])", "seconds": fmt(scan)},
         {"stage": f"GEMM peak (float32, measured): {gemm['gflops']:.0f} GFLOP/s; whitening of "
                   f"{n:,} rows at peak", "seconds": f"{at_peak:.2f}"},
+        {"stage": f"  the triangular product curator runs ({tri_share:.0%} of those multiply-adds) "
+                  "at peak", "seconds": f"{tri_share * at_peak:.2f}"},
         {"stage": "whitening product alone (Whitening.loglik, numpy)", "seconds": fmt(
             {**white, "median": white["whitening_seconds"], "low": white["whitening_seconds"],
              "high": white["whitening_seconds"]}),
-         "vs": "at peak", "ratio": white["whitening_seconds"] / at_peak},
+         "vs": "full product at peak", "ratio": white["whitening_seconds"] / at_peak},
         {"stage": f"curator refresh of every row ({full['rows']:,})", "seconds": fmt(full),
          "vs": "scan+GEMV + whitening at peak", "ratio": full["median"] / floor, "goal": "≤ 1.5",
          "peak_rss_mb": full["peak_rss_mb"]},

@@ -107,7 +107,7 @@ def _torch():
 # Rows per block of the numpy kernels' products: a 512-wide block is 8 MB, reused by the
 # allocator from block to block (a whole batch's centred copy was 128 MB of fresh pages).
 BLOCK_ROWS = 4096
-_WHITE_COLUMNS = 128  # columns per block of W in whitened_sq_norms (64 and 256 were slower)
+WHITE_COLUMNS = 128  # columns per block of W in whitened_sq_norms (64 and 256 were slower)
 
 
 def _column_blocks(W: np.ndarray, width: int) -> list[tuple[int, np.ndarray]]:
@@ -156,13 +156,13 @@ class NumpyBackend(Backend):
     def whitened_sq_norms(self, X: np.ndarray, mean: np.ndarray, W: np.ndarray) -> np.ndarray:
         """‖(x−m) W‖² of each row of X (n, d), float64 (n,); W is (d, d′). Blocks of
         ``BLOCK_ROWS`` rows: the centred copy and the product stay a few MB. Each
-        ``_WHITE_COLUMNS``-wide column block of W is multiplied from its first non-zero
+        ``WHITE_COLUMNS``-wide column block of W is multiplied from its first non-zero
         row on, so a lower-triangular W (``Whitening.factor``) costs (d + 128)/2d of a full
         product: 62% at d = 512, measured 1.5× faster. The squares are summed in float32
         (einsum's SIMD lanes: 3.4e-7 relative at d′ = 512, within the float32 product's
         own error, 4.5× faster than a float64 sum)."""
         X, m, W = np.asarray(X, np.float32), np.asarray(mean, np.float32), np.asarray(W, np.float32)
-        blocks = _column_blocks(W, _WHITE_COLUMNS)
+        blocks = _column_blocks(W, WHITE_COLUMNS)
         out = np.empty(len(X))
         for a in range(0, len(X), BLOCK_ROWS):
             Z = X[a:a + BLOCK_ROWS] - m
