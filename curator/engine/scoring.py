@@ -91,8 +91,9 @@ class ScoreModel:
     def of(cls, stats: TableStats, loglik: bool = True) -> ScoreModel:
         live = stats.nonempty()
         white = {m: (s.whitening() if s.n > 1 and loglik else None) for m, s in live.items()}
-        for w in white.values():  # the triangular factor computed once, shipped with the model
-            _ = w is not None and w.factor
+        for w in white.values():
+            if w is not None:
+                w.factor  # noqa: B018 (computed once here; Ray tasks receive it with the model)
         return cls(live, white, loglik)
 
     def scalars(self, X: np.ndarray, norms: np.ndarray, modality: pa.Array) -> dict[str, np.ndarray]:
