@@ -150,3 +150,75 @@ def test_replacing_an_image_renews_its_captions_pair_scores(tmp_path, db):
     expected = float(J[0] @ T[2] / np.linalg.norm(J[0]) / np.linalg.norm(T[2]))
     assert t["alignment"][row] == pytest.approx(expected, abs=2e-6)
     assert t["alignment"][t["id"].index("i2")] == pytest.approx(expected, abs=2e-6)
+
+
+def test_a_vector_pass_cut_into_small_pieces_run_two_at_once_meets_the_oracle(tmp_path, db,
+                                                                              monkeypatch):
+    """The local engine reads fragments in pieces of ``ROWS_PER_PIECE`` rows, several at
+    once: pieces of 7 rows (a fragment's rows split across many jobs; whole fragments,
+    a scan filtered by row id, and a sparse read by random access) give every column of
+    the brute-force oracle."""
+    import curator.engine.scoring as scoring
+    from oracle import table_oracle
+
+    from curator.geometry.bounds import COLUMNS
+    from curator.maintenance.stats import stats
+
+    monkeypatch.setattr(scoring, "ROWS_PER_PIECE", 7)
+    monkeypatch.setattr(scoring, "TAKE_SHARE", 0.2)
+    reads = []
+    original = scoring.iter_piece_rows
+
+    def recorded(piece, rowids, columns, take):
+        reads.append("take" if take else "all" if rowids is None else "filtered")
+        return original(piece, rowids, columns, take)
+
+    monkeypatch.setattr(scoring, "iter_piece_rows", recorded)
+    rng = np.random.default_rng(11)
+
+    def batch(name, images, texts, pairs, shift):
+        n = images + texts + 2 * pairs
+        X = (rng.normal(size=(n, 6)) + shift).astype(np.float32)
+        samples = [None] * (images + texts) + [f"{name}-s{i % pairs}" for i in range(2 * pairs)]
+        modality = ["image"] * images + ["text"] * texts + ["image"] * pairs + ["text"] * pairs
+        path = tmp_path / f"{name}.parquet"
+        pq.write_table(pa.table({"id": [f"{name}{i}" for i in range(n)], "sample_id": samples,
+                                 "modality": modality,
+                                 "embedding": pa.array(list(X), pa.list_(pa.float32()))}), path)
+        return str(path)
+
+    def meets_the_oracle(db, counted=COLUMNS):
+        report = stats(db=db)["modalities"]
+        assert all(values["staleness"][c] == 0.0 for values in report.values() for c in counted)
+        t = Database(db).dataset("embeddings").to_table(with_row_id=True).to_pydict()
+        exact = table_oracle(t)
+        resolution = max(v["uncertainty_resolution"] for v in report.values())
+        for c in COLUMNS:
+            stored = np.array([np.nan if x is None else x for x in t[c]])
+            assert np.array_equal(np.isnan(stored), np.isnan(exact[c])), c
+            if np.isnan(exact[c]).all():  # no pairs: null throughout, as checked
+                continue
+            if c in ("uncertainty", "conformity_mismatch"):  # a sketch's CDF: its resolution
+                bound = (1 + (c == "conformity_mismatch")) * resolution + 1e-6
+            else:
+                bound = 2e-5 * (np.abs(exact[c]).max() if c == "loglik" else 1.0)
+            assert np.nanmax(np.abs(stored - exact[c])) <= bound, c
+
+    # Every row stale: whole fragments, pairs included.
+    ingest([batch("a", 40, 60, 10, 1.0)], db=db)
+    ingest([batch("b", 4, 36, 5, 1.2)], db=db)
+    assert refresh(db=db, tolerance=0.0).rows == 170 and set(reads) == {"all"}
+    meets_the_oracle(db)
+    # Only the images stale (no pairs; the unpaired texts' pair-column bounds do not
+    # count): d's images by a scan filtered by row id, e's few by random access (f's
+    # images, scored before d's and e's changed the sketch, are rescored too).
+    counted = ("conformity", "conformity_est", "uncertainty", "loglik")
+    other = str(tmp_path / "other.lancedb")
+    ingest([batch("d", 40, 60, 0, 1.0)], db=other)
+    ingest([batch("e", 4, 36, 0, 1.2)], db=other)
+    refresh(db=other, tolerance=0.0)
+    ingest([batch("f", 30, 0, 0, -1.0)], db=other)
+    reads.clear()
+    result = refresh(db=other, tolerance=0.0, columns=",".join(counted))
+    assert result.rows == 74 and {"take", "filtered"} <= set(reads), set(reads)
+    meets_the_oracle(other, counted)
