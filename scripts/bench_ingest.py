@@ -45,6 +45,7 @@ def main() -> None:
     ap.add_argument("--dim", type=int, default=512)
     ap.add_argument("--dir", default="bench-out/ingest")
     args = ap.parse_args()
+    args.dir = os.path.abspath(args.dir)  # children run in the checkout they measure
     os.makedirs(args.dir, exist_ok=True)
     src = os.path.join(args.dir, "src.parquet")
     if not os.path.exists(src):

@@ -212,6 +212,7 @@ def main() -> None:
     ap.add_argument("--runs-from", default=None,
                     help="a JSON-lines log of earlier `negatives` runs to reuse instead of running")
     args = ap.parse_args()
+    args.work = os.path.abspath(args.work)  # children run in the checkout they measure
     src, db = os.path.join(args.work, "src"), os.path.join(args.work, "db")
     report = {"pairs": args.pairs, "dim": D}
     if glob.glob(os.path.join(src, "part-*.parquet")) and not os.path.exists(os.path.join(src, "text.npy")):

@@ -29,8 +29,9 @@ WHERE = "not coalesce(is_duplicate, false) and conformity > 0.1"
 def run(root: str, db: str, cap: int) -> dict:
     cmd = ["/usr/bin/time", "-f", "__RSS_KB__ %M %e", sys.executable, "-m", "curator", "--db", db,
            "--quiet", "rebalance", "--cap", str(cap), "--by", "concept", "--seed", "1", "--where", WHERE]
+    # In ``root``: ``python -m`` puts the working directory first on sys.path.
     proc = subprocess.run(cmd, capture_output=True, text=True, check=True,
-                          env={**os.environ, "PYTHONPATH": root})
+                          env={**os.environ, "PYTHONPATH": root}, cwd=root)
     line = next(ln for ln in reversed(proc.stderr.splitlines()) if ln.startswith("__RSS_KB__"))
     _, kb, seconds = line.split()
     return {"seconds": float(seconds), "rss_gb": int(kb) * 1024 / 1e9}

@@ -18,9 +18,12 @@ times; figures are medians with min–max. Baselines, in the same run:
   shows the triangular product at peak.)
 
 With ``--compare-with``, ``curator ingest`` and ``curator refresh`` of every row also run
-from another checkout (``PYTHONPATH`` set to it; e.g. the code before a change, for issue
-11's "no slower than before, same run"), rounds interleaved with this checkout's, each on
-a table that checkout made itself.
+from another checkout (each child runs in its checkout's folder with it first on
+``PYTHONPATH``, and checks which curator it imported; e.g. the code before a change, for
+issue 11's "no slower than before, same run"), rounds interleaved with this checkout's,
+each on a table that checkout made itself. Before 6 December 2026 the children ran in the
+caller's folder, where ``python -c`` imports that folder's curator first: a comparison
+started from this checkout's root ran this checkout on both sides.
 
 Goals (issue 15): refresh of every row ≤ 1.5 × (scan + whitening at peak); the
 conformity family alone (``refresh --columns`` without loglik) ≤ 2 × the scan; writing
@@ -117,6 +120,7 @@ def main() -> None:
     ap.add_argument("--only-compare", action="store_true",
                     help="with --compare-with: run only the ingest and refresh comparison")
     args = ap.parse_args()
+    args.dir = os.path.abspath(args.dir)  # children run in the checkout they measure
     os.makedirs(args.dir, exist_ok=True)
     src = os.path.join(args.dir, "clip")
     img, txt = layout(src, args.rows, args.dim)
@@ -236,19 +240,18 @@ def compare(args, src: str, stale_batch: str, path, refresh) -> None:
     """This checkout against ``args.compare_with``: ingest (with scores) and refresh of
     every row of a table made stale by a small off-distribution batch, interleaved."""
     other = os.path.abspath(args.compare_with)
-    env = {"PYTHONPATH": other}
 
     def other_refresh():
         work = path("db-other-refresh")
         shutil.copytree(other_stale, work)
-        return child(setup=SETUP, env=env, code=f"RESULT = curator.refresh(db={work!r}).to_dict()")
+        return child(setup=SETUP, checkout=other, code=f"RESULT = curator.refresh(db={work!r}).to_dict()")
 
     ingest_here, ingest_other = paired(args.repeat, lambda: child(
         setup=SETUP, code=f"RESULT = curator.ingest([{src!r}], db={path('db-cmp')!r}).to_dict()"),
-        lambda: child(setup=SETUP, env=env,
+        lambda: child(setup=SETUP, checkout=other,
                       code=f"RESULT = curator.ingest([{src!r}], db={path('db-other')!r}).to_dict()"))
     other_db = os.path.join(args.dir, "db-other")
-    child(setup=SETUP, env=env, code=f"curator.ingest([{stale_batch!r}], db={other_db!r})")
+    child(setup=SETUP, checkout=other, code=f"curator.ingest([{stale_batch!r}], db={other_db!r})")
     other_stale = os.path.join(args.dir, "db-other-stale")
     shutil.rmtree(other_stale, ignore_errors=True)
     shutil.copytree(other_db, other_stale)

@@ -11,10 +11,19 @@ import time
 import numpy as np
 
 
-def child(code: str, env: dict | None = None, setup: str = "") -> dict:
-    """Run Python ``code`` in a fresh process after ``setup`` (imports; not timed).
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # this checkout
 
-    Returns the child's ``RESULT`` dict plus ``seconds`` (of ``code``) and peak RSS (MB).
+
+def child(code: str, env: dict | None = None, setup: str = "", checkout: str = ROOT) -> dict:
+    """Run Python ``code`` in a fresh process after ``setup`` (imports; not timed), with
+    ``import curator`` taken from ``checkout`` (default: this one).
+
+    The process runs in ``checkout`` with it first on ``PYTHONPATH``: ``python -c`` puts
+    its working directory first on ``sys.path``, so a child started from another checkout's
+    root imported that checkout's curator whatever ``PYTHONPATH`` said.
+
+    Returns the child's ``RESULT`` dict plus ``seconds`` (of ``code``), peak RSS (MB) and
+    ``curator_file`` (the curator it imported, if any; checked to lie in ``checkout``).
     """
     wrapper = (
         "import json, resource, time, sys\n"
@@ -26,14 +35,23 @@ def child(code: str, env: dict | None = None, setup: str = "") -> dict:
         # VmHWM is this process's own peak (ru_maxrss would include the parent's at fork).
         "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0]\n"
         "out['peak_rss_mb'] = int(hwm.split()[1]) / 1024\n"
+        "out['curator_file'] = getattr(sys.modules.get('curator'), '__file__', None)\n"
         "print('RESULT ' + json.dumps(out))\n"
     )
+    checkout = os.path.abspath(checkout)
+    env = {**os.environ, **(env or {})}
+    env["PYTHONPATH"] = os.pathsep.join([checkout] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep)
+                                                      if p and os.path.abspath(p) != checkout])
     proc = subprocess.run([sys.executable, "-c", wrapper], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})})
+                          env=env, cwd=checkout)
     if proc.returncode != 0:
         raise RuntimeError(proc.stderr[-3000:])
     line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")][-1]
-    return json.loads(line[len("RESULT "):])
+    out = json.loads(line[len("RESULT "):])
+    imported = out.get("curator_file")
+    if imported and not os.path.abspath(imported).startswith(checkout + os.sep):
+        raise RuntimeError(f"the child imported {imported}, not the curator of {checkout}")
+    return out
 
 
 def clip_like(n: int, d: int, seed: int = 0, chunk: int = 100_000):
