@@ -40,7 +40,7 @@ from ..store.columns import SCAN_BATCH_ROWS, commit, replace_columns
 from .executor import available_cpus, executor
 from .fragments import Piece, pieces
 from .rows import TAKE_SHARE, iter_piece_rows, take_vectors
-from .spill import ScalarSpill, VectorSpill
+from .spill import ScalarSpill, VectorSpill, connect_soon
 
 SCORE_FIELDS = [
     ("conformity", pa.float32()),
@@ -206,17 +206,14 @@ class Scoring:
         self.deleted_conformity: list[tuple[str, np.ndarray]] = []
         self.seconds: dict[str, float] = {}
         self.lost_images: list[str] = []  # samples whose image rows leave in this commit
-        self._con = None
+        self._con = connect_soon(self.spill.folder)  # made while the vector pass runs
 
     @property
     def con(self):
         """This transaction's DuckDB connection (one per command: connecting costs)."""
-        if self._con is None:
-            from .spill import connect
-
-            self._con = connect(self.spill.folder)
-        self.spill.attach(self._con)
-        return self._con
+        con = self._con.result()
+        self.spill.attach(con)
+        return con
 
     # -- A: the vector pass ---------------------------------------------------------
     def score_existing(self, chosen: dict[int, np.ndarray | None]) -> None:
@@ -296,8 +293,10 @@ class Scoring:
         return now
 
     def close(self) -> None:
-        if self._con is not None:
-            self._con.close()
+        try:
+            self._con.result().close()
+        except Exception:  # noqa: BLE001 (a failed connection raised where it was used)
+            pass
         self.new_vectors.close()
         self.spill.close()
 
@@ -543,13 +542,17 @@ def write_score_file(dataset, metadata, offsets: np.ndarray, values: dict, versi
     existing fragment's other rows keep their stored values) and return the fragment's
     metadata with that file in place of the old score columns."""
     n = metadata.physical_rows
-    columns = {name: np.full(n, np.nan) for name in SCORE_COLUMNS if name != "stats_version"}
-    version_col = np.full(n, -1, np.int64)
-    if not new and len(offsets) < fragment.count_rows():
-        _stored(fragment, columns, version_col)
-    for name, array in columns.items():
-        array[offsets] = values[name]
-    version_col[offsets] = version
+    if len(offsets) == n and np.array_equal(offsets, np.arange(n)):  # every row, in order
+        columns = {name: values[name] for name in SCORE_COLUMNS if name != "stats_version"}
+        version_col = np.full(n, version, np.int64)
+    else:
+        columns = {name: np.full(n, np.nan) for name in SCORE_COLUMNS if name != "stats_version"}
+        version_col = np.full(n, -1, np.int64)
+        if not new and len(offsets) < fragment.count_rows():
+            _stored(fragment, columns, version_col)
+        for name, array in columns.items():
+            array[offsets] = values[name]
+        version_col[offsets] = version
     arrays = [pa.array(columns[name].astype(kind.to_pandas_dtype()), kind,
                        mask=~np.isfinite(columns[name])) for name, kind in SCORE_FIELDS[:-1]]
     arrays.append(pa.array(version_col, pa.int64(), mask=version_col < 0))
