@@ -40,7 +40,7 @@ from ..store.columns import SCAN_BATCH_ROWS, commit, replace_columns
 from .executor import available_cpus, executor
 from .fragments import Piece, pieces
 from .rows import TAKE_SHARE, iter_piece_rows, take_vectors
-from .spill import ScalarSpill, VectorSpill, connect_soon
+from .spill import ScalarSpill, VectorSpill
 
 SCORE_FIELDS = [
     ("conformity", pa.float32()),
@@ -206,14 +206,17 @@ class Scoring:
         self.deleted_conformity: list[tuple[str, np.ndarray]] = []
         self.seconds: dict[str, float] = {}
         self.lost_images: list[str] = []  # samples whose image rows leave in this commit
-        self._con = connect_soon(self.spill.folder)  # made while the vector pass runs
+        self._con = None
 
     @property
     def con(self):
         """This transaction's DuckDB connection (one per command: connecting costs)."""
-        con = self._con.result()
-        self.spill.attach(con)
-        return con
+        if self._con is None:
+            from .spill import connect
+
+            self._con = connect(self.spill.folder)
+        self.spill.attach(self._con)
+        return self._con
 
     # -- A: the vector pass ---------------------------------------------------------
     def score_existing(self, chosen: dict[int, np.ndarray | None]) -> None:
@@ -293,10 +296,8 @@ class Scoring:
         return now
 
     def close(self) -> None:
-        try:
-            self._con.result().close()
-        except Exception:  # noqa: BLE001 (a failed connection raised where it was used)
-            pass
+        if self._con is not None:
+            self._con.close()
         self.new_vectors.close()
         self.spill.close()
 

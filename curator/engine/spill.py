@@ -26,9 +26,7 @@ import re
 import shutil
 import stat
 import tempfile
-import threading
 import time
-from concurrent.futures import Future
 
 import numpy as np
 import pyarrow as pa
@@ -118,22 +116,6 @@ def connect(folder: str):
     con.execute("SET preserve_insertion_order = false")
     con.execute("SET enable_progress_bar = false")
     return con
-
-
-def connect_soon(folder: str) -> Future:
-    """:func:`connect` in a background thread, so that DuckDB's import and connection
-    (about 0.09 s) overlap the caller's work; ``.result()`` gives the connection or raises
-    what :func:`connect` raised."""
-    future: Future = Future()
-
-    def run() -> None:
-        try:
-            future.set_result(connect(folder))
-        except BaseException as exc:  # noqa: BLE001 (raised where the result is taken)
-            future.set_exception(exc)
-
-    threading.Thread(target=run, name="curator-duckdb", daemon=True).start()
-    return future
 
 
 @contextlib.contextmanager
