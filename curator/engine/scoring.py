@@ -407,18 +407,18 @@ class Scoring:
 
     def _write(self, con, new_fragments: list, version: int) -> Outcome:
         outcome = Outcome()
+        # One join: a caption's row takes its pair's values, an image's row the best of
+        # its captions' (a key is a caption's or an image's, never both).
         query = """
-            SELECT s.key, s.modality, s.conformity, s.conformity_est, s.loglik,
-                   CASE WHEN s.modality = 'text' THEN p.pair_dot END AS pair_dot,
-                   coalesce(p.alignment, g.alignment) AS alignment,
-                   coalesce(p.alignment_centered, g.alignment_centered) AS alignment_centered,
-                   coalesce(p.conformity_mismatch, g.conformity_mismatch) AS conformity_mismatch
-            FROM spill s
-            LEFT JOIN pairs p ON p.text_key = s.key
-            LEFT JOIN (SELECT image_key, max(alignment) AS alignment,
-                              max(alignment_centered) AS alignment_centered,
-                              max(conformity_mismatch) AS conformity_mismatch
-                       FROM pairs GROUP BY image_key) g ON g.image_key = s.key
+            WITH pair_values AS (
+                SELECT text_key AS key, pair_dot, alignment, alignment_centered,
+                       conformity_mismatch FROM pairs
+                UNION ALL
+                SELECT image_key, NULL, max(alignment), max(alignment_centered),
+                       max(conformity_mismatch) FROM pairs GROUP BY image_key)
+            SELECT s.key, s.modality, s.conformity, s.conformity_est, s.loglik, v.pair_dot,
+                   v.alignment, v.alignment_centered, v.conformity_mismatch
+            FROM spill s LEFT JOIN pair_values v ON v.key = s.key
             ORDER BY s.key"""
         run = executor(self.engine)
         jobs = _FragmentJobs(self.dataset, new_fragments, self.deleted, version)
