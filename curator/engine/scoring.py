@@ -58,10 +58,10 @@ SCORE_SCHEMA = pa.schema(SCORE_FIELDS)
 NEW_BASE = 1 << 62  # keys of rows not yet in the table: NEW_BASE + position in the batch
 ROWS_PER_PIECE = 1 << 17  # rows of a fragment one vector-pass job reads
 # Vector-pass jobs at once on the local engine, each with one BLAS thread (capped by the
-# CPUs available; each job holds one scan's I/O buffer and batch). On 2 cores, a refresh
-# of 1M × 512 rows (three runs each, phase timer) spent 2.57–2.71 s in its vector pass
-# this way against 2.99–3.23 s reading one fragment at a time with two BLAS threads, whose
-# products share the cores with Lance's decoding threads.
+# CPUs available; each job holds one scan's I/O buffer and batch). On 2 cores a refresh
+# of every row of 1M × 512 took 0.88× the time of reading one fragment at a time with two
+# BLAS threads, whose products shared the cores with Lance's decoding threads
+# (``scripts/bench_scores.py --compare-with``, README "Performance").
 SCORE_THREADS = 8
 READ_COLUMNS = ["modality", "embedding", "sample_id", "norm", "pair_dot", "conformity"]
 
