@@ -180,3 +180,18 @@ def test_hand_worked_example(tmp_path, db):
     assert norms["c"] == pytest.approx(np.sqrt(50), rel=1e-6)
     stats = current(Database(db), "embeddings").modalities["image"]
     assert np.allclose(stats.mean, [7 / 3, 8 / 3])
+
+
+def test_sketch_counts_bin_each_finite_value_once_as_the_stored_float32():
+    import numpy as np
+
+    from curator.geometry import sketch
+
+    rng = np.random.default_rng(3)
+    values = np.concatenate([rng.uniform(-1.2, 1.2, 5000), [np.nan, np.inf, -1.0, 1.0]])
+    oracle = np.zeros(sketch.HIST_BINS, np.int64)
+    for v in values:
+        if np.isfinite(v):
+            oracle[sketch.conformity_bins(np.array([v]))[0]] += 1
+    assert np.array_equal(sketch.counts(values), oracle)
+    assert sketch.counts(values).sum() == 5002

@@ -153,3 +153,23 @@ def test_duckdb_memory_from_the_environment(tmp_path, monkeypatch):
         assert out.exit_code == 1 and out.output.startswith("Error: CURATOR_DUCKDB_MEMORY="), out.output
         assert "Traceback" not in out.output and len(out.output.strip().splitlines()) == 1
         assert lance.dataset(f"{db}/embeddings.lance").version == before
+
+
+def test_a_keyed_spill_streams_in_key_order_and_refuses_interleaved_parts(tmp_path, monkeypatch):
+    import numpy as np
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    schema = pa.schema([("key", pa.int64()), ("value", pa.float64())])
+    rng = np.random.default_rng(0)
+    parts = [np.arange(100, 140), np.arange(0, 30), rng.permutation(np.arange(50, 90))]
+    with ScalarSpill(schema, key="key") as keyed:
+        for keys in parts:  # added out of order, the last part itself unsorted
+            keyed.add(pa.table({"key": keys, "value": keys * 0.5}, schema=schema))
+        got = pa.Table.from_batches(list(keyed.in_key_order(["key", "value"], batch_rows=7)))
+        oracle = np.sort(np.concatenate(parts))
+        assert got.column("key").to_pylist() == oracle.tolist()
+        assert got.column("value").to_pylist() == (oracle * 0.5).tolist()
+        keyed.add(pa.table({"key": [25, 200]}, schema=pa.schema([("key", pa.int64())])).append_column(
+            "value", pa.array([0.0, 0.0])))  # 25 falls inside the range 0..29
+        with pytest.raises(AssertionError, match="interleave"):
+            list(keyed.in_key_order(["key"]))

@@ -11,12 +11,15 @@ A. the vector pass: per row, from its vector and the statistics, ``conformity``,
    function; the local engine runs ``SCORE_THREADS`` pieces at once), new rows are
    handed in by ingest as it streams its source. The scalars go to a spill on disk
    (:mod:`curator.engine.spill`), not to RAM;
-B. the sketch: the scored rows' old conformity out, their new conformity in;
+B. the sketch: the scored rows' old conformity out, their new conformity in (counted
+   per spilled part as the vector pass goes, applied at the end);
 C. pairs: for each caption its sample's first image (DuckDB over the spill); the raw
    dot ⟨x_img, x_txt⟩ is reused when still valid, else computed from the two vectors;
    pair scores from scalars (:func:`curator.geometry.scores.pair_scores`);
-D. assembly, ordered by row id: uncertainty (the sketch's CDF at the new conformity),
-   captions' pair scores, each image's best over its captions;
+D. assembly, ordered by row id: the spill read in key order (each part is sorted, and
+   parts never interleave), merged with the pair values sorted by key in DuckDB:
+   uncertainty (the sketch's CDF at the new conformity), captions' pair scores, each
+   image's best over its captions;
 E. one score file per fragment holding every score column (rows not scored keep their
    stored values), attached to the fragment in place of the old score columns
    (:func:`write_score_file`, run by the executor); the caller commits one ``Update``.
@@ -33,6 +36,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
+from ..geometry import sketch
 from ..geometry.scores import IMAGE, TEXT, pair_scores, row_scores
 from ..geometry.sums import TableStats
 from ..store.arrow import groups, vectors
@@ -55,6 +59,7 @@ SCORE_FIELDS = [
 ]
 SCORE_COLUMNS = [name for name, _ in SCORE_FIELDS]
 SCORE_SCHEMA = pa.schema(SCORE_FIELDS)
+STORED_TYPES = {name: np.dtype(kind.to_pandas_dtype()) for name, kind in SCORE_FIELDS}
 NEW_BASE = 1 << 62  # keys of rows not yet in the table: NEW_BASE + position in the batch
 ROWS_PER_PIECE = 1 << 17  # rows of a fragment one vector-pass job reads
 # Vector-pass jobs at once on the local engine, each with one BLAS thread (capped by the
@@ -199,7 +204,8 @@ class Scoring:
         self.stats = stats
         self.model = ScoreModel.of(stats, loglik)
         self.engine = engine
-        self.spill = ScalarSpill(SPILL_SCHEMA)
+        self.spill = ScalarSpill(SPILL_SCHEMA, key="key")
+        self.sketch_change: dict[str, np.ndarray] = {}  # modality -> the spilled rows' net bin counts
         self.dim = stats.dim
         self.new_vectors = VectorSpill(self.spill.folder, stats.dim)
         self.deleted: dict[int, np.ndarray] = {}  # fragment id -> offsets of deleted rows
@@ -238,7 +244,7 @@ class Scoring:
         started = time.perf_counter()
         threads = min(available_cpus(), SCORE_THREADS)
         for part in run.map(piece_scalars, jobs, threads=threads):
-            self.spill.add(part)
+            self._spill(part)
         self._clock("vectors", started)
 
     def add_new(self, positions: np.ndarray, batch: pa.RecordBatch, X: np.ndarray,
@@ -252,11 +258,24 @@ class Scoring:
         scalars = self.model.scalars(X, norms, batch.column("modality"))
         keys = NEW_BASE + np.asarray(positions, np.int64)
         with_key = pa.array(dot_with, pa.int64(), mask=np.asarray(dot_with) < 0)
-        self.spill.add(spill_table(keys, batch.column("sample_id"), batch.column("modality"),
-                                   norms, scalars, pair_dot, with_key, np.full(len(keys), np.nan)))
+        self._spill(spill_table(keys, batch.column("sample_id"), batch.column("modality"),
+                                norms, scalars, pair_dot, with_key, np.full(len(keys), np.nan)))
         if keep_vectors is not None and keep_vectors.any():
             self.new_vectors.add(keys[keep_vectors], X[keep_vectors])
         self._clock("vectors", started)
+
+    def _spill(self, part: pa.Table) -> None:
+        """Spill one part of scored rows and count its change to the sketch (its rows'
+        old conformity out, their new one in), applied by :meth:`finish`."""
+        self.spill.add(part)
+        # Binned at the stored precision (float32, :func:`sketch.conformity_bins`), so a
+        # rebuild from the table finds the same counts in the same bins.
+        new = part.column("conformity").to_numpy(zero_copy_only=False)
+        old = part.column("old_conformity").to_numpy(zero_copy_only=False)
+        for m, rows in groups(part.column("modality")):
+            rows = slice(None) if rows is None else rows
+            change = self.sketch_change.setdefault(m, np.zeros(sketch.HIST_BINS, np.int64))
+            change += sketch.counts(new[rows]) - sketch.counts(old[rows])
 
     def delete(self, rowids: np.ndarray, modality: np.ndarray, conformity: np.ndarray,
                sample_id: pa.Array | None = None) -> None:
@@ -278,7 +297,7 @@ class Scoring:
         version = self.stats.version if version is None else version
         con = self.con
         started = time.perf_counter()
-        self._update_sketch(con)
+        self._update_sketch()
         started = self._clock("sketch", started)
         pairs = ScalarSpill(PAIR_SCHEMA, os.path.join(self.spill.folder, "pairs"))
         os.makedirs(pairs.folder, exist_ok=True)
@@ -307,23 +326,13 @@ class Scoring:
     def __exit__(self, *exc):
         self.close()
 
-    def _update_sketch(self, con) -> None:
+    def _update_sketch(self) -> None:
         for m, values in self.deleted_conformity:
             if m in self.stats.modalities:
                 self.stats.modalities[m].add_conformity(values, sign=-1)
-        reader = con.sql("SELECT modality, conformity, old_conformity FROM spill").to_arrow_reader(1 << 17)
-        for batch in reader:
-            # At the stored precision (float32): the sketch is the histogram of the stored
-            # column, so a rebuild from the table finds the same counts in the same bins.
-            new = batch.column(1).to_numpy(zero_copy_only=False).astype(np.float32).astype(np.float64)
-            old = batch.column(2).to_numpy(zero_copy_only=False).astype(np.float64)
-            for m, rows in groups(batch.column(0)):
-                s = self.stats.modalities.get(m)
-                if s is None:
-                    continue
-                rows = slice(None) if rows is None else rows
-                s.add_conformity(old[rows], sign=-1)
-                s.add_conformity(new[rows], sign=1)
+        for m, change in self.sketch_change.items():
+            if m in self.stats.modalities:
+                self.stats.modalities[m].hist += change
         for s in self.stats.modalities.values():
             np.maximum(s.hist, 0, out=s.hist)
 
@@ -407,8 +416,9 @@ class Scoring:
 
     def _write(self, con, new_fragments: list, version: int) -> Outcome:
         outcome = Outcome()
-        # One join: a caption's row takes its pair's values, an image's row the best of
-        # its captions' (a key is a caption's or an image's, never both).
+        # Each row's pair values: a caption's from its pair, an image's the best of its
+        # captions' (a key is a caption's or an image's, never both), sorted by key, merged
+        # with the spill read in key order (no join or sort of the whole spill).
         query = """
             WITH pair_values AS (
                 SELECT text_key AS key, pair_dot, alignment, alignment_centered,
@@ -416,22 +426,22 @@ class Scoring:
                 UNION ALL
                 SELECT image_key, NULL, max(alignment), max(alignment_centered),
                        max(conformity_mismatch) FROM pairs GROUP BY image_key)
-            SELECT s.key, s.modality, s.conformity, s.conformity_est, s.loglik, v.pair_dot,
-                   v.alignment, v.alignment_centered, v.conformity_mismatch
-            FROM spill s LEFT JOIN pair_values v ON v.key = s.key
-            ORDER BY s.key"""
+            SELECT * FROM pair_values ORDER BY key"""
+        pair_values = _Merge(con.sql(query).to_arrow_reader(1 << 16), PAIR_VALUES)
         run = executor(self.engine)
         jobs = _FragmentJobs(self.dataset, new_fragments, self.deleted, version)
 
         def stream():  # each fragment's write job as soon as its last row is assembled
-            for batch in con.sql(query).to_arrow_reader(1 << 16):
+            columns = ["key", "modality", "conformity", "conformity_est", "loglik"]
+            for batch in self.spill.in_key_order(columns):
                 keys = batch.column("key").to_numpy()
-                values = {name: batch.column(name).to_numpy(zero_copy_only=False).astype(np.float64)
-                          for name in ("conformity", "conformity_est", "loglik", "pair_dot",
-                                       "alignment", "alignment_centered", "conformity_mismatch")}
+                values = {name: batch.column(name).to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
+                          for name in ("conformity", "conformity_est", "loglik")}
+                values.update(pair_values.at(keys))
                 values["uncertainty"] = self._uncertainty(batch.column("modality"), values["conformity"])
                 outcome.rows += len(keys)
                 yield from jobs.add(keys, values)
+            pair_values.finish()
             yield from jobs.finish()
 
         for kind, metadata in run.map(_write_job, stream()):
@@ -442,6 +452,52 @@ class Scoring:
             else:
                 outcome.updated.append(metadata)
         return outcome
+
+
+PAIR_VALUES = ["pair_dot", "alignment", "alignment_centered", "conformity_mismatch"]
+
+
+class _Merge:
+    """Values keyed by row key from a reader sorted by key, looked up for ascending
+    batches of keys (every key the reader gives is one of the batches' keys)."""
+
+    def __init__(self, reader, columns: list[str]):
+        self.reader, self.columns = iter(reader), columns
+        self.keys = np.zeros(0, np.int64)
+        self.values = {name: np.zeros(0) for name in columns}
+        self.done = False
+
+    def at(self, keys: np.ndarray) -> dict[str, np.ndarray]:
+        """Each column's value at each of ``keys`` (ascending, after the previous call's),
+        NaN where the reader has none."""
+        if len(keys) == 0:
+            return {name: np.zeros(0) for name in self.columns}
+        while not self.done and (len(self.keys) == 0 or self.keys[-1] <= keys[-1]):
+            batch = next(self.reader, None)
+            if batch is None:
+                self.done = True
+                break
+            self.keys = np.concatenate([self.keys, batch.column("key").to_numpy()])
+            for name in self.columns:
+                column = batch.column(name).to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
+                self.values[name] = np.concatenate([self.values[name], column])
+        taken = int(np.searchsorted(self.keys, keys[-1], side="right"))
+        found, self.keys = self.keys[:taken], self.keys[taken:]
+        at = np.searchsorted(keys, found)
+        if len(found) and (at.max() >= len(keys) or not np.array_equal(keys[at], found)):
+            raise AssertionError("a pair value's key is not a spilled row's")
+        out = {}
+        for name in self.columns:
+            column = np.full(len(keys), np.nan)
+            column[at] = self.values[name][:taken]
+            self.values[name] = self.values[name][taken:]
+            out[name] = column
+        return out
+
+    def finish(self) -> None:
+        """Check every value was taken."""
+        if len(self.keys) or next(self.reader, None) is not None:
+            raise AssertionError("a pair value's key is not a spilled row's")
 
 
 def _f64(values) -> pa.Array:
@@ -458,7 +514,11 @@ def _split_by_fragment(rowids: np.ndarray) -> dict[int, np.ndarray]:
 
 
 class _FragmentJobs:
-    """Collects the assembled rows (ordered by key) into one write job per fragment."""
+    """Collects the assembled rows (ordered by key) into one write job per fragment.
+
+    Keys ascend, so a fragment's rows arrive as one contiguous run: they are copied once,
+    by slices, into buffers of the fragment's physical size (no per-batch parts to
+    concatenate at the end; memory: one fragment's columns)."""
 
     def __init__(self, dataset, new_fragments: list, deleted: dict, version: int):
         self.dataset, self.version = dataset, version
@@ -467,35 +527,50 @@ class _FragmentJobs:
         starts = np.cumsum([0] + [f.physical_rows for f in new_fragments])
         self.new_starts = starts
         self.current: int | None = None
-        self.parts: list = []
+        self.filled = 0
+        self.offsets = np.zeros(0, np.int64)
+        self.values: dict[str, np.ndarray] = {}
 
     def add(self, keys: np.ndarray, values: dict):
-        """Take assembled rows (ascending keys); yields the write job of each fragment
-        whose rows are complete."""
-        yield from self._take(keys, values)
-
-    def _take(self, keys: np.ndarray, values: dict):
         """Take assembled rows (ascending keys): existing rows go to their fragment
         (``key >> 32``, offset ``key & 0xFFFFFFFF``), new rows to the new fragment that holds
-        their position (target ``−1 − j`` for new fragment j)."""
+        their position (target ``−1 − j`` for new fragment j). Yields the write job of each
+        fragment whose rows are complete."""
         old = keys < NEW_BASE
         position = keys - NEW_BASE
         j = np.searchsorted(self.new_starts, position, side="right") - 1
         target = np.where(old, keys >> 32, -1 - j)
         offsets = np.where(old, keys & 0xFFFFFFFF, position - self.new_starts[np.maximum(j, 0)])
-        for tid in _runs(target):
-            rows = target == tid
+        for tid, begin, end in _runs(target):
             if tid != self.current:
                 yield from self._flush()
-                self.current = int(tid)
-            self.parts.append((offsets[rows].astype(np.int64), {k: v[rows] for k, v in values.items()}))
+                self._open(tid, values)
+            count = end - begin
+            if self.filled + count > len(self.offsets):
+                raise AssertionError(f"more rows than fragment {tid} holds: a key given twice?")
+            at = slice(self.filled, self.filled + count)
+            self.offsets[at] = offsets[begin:end]
+            for name, array in values.items():
+                self.values[name][at] = array[begin:end]
+            self.filled += count
+
+    def _open(self, tid: int, values: dict) -> None:
+        self.current = tid
+        size = (self.dataset.get_fragment(tid).metadata.physical_rows if tid >= 0
+                else self.new[-tid - 1].physical_rows)
+        self.filled = 0
+        self.offsets = np.empty(size, np.int64)
+        # At the stored types (float32 but pair_dot): half the memory of float64 buffers,
+        # and the score file takes them as they are.
+        self.values = {name: np.empty(size, STORED_TYPES.get(name, array.dtype))
+                       for name, array in values.items()}
 
     def _flush(self):
-        if self.current is None or not self.parts:
+        if self.current is None or not self.filled:
             return
-        offsets = np.concatenate([p[0] for p in self.parts])
-        values = {k: np.concatenate([p[1][k] for p in self.parts]) for k in self.parts[0][1]}
-        self.parts = []
+        n = self.filled
+        offsets, values = self.offsets[:n], {k: v[:n] for k, v in self.values.items()}
+        self.filled, self.offsets, self.values = 0, np.zeros(0, np.int64), {}
         if self.current >= 0:
             fragment = self.dataset.get_fragment(self.current)
             yield ("old", fragment, offsets, values, self.deleted.pop(self.current, None),
@@ -511,12 +586,14 @@ class _FragmentJobs:
                    self.version)
 
 
-def _runs(values: np.ndarray):
-    """Distinct values of ``values`` in order of first appearance (it is sorted by key)."""
+def _runs(values: np.ndarray) -> list[tuple[int, int, int]]:
+    """(value, begin, end) of each run of equal values in ``values`` (sorted by key, so a
+    fragment's rows are one run)."""
     if len(values) == 0:
         return []
-    starts = np.r_[True, values[1:] != values[:-1]]
-    return values[starts].tolist()
+    begins = np.flatnonzero(np.r_[True, values[1:] != values[:-1]])
+    ends = np.r_[begins[1:], len(values)]
+    return [(int(values[b]), int(b), int(e)) for b, e in zip(begins, ends)]
 
 
 def _write_job(kind, target, offsets, values, deleted, version):
@@ -554,7 +631,7 @@ def write_score_file(dataset, metadata, offsets: np.ndarray, values: dict, versi
         for name, array in columns.items():
             array[offsets] = values[name]
         version_col[offsets] = version
-    arrays = [pa.array(columns[name].astype(kind.to_pandas_dtype()), kind,
+    arrays = [pa.array(columns[name].astype(kind.to_pandas_dtype(), copy=False), kind,
                        mask=~np.isfinite(columns[name])) for name, kind in SCORE_FIELDS[:-1]]
     arrays.append(pa.array(version_col, pa.int64(), mask=version_col < 0))
     metadata, _ = replace_columns(dataset, metadata, pa.table(arrays, schema=SCORE_SCHEMA), "scores")

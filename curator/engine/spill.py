@@ -157,14 +157,21 @@ def fragment_rows(folder: str, fragment_id: int, columns: list[str], order: str)
 
 
 class ScalarSpill:
-    """Arrow tables of one schema appended as Parquet parts under a temporary folder."""
+    """Arrow tables of one schema appended as Parquet parts under a temporary folder.
 
-    def __init__(self, schema: pa.Schema, folder: str | None = None):
+    With ``key`` (an integer column unique across the spill), each part is kept sorted by
+    it and its key range recorded, so :meth:`in_key_order` streams the whole spill in key
+    order without a sort, as long as parts' ranges do not interleave (a part per piece of
+    a fragment, or per batch of new rows, never does)."""
+
+    def __init__(self, schema: pa.Schema, folder: str | None = None, *, key: str | None = None):
         self.schema = schema
         self.folder = folder or make_folder()
         self._own = folder is None
         self.parts = 0
         self.rows = 0
+        self.key = key
+        self._ranges: list[tuple[int, int, str]] = []  # (first key, last key, path) per part
 
     def add(self, table: pa.Table | pa.RecordBatch, name: str = "part") -> None:
         import pyarrow.parquet as pq
@@ -173,10 +180,31 @@ class ScalarSpill:
             return
         if isinstance(table, pa.RecordBatch):
             table = pa.Table.from_batches([table])
-        pq.write_table(table.cast(self.schema), os.path.join(self.folder, f"{name}-{self.parts:06d}.parquet"),
+        path = os.path.join(self.folder, f"{name}-{self.parts:06d}.parquet")
+        if self.key is not None:
+            keys = table.column(self.key).to_numpy()
+            if len(keys) > 1 and not (keys[1:] > keys[:-1]).all():
+                table = table.sort_by(self.key)
+                keys = table.column(self.key).to_numpy()
+            self._ranges.append((int(keys[0]), int(keys[-1]), path))
+        pq.write_table(table.cast(self.schema), path,
                        compression="none", use_dictionary=False, write_statistics=False)
         self.parts += 1
         self.rows += table.num_rows
+
+    def in_key_order(self, columns: list[str], batch_rows: int = 1 << 16):
+        """Record batches of ``columns`` of every part, in ascending key order (parts read
+        one at a time: memory is one batch). Raises if two parts' key ranges interleave."""
+        import pyarrow.parquet as pq
+
+        if self.key is None:
+            raise ValueError("in_key_order needs a spill made with key=")
+        ranges = sorted(self._ranges)
+        for (_, last, _), (first, _, _) in zip(ranges, ranges[1:]):
+            if first <= last:
+                raise AssertionError("spill parts' key ranges interleave")
+        for _, _, path in ranges:
+            yield from pq.ParquetFile(path).iter_batches(batch_rows, columns=columns)
 
     def glob(self, name: str = "part") -> str:
         return os.path.join(self.folder, f"{name}-*.parquet")

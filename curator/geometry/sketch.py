@@ -25,6 +25,13 @@ def conformity_bins(values: np.ndarray) -> np.ndarray:
 
 
 
+def counts(values: np.ndarray) -> np.ndarray:
+    """Per-bin counts (``HIST_BINS`` int64) of the finite ``values`` (NaN: no value)."""
+    values = np.asarray(values, np.float64)
+    values = values[np.isfinite(values)]
+    return np.bincount(conformity_bins(values), minlength=HIST_BINS).astype(np.int64, copy=False)
+
+
 def cdf(hist: np.ndarray, values: np.ndarray) -> np.ndarray:
     """Fraction of sketched conformities ≤ each value, linear within a bin, in [0, 1]
     (NaN when the sketch is empty)."""
