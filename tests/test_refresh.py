@@ -222,3 +222,38 @@ def test_a_vector_pass_cut_into_small_pieces_run_two_at_once_meets_the_oracle(tm
     result = refresh(db=other, tolerance=0.0, columns=",".join(counted))
     assert result.rows == 74 and {"take", "filtered"} <= set(reads), set(reads)
     meets_the_oracle(other, counted)
+
+
+def test_snapshots_kept_are_exactly_the_versions_rows_and_the_record_reference(tmp_path, db):
+    """After a partial and after a full refresh, the snapshots kept are the statistics
+    versions some row's stats_version names, plus the current record's (oracle: a read of
+    the whole table's column)."""
+    from curator.store.statistics import StatsStore
+
+    rng = np.random.default_rng(7)
+    ingest([_batch(tmp_path, "a", (rng.normal(size=(60, 8)) + 2).astype(np.float32), prefix="a")], db=db)
+    ingest([_batch(tmp_path, "t", (rng.normal(size=(40, 8)) + 1).astype(np.float32),
+                   modality="text", prefix="t")], db=db)
+    ingest([_batch(tmp_path, "c", (rng.normal(size=(60, 8)) - 2).astype(np.float32), prefix="c")], db=db)
+    store = StatsStore(Database(db), "embeddings")
+
+    def kept_and_referenced():
+        kept = {v for v, _ in store.snapshots()}
+        versions = read_table(db).column("stats_version").drop_null().to_pylist()
+        return kept, set(versions) | {store.load().version}
+
+    partial = refresh(db=db, tolerance=0.0, columns="conformity")
+    kept, referenced = kept_and_referenced()
+    assert partial.rows > 0 and kept == referenced
+    assert len(referenced) > 1  # rows of other versions remain after a partial refresh
+    again = refresh(db=db, tolerance=0.0)
+    kept, referenced = kept_and_referenced()
+    assert again.rows > 0 and kept == referenced
+    # An off-distribution batch makes every row stale, its own rows' percentiles included:
+    # the refresh rescores every row, which then all name its version.
+    ingest([_batch(tmp_path, "d", (rng.normal(size=(20, 8)) * 5).astype(np.float32), prefix="d"),
+            _batch(tmp_path, "e", (rng.normal(size=(20, 8)) * 5).astype(np.float32),
+                   modality="text", prefix="e")], db=db)
+    full = refresh(db=db, tolerance=0.0)
+    kept, referenced = kept_and_referenced()
+    assert full.rows == 200 and kept == referenced == {full.stats_version}

@@ -107,6 +107,7 @@ def _refresh_locked(database: Database, table: str, tolerance: float, counted: l
     result = None
     rows = 0
     phases: dict[str, float] = {}
+    everything = False  # the last round rescored every row
     for round_ in range(1, MAX_ROUNDS + 1):
         clock = time.perf_counter()
         stats = current(database, table, dataset, engine=engine)
@@ -148,20 +149,24 @@ def _refresh_locked(database: Database, table: str, tolerance: float, counted: l
         if everything:  # every row now holds the scores of this version: every bound is 0
             result.staleness_after = dict.fromkeys(COLUMNS, 0.0)
             break
-    prune(database, table, dataset)
+    # After a round that rescored every row, the rows reference its version alone.
+    prune(database, table, dataset, {result.stats_version} if everything else None)
     result.rows = rows
     result.phases = {k: round(v, 3) for k, v in phases.items()}
     result.table_version = dataset.version
     return result
 
 
-def prune(database: Database, table: str, dataset) -> None:
-    """Drop the snapshots of versions no row references any more."""
+def prune(database: Database, table: str, dataset, referenced: set[int] | None = None) -> None:
+    """Drop the snapshots of versions no row references any more (``referenced``: those
+    versions when the caller knows them; else one scan of ``stats_version``)."""
     from ..engine.statistics import referenced_versions
 
     store = StatsStore(database, table)
     record = store.load()
-    keep = referenced_versions(dataset) | ({record.version} if record is not None else set())
+    if referenced is None:
+        referenced = referenced_versions(dataset)
+    keep = referenced | ({record.version} if record is not None else set())
     store.prune_snapshots(keep)
 
 
