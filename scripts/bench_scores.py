@@ -3,8 +3,10 @@
     python scripts/bench_scores.py [--rows 1000000] [--dim 512] [--repeat 3] [--dir bench-out/scores]
                                    [--compare-with OTHER_CHECKOUT]
 
-Every stage runs in a fresh process (allocator fixed, imports not timed), ``--repeat``
-times; figures are medians with min–max. Baselines, in the same run:
+Every stage runs in a fresh process (allocator fixed, imports not timed), in ``--repeat``
+rounds: a round runs every stage once (order rotated per round), and each ratio is taken
+between the stages of one round, reported as its median (min–max) over the rounds; times
+are medians with min–max. Baselines, in the same rounds:
 
 - **bare Lance write**: the same clip-retrieval arrays read with numpy and written by
   ``lance.write_dataset`` (storage 2.0) — what ``curator ingest`` does beyond it is
@@ -78,10 +80,6 @@ def extra(root: str, rows: int, dim: int) -> str:
     return root
 
 
-def repeat(n: int, run) -> dict:
-    return _summary([run() for _ in range(n)])
-
-
 def paired(n: int, run_a, run_b) -> tuple[dict, dict]:
     """``repeat`` for two variants with their rounds interleaved, the first of a round
     alternating (a b, b a, a b, ...), so that machine noise and any cost of going first
@@ -97,9 +95,25 @@ def paired(n: int, run_a, run_b) -> tuple[dict, dict]:
     return _summary(a), _summary(b)
 
 
+def rounds(n: int, stages: dict) -> dict[str, list[dict]]:
+    """Each stage's results over ``n`` rounds; a round runs every stage once, in an order
+    rotated by one per round, so that a slow spell of the machine (these machines have
+    them: the same numpy pass took 6 s and 0.5 s in two runs) falls on a round's stages
+    alike, and a ratio of two stages of one round compares like with like."""
+    names = list(stages)
+    out: dict[str, list[dict]] = {name: [] for name in names}
+    for r in range(n):
+        k = r % len(names)
+        for name in names[k:] + names[:k]:
+            out[name].append(stages[name]())
+    return out
+
+
 def _summary(results: list[dict]) -> dict:
+    """The median run (its phases and counts), with the median, min and max seconds and the
+    largest peak RSS of all runs."""
     seconds = [r["seconds"] for r in results]
-    out = dict(results[len(results) // 2])
+    out = dict(sorted(results, key=lambda r: r["seconds"])[len(results) // 2])
     out.update(median=statistics.median(seconds), low=min(seconds), high=max(seconds),
                peak_rss_mb=max(r["peak_rss_mb"] for r in results))
     return out
@@ -132,19 +146,8 @@ def main() -> None:
         shutil.rmtree(p, ignore_errors=True)
         return p
 
-    bare = repeat(args.repeat, lambda: child(setup=SETUP, code=f"""
-X = np.concatenate([np.load({img!r}), np.load({txt!r})])
-n = len(X) // 2
-t = pa.table({{"id": pa.array([f"r{{i}}" for i in range(len(X))]),
-               "modality": pa.array(["image"] * n + ["text"] * n),
-               "embedding": pa.FixedSizeListArray.from_arrays(pa.array(X.reshape(-1)), {d})}})
-lance.write_dataset(t, {path("bare")!r}, data_storage_version="2.0", max_rows_per_file=1 << 20)
-"""))
-    ingest = repeat(args.repeat, lambda: child(
-        setup=SETUP, code=f"RESULT = curator.ingest([{src!r}], db={path('db')!r}).to_dict()"))
-    bulk = repeat(args.repeat, lambda: child(
-        setup=SETUP, code=f"RESULT = curator.ingest([{src!r}], db={path('db-bulk')!r}, score=False).to_dict()"))
-    # The scored table, made stale by a small off-distribution batch; copied before each run.
+    # The scored table, made stale by a small off-distribution batch; copied before each
+    # refresh (made once, untimed, before the rounds).
     db = os.path.join(args.dir, "db")
     child(setup=SETUP, code=f"curator.ingest([{src!r}], db={path('db')!r})")
     child(setup=SETUP, code=f"curator.ingest([{stale_batch!r}], db={db!r})")
@@ -161,23 +164,36 @@ lance.write_dataset(t, {path("bare")!r}, data_storage_version="2.0", max_rows_pe
         compare(args, src, stale_batch, path, refresh)
         if args.only_compare:
             return
-    full = repeat(args.repeat, refresh)
-    family = repeat(args.repeat, lambda: refresh(NO_LOGLIK))
-    scan = repeat(args.repeat, lambda: child(setup=SETUP, code=f"""
-ds = lance.dataset({db!r} + "/embeddings.lance")
+    stages = {
+        "bare": lambda: child(setup=SETUP, code=f"""
+X = np.concatenate([np.load({img!r}), np.load({txt!r})])
+n = len(X) // 2
+t = pa.table({{"id": pa.array([f"r{{i}}" for i in range(len(X))]),
+               "modality": pa.array(["image"] * n + ["text"] * n),
+               "embedding": pa.FixedSizeListArray.from_arrays(pa.array(X.reshape(-1)), {d})}})
+lance.write_dataset(t, {path("bare")!r}, data_storage_version="2.0", max_rows_per_file=1 << 20)
+"""),
+        "ingest": lambda: child(
+            setup=SETUP, code=f"RESULT = curator.ingest([{src!r}], db={path('db-ingest')!r}).to_dict()"),
+        "bulk": lambda: child(
+            setup=SETUP, code=f"RESULT = curator.ingest([{src!r}], db={path('db-bulk')!r}, score=False).to_dict()"),
+        "full": refresh,
+        "family": lambda: refresh(NO_LOGLIK),
+        "scan": lambda: child(setup=SETUP, code=f"""
+ds = lance.dataset({stale!r} + "/embeddings.lance")
 M = np.random.default_rng(0).normal(size=({d}, 3)).astype(np.float32)
 s = 0.0
 for batch in ds.to_batches(columns=["embedding"], batch_size=16384):
     X = batch.column(0).values.to_numpy(zero_copy_only=True).reshape(-1, {d})
     s += float((X @ M).sum())
-"""))
-    only_scan = repeat(args.repeat, lambda: child(setup=SETUP, code=f"""
-ds = lance.dataset({db!r} + "/embeddings.lance")
+"""),
+        "only_scan": lambda: child(setup=SETUP, code=f"""
+ds = lance.dataset({stale!r} + "/embeddings.lance")
 s = 0
 for batch in ds.to_batches(columns=["embedding"], batch_size=16384):
     s += batch.num_rows
-"""))
-    gemm = repeat(args.repeat, lambda: child(setup=SETUP, code=f"""
+"""),
+        "gemm": lambda: child(setup=SETUP, code=f"""
 import time
 A = np.random.default_rng(0).standard_normal((65536, {d}), dtype=np.float32)
 W = np.random.default_rng(1).standard_normal(({d}, {d}), dtype=np.float32)
@@ -186,54 +202,73 @@ best = 0.0
 for _ in range(5):
     t0 = time.perf_counter(); A @ W; best = max(best, 2 * A.shape[0] * {d} * {d} / (time.perf_counter() - t0))
 RESULT = {{"gflops": best / 1e9}}
-"""))
-    white = repeat(args.repeat, lambda: child(setup=SETUP, code=f"""
+"""),
+        "white": lambda: child(setup=SETUP, code=f"""
 from curator.geometry.whitening import Whitening
 X = np.concatenate([np.load({img!r}), np.load({txt!r})])
-rng = np.random.default_rng(0)
 w = Whitening.from_covariance(X[:50000].mean(0).astype(np.float64), np.cov(X[:50000].T))
 import time
 t0 = time.perf_counter()
 for s in range(0, len(X), 65536):
     w.loglik(X[s:s + 65536])
 RESULT = {{"whitening_seconds": time.perf_counter() - t0}}
-"""))
+"""),
+    }
+    runs = rounds(args.repeat, stages)
     n = args.rows + 2000
-    peak = gemm["gflops"] * 1e9
-    at_peak = 2.0 * n * d * d / peak
-    floor = scan["median"] + at_peak
+    for r in runs["white"]:  # the product alone, without loading the arrays
+        r["seconds"] = r["whitening_seconds"]
+    at_peak = [2.0 * n * d * d / (g["gflops"] * 1e9) for g in runs["gemm"]]
+    per_round = {  # each ratio from the stages of one round, then its median over rounds
+        "ingest": [a["seconds"] / b["seconds"] for a, b in zip(runs["ingest"], runs["bare"])],
+        "bulk": [a["seconds"] / b["seconds"] for a, b in zip(runs["bulk"], runs["bare"])],
+        "white": [a["seconds"] / p for a, p in zip(runs["white"], at_peak)],
+        "full": [a["seconds"] / (b["seconds"] + p) for a, b, p in zip(runs["full"], runs["scan"], at_peak)],
+        "family": [a["seconds"] / b["seconds"] for a, b in zip(runs["family"], runs["scan"])],
+    }
+    med = {name: _summary(results) for name, results in runs.items()}
+    full, family = med["full"], med["family"]
+    peak = statistics.median(g["gflops"] for g in runs["gemm"])
     tri_share = sum((d - c) * min(WHITE_COLUMNS, d - c) for c in range(0, d, WHITE_COLUMNS)) / d ** 2
+    write_share = [r["phases"].get("write", 0) / r["seconds"] for r in runs["full"]]
+
+    def ratio(name):
+        values = per_round[name]
+        return f"{statistics.median(values):.3g} ({min(values):.3g}–{max(values):.3g})"
+
     rows = [
-        {"stage": "bare Lance write (numpy read + write_dataset 2.0)", "seconds": fmt(bare)},
+        {"stage": "bare Lance write (numpy read + write_dataset 2.0)", "seconds": fmt(med["bare"])},
         {"stage": "curator ingest (validation, statistics, every score, one commit)",
-         "seconds": fmt(ingest), "vs": "bare write", "ratio": ingest["median"] / bare["median"],
-         "goal": "≤ 1.5", "peak_rss_mb": ingest["peak_rss_mb"]},
-        {"stage": "curator ingest --no-score", "seconds": fmt(bulk), "vs": "bare write",
-         "ratio": bulk["median"] / bare["median"], "peak_rss_mb": bulk["peak_rss_mb"]},
-        {"stage": "bare tuned Lance scan of the vectors", "seconds": fmt(only_scan)},
-        {"stage": "bare scan + GEMV (X @ [U, m_img, m_txt])", "seconds": fmt(scan)},
-        {"stage": f"GEMM peak (float32, measured): {gemm['gflops']:.0f} GFLOP/s; whitening of "
-                  f"{n:,} rows at peak", "seconds": f"{at_peak:.2f}"},
+         "seconds": fmt(med["ingest"]), "vs": "bare write", "ratio": ratio("ingest"),
+         "goal": "≤ 1.5", "peak_rss_mb": med["ingest"]["peak_rss_mb"]},
+        {"stage": "curator ingest --no-score", "seconds": fmt(med["bulk"]), "vs": "bare write",
+         "ratio": ratio("bulk"), "peak_rss_mb": med["bulk"]["peak_rss_mb"]},
+        {"stage": "bare tuned Lance scan of the vectors", "seconds": fmt(med["only_scan"])},
+        {"stage": "bare scan + GEMV (X @ [U, m_img, m_txt])", "seconds": fmt(med["scan"])},
+        {"stage": f"GEMM peak (float32, measured): {peak:.0f} GFLOP/s "
+                  f"({min(g['gflops'] for g in runs['gemm']):.0f}–{max(g['gflops'] for g in runs['gemm']):.0f}); "
+                  f"whitening of {n:,} rows at peak", "seconds": f"{statistics.median(at_peak):.2f}"},
         {"stage": f"  the triangular product curator runs ({tri_share:.0%} of those multiply-adds) "
-                  "at peak", "seconds": f"{tri_share * at_peak:.2f}"},
-        {"stage": "whitening product alone (Whitening.loglik, numpy)", "seconds": fmt(
-            {**white, "median": white["whitening_seconds"], "low": white["whitening_seconds"],
-             "high": white["whitening_seconds"]}),
-         "vs": "full product at peak", "ratio": white["whitening_seconds"] / at_peak},
+                  "at peak", "seconds": f"{tri_share * statistics.median(at_peak):.2f}"},
+        {"stage": "whitening product alone (Whitening.loglik, numpy)", "seconds": fmt(med["white"]),
+         "vs": "full product at peak", "ratio": ratio("white")},
         {"stage": f"curator refresh of every row ({full['rows']:,})", "seconds": fmt(full),
-         "vs": "scan+GEMV + whitening at peak", "ratio": full["median"] / floor, "goal": "≤ 1.5",
+         "vs": "scan+GEMV + whitening at peak", "ratio": ratio("full"), "goal": "≤ 1.5",
          "peak_rss_mb": full["peak_rss_mb"]},
         {"stage": "refresh, conformity family (no loglik)", "seconds": fmt(family),
-         "vs": "scan+GEMV", "ratio": family["median"] / scan["median"], "goal": "≤ 2",
+         "vs": "scan+GEMV", "ratio": ratio("family"), "goal": "≤ 2",
          "peak_rss_mb": family["peak_rss_mb"]},
         {"stage": "  of which writing the nine score columns", "seconds": f"{full['phases'].get('write', 0):.2f}",
-         "vs": "refresh", "ratio": full["phases"].get("write", 0) / full["median"], "goal": "≤ 0.15"},
+         "vs": "refresh", "ratio": f"{statistics.median(write_share):.3g} "
+                                   f"({min(write_share):.3g}–{max(write_share):.3g})", "goal": "≤ 0.15"},
     ]
-    print(f"{n:,} rows x {d} (half image, half text, paired), medians of {args.repeat} (min–max)")
+    print(f"{n:,} rows x {d} (half image, half text, paired); {args.repeat} rounds, each running "
+          "every stage once in a fresh process (order rotated per round); seconds: medians "
+          "(min–max); ratios: each round's ratio of its own stages, median (min–max) over rounds")
     print(table(rows, ["stage", "seconds", "vs", "ratio", "goal", "peak_rss_mb"]))
-    print("refresh phases (s):", full["phases"])
-    print("conformity-family phases (s):", family["phases"])
-    print("ingest phases:", ingest.get("phases"))
+    print("refresh phases (s, the median run):", full["phases"])
+    print("conformity-family phases (s, the median run):", family["phases"])
+    print("ingest phases (the median run):", med["ingest"].get("phases"))
 
 
 def compare(args, src: str, stale_batch: str, path, refresh) -> None:
