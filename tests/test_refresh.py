@@ -257,3 +257,38 @@ def test_snapshots_kept_are_exactly_the_versions_rows_and_the_record_reference(t
     full = refresh(db=db, tolerance=0.0)
     kept, referenced = kept_and_referenced()
     assert full.rows == 200 and kept == referenced == {full.stats_version}
+
+
+def test_a_refresh_reuses_the_whitening_its_version_stored_and_meets_the_loglik_oracle(
+        tmp_path, db, monkeypatch):
+    """The record's statistics version has a snapshot with the same sums and the whitening
+    it scored with: the refresh's bounds, its loglik and the new version's snapshot take
+    that one, and no covariance is eigen-decomposed again."""
+    from oracle import gaussian_loglik
+
+    from curator.geometry.whitening import Whitening
+
+    rng = np.random.default_rng(5)
+    ingest([_batch(tmp_path, "a", (rng.normal(size=(80, 6)) + 1).astype(np.float32), prefix="a"),
+            _batch(tmp_path, "t", (rng.normal(size=(50, 6)) - 1).astype(np.float32),
+                   modality="text", prefix="t")], db=db)
+    ingest([_batch(tmp_path, "b", (rng.normal(size=(30, 6)) * 3).astype(np.float32), prefix="b"),
+            _batch(tmp_path, "u", (rng.normal(size=(20, 6)) * 3).astype(np.float32),
+                   modality="text", prefix="u")], db=db)
+    decomposed = []
+    original = Whitening.from_covariance.__func__
+
+    def counted(cls, mean, cov):
+        decomposed.append(cov.shape)
+        return original(cls, mean, cov)
+
+    monkeypatch.setattr(Whitening, "from_covariance", classmethod(counted))
+    result = refresh(db=db, tolerance=0.0)
+    assert result.rows == 180 and decomposed == []
+    t = read_table(db).to_pydict()
+    X = np.array(t["embedding"], np.float64)
+    modality = np.array(t["modality"])
+    stored = np.array(t["loglik"], np.float64)
+    for m in ("image", "text"):
+        exact = gaussian_loglik(X[modality == m])
+        assert np.abs(stored[modality == m] - exact).max() <= 2e-5 * np.abs(exact).max(), m

@@ -184,5 +184,25 @@ def referenced_versions(dataset) -> set[int]:
 def bounds(dataset, stats: TableStats, history: dict[tuple[int, str], HistoryEntry]
            ) -> tuple[list[RowGroup], dict[tuple[str, int], dict[str, float]]]:
     """(row groups, a bound for every score column of every group) at ``stats``."""
+    reuse_whitening(stats, history)
     found = row_groups(dataset, history)
     return found, table_bounds(found, history, stats.modalities, stats.version)
+
+
+def reuse_whitening(stats: TableStats, history: dict[tuple[int, str], HistoryEntry]) -> int:
+    """Give each modality of ``stats`` the whitening its version's snapshot stored, where
+    that snapshot holds the very same sums (the record and the snapshot of a version are
+    written from one object), so the eigen-decomposition is not done again (0.02–0.03 s
+    per modality at d = 512); returns how many were reused."""
+    reused = 0
+    for m, s in stats.nonempty().items():
+        entry = history.get((stats.version, m))
+        snap = None if entry is None else entry.snapshot
+        white = None if snap is None else snap.known_whitening()
+        if white is None or snap.n != s.n or (snap.shift is None) != (s.shift is None):
+            continue
+        if (np.array_equal(snap.S, s.S) and np.array_equal(snap.U, s.U) and np.array_equal(snap.Q, s.Q)
+                and (s.shift is None or np.array_equal(snap.shift, s.shift))):
+            s.remember_whitening(white)
+            reused += 1
+    return reused

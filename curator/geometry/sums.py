@@ -145,6 +145,12 @@ class ModalityStats:
             self.remember_whitening(Whitening.from_covariance(self.mean, self.covariance))
         return self._whitening[1]
 
+    def known_whitening(self) -> Whitening | None:
+        """The whitening remembered for the current sums (e.g. read from a snapshot), or
+        None: never computes one."""
+        cached = getattr(self, "_whitening", None)
+        return cached[1] if cached is not None and cached[0] == self._fingerprint() else None
+
     def remember_whitening(self, white: Whitening) -> None:
         """Cache ``white`` as the whitening of the current sums (e.g. read from a snapshot)."""
         self._whitening = (self._fingerprint(), white)
