@@ -258,3 +258,24 @@ def test_without_torch(monkeypatch):
     for device in ("torch-cpu", "cuda"):
         with pytest.raises(MissingDependency, match=r"clip-curator\[gpu\]"):
             resolve_device(device)
+
+
+def test_second_moment_split_across_threads_meets_float64(monkeypatch):
+    """A batch of several ``SPLIT_ROWS`` is summed in row ranges on threads of their own
+    (forced to three here, whatever this machine's CPUs): the same float64 oracle holds,
+    and the ranges cover every row once, at block boundaries."""
+    from curator.geometry import backend as kernels
+
+    monkeypatch.setattr(kernels, "_blas_threads", lambda: 3)
+    n = 3 * kernels.SPLIT_ROWS + 1234
+    ranges = kernels._row_ranges(n, 3)
+    assert len(ranges) == 3 and ranges[0][0] == 0 and ranges[-1][1] == n
+    assert all(b == c for (_, b), (c, _) in zip(ranges, ranges[1:]))
+    assert all(a % kernels.BLOCK_ROWS == 0 and b - a >= kernels.SPLIT_ROWS for a, b in ranges)
+    assert kernels._row_ranges(kernels.SPLIT_ROWS * 2 - 1, 8) == [(0, kernels.SPLIT_ROWS * 2 - 1)]
+    X = clip_like(n, 48, seed=21)
+    shift = X[:100].mean(axis=0)
+    Z = X.astype(np.float64) - shift.astype(np.float32).astype(np.float64)
+    oracle = Z.T @ Z
+    got = NUMPY.second_moment(X, shift)
+    assert np.abs(got - oracle).max() <= 1e-5 * np.abs(oracle).max()

@@ -123,6 +123,52 @@ def _column_blocks(W: np.ndarray, width: int) -> list[tuple[int, np.ndarray]]:
     return blocks
 
 
+SPLIT_ROWS = 4 * BLOCK_ROWS  # second_moment: rows per thread at least, when split
+
+
+def _second_moment(X: np.ndarray, c: np.ndarray) -> np.ndarray:
+    Q = np.zeros((X.shape[1], X.shape[1]))
+    for a in range(0, len(X), BLOCK_ROWS):
+        Z = X[a:a + BLOCK_ROWS] - c
+        Q += Z.T @ Z
+    return Q
+
+
+def _row_ranges(n: int, threads: int) -> list[tuple[int, int]]:
+    """[begin, end) ranges covering rows 0..n once, one per thread (at most ``threads``),
+    each at least ``SPLIT_ROWS`` rows and cut at multiples of ``BLOCK_ROWS``."""
+    parts = max(1, min(threads, n // SPLIT_ROWS))
+    cuts = [0] + [round(n * k / parts / BLOCK_ROWS) * BLOCK_ROWS for k in range(1, parts)] + [n]
+    return list(zip(cuts[:-1], cuts[1:]))
+
+
+_BLAS_CONTROLLER = None
+
+
+def _blas():
+    """threadpoolctl's controller of the BLAS libraries numpy loaded (made once: making
+    one scans the loaded libraries)."""
+    global _BLAS_CONTROLLER
+    if _BLAS_CONTROLLER is None:
+        from threadpoolctl import ThreadpoolController
+
+        _BLAS_CONTROLLER = ThreadpoolController().select(user_api="blas")
+    return _BLAS_CONTROLLER
+
+
+def _blas_threads() -> int:
+    """BLAS threads a product may use now (1 inside a caller's one-thread limit, e.g. an
+    executor's jobs running several at once), capped by the CPUs this process may use."""
+    import os
+
+    threads = max((lib.num_threads for lib in _blas().lib_controllers), default=1)
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cpus = os.cpu_count() or 1
+    return max(1, min(threads, cpus))
+
+
 class Backend:
     """The four kernels; subclasses say where they run. ``device`` is the resolved name."""
 
@@ -145,13 +191,23 @@ class NumpyBackend(Backend):
 
     def second_moment(self, X: np.ndarray, shift: np.ndarray) -> np.ndarray:
         """Σ (x−c)(x−c)ᵀ over the rows of X (n, d), float64 (d, d): float32 products
-        (BLAS's syrk: numpy sees Zᵀ Z) of ``BLOCK_ROWS``-row blocks, summed in float64."""
+        (BLAS's syrk: numpy sees Zᵀ Z) of ``BLOCK_ROWS``-row blocks, summed in float64.
+
+        OpenBLAS's syrk scales poorly across threads at this shape (d × d out, a long
+        inner dimension): on two cores 130 GFLOP/s with both its threads on one product,
+        186 with the rows split in two, one BLAS thread each (GEMM: 274). So a batch of at
+        least ``2 × SPLIT_ROWS`` rows is cut into contiguous row ranges, one per BLAS
+        thread available, each summed on a thread of its own with one BLAS thread, and
+        the ranges' sums added in order (the same split for the same rows: deterministic)."""
         X, c = np.asarray(X, np.float32), np.asarray(shift, np.float32)
-        Q = np.zeros((X.shape[1], X.shape[1]))
-        for a in range(0, len(X), BLOCK_ROWS):
-            Z = X[a:a + BLOCK_ROWS] - c
-            Q += Z.T @ Z
-        return Q
+        ranges = _row_ranges(len(X), _blas_threads())
+        if len(ranges) < 2:
+            return _second_moment(X, c)
+        from concurrent.futures import ThreadPoolExecutor
+
+        with _blas().limit(limits=1), ThreadPoolExecutor(len(ranges)) as pool:
+            parts = list(pool.map(lambda r: _second_moment(X[r[0]:r[1]], c), ranges))
+        return sum(parts[1:], parts[0])
 
     def whitened_sq_norms(self, X: np.ndarray, mean: np.ndarray, W: np.ndarray) -> np.ndarray:
         """‖(x−m) W‖² of each row of X (n, d), float64 (n,); W is (d, d′). Blocks of
