@@ -9,8 +9,9 @@ between the stages of one round, reported as its median (min–max) over the rou
 are medians with min–max. Baselines, in the same rounds:
 
 - **bare Lance write**: the same clip-retrieval arrays read with numpy and written by
-  ``lance.write_dataset`` (storage 2.0) — what ``curator ingest`` does beyond it is
-  validation, statistics and every score;
+  ``lance.write_dataset`` (storage 2.0), whole or streamed in 65,536-row batches from the
+  memory-mapped files; each round's ratio takes the faster of the two — what ``curator
+  ingest`` does beyond it is validation, statistics and every score;
 - **bare scan + GEMV**: a tuned Lance scan of the vectors and the O(n·d) identity in
   numpy (X @ [U, m_img, m_txt]): the fastest honest way to get every row's conformity;
 - **bare statistics pass**: the same arrays read with numpy, each modality's sums and
@@ -181,10 +182,26 @@ lance.write_dataset(t, {path("bare")!r}, data_storage_version="2.0", max_rows_pe
             setup=SETUP, code=f"RESULT = curator.ingest([{src!r}], db={path('db-ingest')!r}).to_dict()"),
         "bulk": lambda: child(
             setup=SETUP, code=f"RESULT = curator.ingest([{src!r}], db={path('db-bulk')!r}, score=False).to_dict()"),
+        "bare_stream": lambda: child(setup=SETUP, code=f"""
+schema = pa.schema([("id", pa.string()), ("modality", pa.string()),
+                    ("embedding", pa.list_(pa.float32(), {d}))])
+def batches():
+    start = 0
+    for source, name in (({img!r}, "image"), ({txt!r}, "text")):
+        V = np.load(source, mmap_mode="r")
+        for a in range(0, len(V), 65536):
+            X = np.ascontiguousarray(V[a:a + 65536])
+            yield pa.record_batch([pa.array([f"r{{i}}" for i in range(start, start + len(X))]),
+                                   pa.array([name] * len(X)),
+                                   pa.FixedSizeListArray.from_arrays(pa.array(X.reshape(-1)), {d})],
+                                  schema=schema)
+            start += len(X)
+lance.write_dataset(pa.RecordBatchReader.from_batches(schema, batches()), {path("bare-stream")!r},
+                    data_storage_version="2.0", max_rows_per_file=1 << 20)
+"""),
         "stats": lambda: child(setup=SETUP, code=f"""
-X = np.concatenate([np.load({img!r}), np.load({txt!r})])
-n = len(X) // 2
-for V in (X[:n], X[n:]):  # each modality: its sums and Σ(x−c)(x−c)ᵀ, c its first rows' mean
+for source in ({img!r}, {txt!r}):  # each modality: its sums and Σ(x−c)(x−c)ᵀ, c its first rows' mean
+    V = np.load(source)
     c = V[:1000].mean(axis=0)
     S, Q = V.sum(axis=0, dtype=np.float64), np.zeros(({d}, {d}))
     for a in range(0, len(V), 65536):
@@ -233,11 +250,13 @@ RESULT = {{"whitening_seconds": time.perf_counter() - t0}}
     for r in runs["white"]:  # the product alone, without loading the arrays
         r["seconds"] = r["whitening_seconds"]
     at_peak = [2.0 * n * d * d / (g["gflops"] * 1e9) for g in runs["gemm"]]
+    # The bare write of a round: the faster of its two ways (whole arrays, streamed).
+    bare = [min(a["seconds"], b["seconds"]) for a, b in zip(runs["bare"], runs["bare_stream"])]
     per_round = {  # each ratio from the stages of one round, then its median over rounds
-        "ingest": [a["seconds"] / b["seconds"] for a, b in zip(runs["ingest"], runs["bare"])],
-        "bulk": [a["seconds"] / b["seconds"] for a, b in zip(runs["bulk"], runs["bare"])],
-        "two_pass": [a["seconds"] / (b["seconds"] + c["seconds"])
-                     for a, b, c in zip(runs["ingest"], runs["bare"], runs["stats"])],
+        "ingest": [a["seconds"] / b for a, b in zip(runs["ingest"], bare)],
+        "bulk": [a["seconds"] / b for a, b in zip(runs["bulk"], bare)],
+        "two_pass": [a["seconds"] / (b + c["seconds"])
+                     for a, b, c in zip(runs["ingest"], bare, runs["stats"])],
         "white": [a["seconds"] / p for a, p in zip(runs["white"], at_peak)],
         "full": [a["seconds"] / (b["seconds"] + p) for a, b, p in zip(runs["full"], runs["scan"], at_peak)],
         "family": [a["seconds"] / b["seconds"] for a, b in zip(runs["family"], runs["scan"])],
@@ -254,10 +273,12 @@ RESULT = {{"whitening_seconds": time.perf_counter() - t0}}
 
     rows = [
         {"stage": "bare Lance write (numpy read + write_dataset 2.0)", "seconds": fmt(med["bare"])},
+        {"stage": "bare Lance write, streamed (65,536-row batches of the memory-mapped arrays)",
+         "seconds": fmt(med["bare_stream"])},
         {"stage": "curator ingest (validation, statistics, every score, one commit)",
-         "seconds": fmt(med["ingest"]), "vs": "bare write", "ratio": ratio("ingest"),
+         "seconds": fmt(med["ingest"]), "vs": "bare write (the faster)", "ratio": ratio("ingest"),
          "goal": "≤ 1.5", "peak_rss_mb": med["ingest"]["peak_rss_mb"]},
-        {"stage": "curator ingest --no-score", "seconds": fmt(med["bulk"]), "vs": "bare write",
+        {"stage": "curator ingest --no-score", "seconds": fmt(med["bulk"]), "vs": "bare write (the faster)",
          "ratio": ratio("bulk"), "peak_rss_mb": med["bulk"]["peak_rss_mb"]},
         {"stage": "bare statistics pass (numpy read + sums + Σ(x−c)(x−c)ᵀ, 65,536-row blocks)",
          "seconds": fmt(med["stats"])},
