@@ -14,6 +14,7 @@ import os
 from collections.abc import Callable, Iterable, Iterator
 
 from ..errors import CuratorError, MissingDependency
+from ..geometry.backend import available_cpus
 
 LOCAL, RAY = "local", "ray"
 ENGINES = (LOCAL, RAY)
@@ -73,14 +74,6 @@ class LocalExecutor:
                     yield in_flight.popleft().result()
             while in_flight:
                 yield in_flight.popleft().result()
-
-
-def available_cpus() -> int:
-    """CPUs this process may run on (its affinity set where the platform has one)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 def executor(engine: str | None = None, *, quiet: bool = True):

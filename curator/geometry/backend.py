@@ -158,17 +158,21 @@ def _blas():
     return _BLAS_CONTROLLER
 
 
+def available_cpus() -> int:
+    """CPUs this process may run on (its affinity set where the platform has one)."""
+    import os
+
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def _blas_threads() -> int:
     """BLAS threads a product may use now (1 inside a caller's one-thread limit, e.g. an
     executor's jobs running several at once), capped by the CPUs this process may use."""
-    import os
-
     threads = max((lib.num_threads for lib in _blas().lib_controllers), default=1)
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cpus = os.cpu_count() or 1
-    return max(1, min(threads, cpus))
+    return max(1, min(threads, available_cpus()))
 
 
 class Backend:

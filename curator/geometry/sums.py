@@ -74,9 +74,7 @@ class ModalityStats:
 
     def add_conformity(self, values: np.ndarray, sign: int = 1) -> None:
         """Add stored conformity values to the uncertainty sketch (nulls/NaN ignored)."""
-        values = np.asarray(values, np.float64)
-        values = values[np.isfinite(values)]
-        np.add.at(self.hist, sketch.conformity_bins(values), sign)
+        self.hist += sign * sketch.counts(values)
 
     def merge(self, other: ModalityStats) -> ModalityStats:
         """Statistics of the union (other's Q is moved onto this shift)."""
